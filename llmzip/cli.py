@@ -1,0 +1,300 @@
+"""Command line, in the conventions of gzip/xz/zstd: `llmzip compress|decompress|test|info|models`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from typing import Any
+
+import click
+from tqdm import tqdm
+
+from . import __version__, container
+from .compressor import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, Compressor
+from .errors import LlmzipError
+from .models import ALIASES, DEFAULT_MODEL, alias_path
+
+SUFFIX = ".lz"
+
+
+class _Cli(click.Group):
+    """Accepts `llmzip -d FILE` for `llmzip decompress FILE` and turns every error into one line."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] in ("-d", "--decompress"):
+            args = ["decompress", *args[1:]]
+        return super().parse_args(ctx, args)
+
+    def main(self, args: list[str] | None = None, *a: Any, **kw: Any) -> Any:
+        args = list(sys.argv[1:] if args is None else args)
+        kw["standalone_mode"] = False
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so `finally` blocks remove temp files
+        try:
+            result = super().main(args, *a, **kw)
+            sys.exit(result if isinstance(result, int) else 0)
+        except click.exceptions.Exit as e:
+            sys.exit(e.exit_code)
+        except click.exceptions.NoArgsIsHelpError as e:
+            click.echo(e.ctx.get_help())
+            sys.exit(0)
+        except (click.exceptions.Abort, KeyboardInterrupt):
+            click.echo("llmzip: interrupted", err=True)
+            sys.exit(130)
+        except click.ClickException as e:
+            _fail(e.format_message())
+        except LlmzipError as e:
+            _fail(str(e), debug="--debug" in args)
+        except OSError as e:
+            where = f": {e.filename}" if e.filename else ""
+            _fail(f"{e.strerror or e}{where}", debug="--debug" in args)
+        except Exception as e:  # a bug: still one line unless --debug
+            _fail(f"internal error: {type(e).__name__}: {e} (rerun with --debug for a traceback)", "--debug" in args)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    sys.exit(128 + signum)
+
+
+def _fail(message: str, debug: bool = False) -> None:
+    if debug:
+        traceback.print_exc()
+    click.echo(f"llmzip: error: {message}", err=True)
+    sys.exit(1)
+
+
+def _verbosity(f: Callable) -> Callable:
+    f = click.option("--debug", is_flag=True, help="Show a traceback on error.")(f)
+    f = click.option("-v", "--verbose", is_flag=True, help="Print details.")(f)
+    return click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")(f)
+
+
+def _output_options(f: Callable) -> Callable:
+    f = click.option("--rm", "remove", is_flag=True, help="Remove FILE after success.")(f)
+    f = click.option("-f", "--force", is_flag=True, help="Overwrite an existing output file.")(f)
+    f = click.option("-c", "--stdout", "to_stdout", is_flag=True, help="Write to standard output.")(f)
+    f = click.option("-o", "--output", help="Output file (default: FILE.lz, or FILE without .lz).")(f)
+    return click.argument("file", default="-")(f)
+
+
+def _geometry_options(f: Callable) -> Callable:
+    f = click.option("--threads", type=click.IntRange(1, container.MAX_THREADS), help="Torch threads.")(f)
+    return click.option(
+        "--batch-size", type=click.IntRange(1, container.MAX_ROWS), default=DEFAULT_BATCH_SIZE,
+        show_default=True, help="Chunks coded together.",
+    )(f)  # fmt: skip
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="llmzip")
+def main() -> None:
+    """Lossless compression with a language model. `llmzip -d FILE` = `llmzip decompress FILE`."""
+
+
+# -- files --------------------------------------------------------------------------------
+
+
+def _read_input(file: str) -> bytes:
+    if file == "-":
+        return sys.stdin.buffer.read()
+    if os.path.isdir(file):
+        raise LlmzipError(f"{file}: is a directory")
+    with open(file, "rb") as f:
+        return f.read()
+
+
+def _plan_output(file: str, output: str | None, to_stdout: bool, default: Callable[[str], str]) -> str | None:
+    """Where to write (None: standard output), refusing before any work what would fail later."""
+    if file != "-" and not os.path.exists(file):
+        raise LlmzipError(f"{file}: no such file")
+    if to_stdout or (file == "-" and output is None):
+        return None
+    target = output or default(file)
+    if file != "-" and os.path.exists(target) and os.path.samefile(file, target):
+        raise LlmzipError(f"{target}: output would overwrite the input")
+    return target
+
+
+def _check_overwrite(target: str | None, force: bool) -> None:
+    if target is not None and os.path.exists(target) and not force:
+        raise LlmzipError(f"{target} already exists; use -f to overwrite")
+
+
+def write_atomically(target: str | None, blocks: Iterable[bytes], mode: int | None = None) -> None:
+    """Write blocks to a temp file beside `target` and rename it into place only when all were
+    written; on any error or interrupt the temp file is removed. None writes to stdout."""
+    if target is None:
+        for block in blocks:
+            sys.stdout.buffer.write(block)
+        sys.stdout.buffer.flush()
+        return
+    folder, name = os.path.split(os.path.abspath(target))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for block in blocks:
+                f.write(block)
+            f.flush()
+            os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _finish(file: str, target: str | None, remove: bool) -> None:
+    if remove and file != "-" and target is not None:
+        os.unlink(file)
+
+
+def _input_mode(file: str) -> int | None:
+    return None if file == "-" else stat.S_IMODE(os.stat(file).st_mode)
+
+
+@contextmanager
+def _progress_bar(total: int, desc: str, quiet: bool):
+    bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, disable=True if quiet else None)
+    with bar:
+        yield bar.update
+
+
+# -- commands -----------------------------------------------------------------------------
+
+
+@main.command()
+@_output_options
+@click.option("-m", "--model", default=DEFAULT_MODEL, show_default=True, help="Alias, HF id, directory or .gguf.")
+@click.option("--chunk-size", type=click.IntRange(1), default=DEFAULT_CHUNK_SIZE, show_default=True, help="Tokens.")
+@_geometry_options
+@_verbosity
+def compress(file, output, to_stdout, force, remove, model, chunk_size, batch_size, threads, quiet, verbose, debug):
+    """Compress FILE (or standard input) to FILE.lz."""
+    target = _plan_output(file, output, to_stdout, lambda f: f + SUFFIX)
+    _check_overwrite(target, force)
+    if target is None and sys.stdout.isatty():
+        raise LlmzipError("will not write compressed data to a terminal; use -o or redirect")
+    if remove and target is None:
+        raise LlmzipError("--rm needs an output file")
+    data = _read_input(file)
+    compressor = Compressor(model, chunk_size=chunk_size, batch_size=batch_size, threads=threads, quiet=quiet)
+    with _progress_bar(len(data), "compress", quiet) as update:
+        archive = compressor.compress(data, update)
+    write_atomically(target, [archive], _input_mode(file))
+    _finish(file, target, remove)
+    if not quiet:
+        s = compressor.stats
+        ratio = 8 * len(archive) / len(data) if data else 0.0
+        click.echo(
+            f"{file}: {len(data)} -> {len(archive)} bytes, {ratio:.3f} bits/byte, "
+            f"{len(data) / s.seconds:.0f} B/s" + (f" -> {target}" if target else ""),
+            err=True,
+        )
+        if verbose:
+            overhead = 100 * (s.coded_bits / s.ideal_bits - 1) if s.ideal_bits else 0.0
+            click.echo(
+                f"  {s.tokens} tokens in {s.chunks} chunks ({s.raw_chunks} stored raw), "
+                f"header {len(archive) - s.payload_bytes} bytes, coder overhead {overhead:+.2f}% vs ideal",
+                err=True,
+            )
+
+
+def _decoder(archive: bytes, model: str | None, quiet: bool, verbose: bool) -> Compressor:
+    header, _ = container.unpack(archive)
+    compressor = Compressor(model or header.model_name, quiet=quiet)
+    compressor.check_model(header)  # before any long work
+    if verbose:
+        click.echo(
+            f"  model {header.model_name}, archive geometry: batch {header.batch_size}, "
+            f"{header.rows} rows, {header.threads} threads (used whatever the flags say)",
+            err=True,
+        )
+    return compressor
+
+
+@main.command()
+@_output_options
+@click.option("-m", "--model", default=None, help="Model to use (default: the one the archive names).")
+@_geometry_options
+@_verbosity
+def decompress(file, output, to_stdout, force, remove, model, batch_size, threads, quiet, verbose, debug):
+    """Decompress FILE.lz (or standard input). The archive's batch geometry and thread count are
+    always reproduced, so --batch-size and --threads do not change the result."""
+
+    def strip_suffix(f: str) -> str:
+        if not f.endswith(SUFFIX) or f == SUFFIX:
+            raise LlmzipError(f"{f}: unknown suffix (expected {SUFFIX}); use -o or -c")
+        return f[: -len(SUFFIX)]
+
+    target = _plan_output(file, output, to_stdout, strip_suffix)
+    _check_overwrite(target, force)
+    if remove and target is None:
+        raise LlmzipError("--rm needs an output file")
+    archive = _read_input(file)
+    compressor = _decoder(archive, model, quiet, verbose)
+    size = container.unpack(archive)[0].original_size
+    with _progress_bar(size, "decompress", quiet) as update:
+        write_atomically(target, compressor.iter_decompress(archive, update), _input_mode(file))
+    _finish(file, target, remove)
+    if not quiet and target is not None:
+        click.echo(f"{file}: {size} bytes -> {target}", err=True)
+
+
+@main.command("test")
+@click.argument("files", nargs=-1, required=True)
+@click.option("-m", "--model", default=None, help="Model to use (default: the one the archive names).")
+@_verbosity
+def test_command(files, model, quiet, verbose, debug):
+    """Decode FILES and verify every checksum; write nothing."""
+    for file in files:
+        archive = _read_input(file)
+        compressor = _decoder(archive, model, quiet, verbose)
+        size = container.unpack(archive)[0].original_size
+        with _progress_bar(size, "test", quiet) as update:
+            for _ in compressor.iter_decompress(archive, update):
+                pass
+        if not quiet:
+            click.echo(f"{file}: OK ({size} bytes)", err=True)
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True)
+@_verbosity
+def info(files, quiet, verbose, debug):
+    """Show what an archive holds: sizes, ratio, model, chunks, header bytes."""
+    for file in files:
+        archive = _read_input(file)
+        h, payloads = container.unpack(archive)
+        payload_bytes = sum(len(p) for p in payloads)
+        raw = sum(c.raw for c in h.chunks)
+        bpb = 8 * len(archive) / h.original_size if h.original_size else 0.0
+        rows = [
+            ("file", file),
+            ("original size", f"{h.original_size} bytes"),
+            ("archive size", f"{len(archive)} bytes ({bpb:.4f} bits/byte)"),
+            ("header", f"{len(archive) - payload_bytes} bytes (format v{container.FORMAT_VERSION})"),
+            ("model", f"{h.model_name} (fingerprint {h.model_fingerprint.hex()})"),
+            ("chunks", f"{len(h.chunks)} of up to {h.chunk_size} tokens, {raw} stored raw, "
+                       f"{sum(c.tokens for c in h.chunks)} tokens coded"),
+            ("geometry", f"batch {h.batch_size}, {h.rows} rows, {h.threads} threads, {h.dtype}"),
+            ("runtime", f"torch {h.torch_version}, CPU capability {h.cpu_capability}"),
+            ("checksum", f"sha256[:8] {h.checksum.hex()}"),
+        ]  # fmt: skip
+        for key, value in rows:
+            click.echo(f"{key:>14}: {value}")
+
+
+@main.command()
+def models() -> None:
+    """List the built-in model aliases and whether each is cached."""
+    for alias in ALIASES.values():
+        path = alias_path(alias)
+        state = f"cached at {path}" if path.exists() else "not cached (fetched on first use)"
+        default = " (default)" if alias.name == DEFAULT_MODEL else ""
+        click.echo(f"{alias.name}{default}: {alias.description}; {state}")

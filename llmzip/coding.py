@@ -1,0 +1,98 @@
+"""Range coding of a batch of token chunks, in lockstep with the predictor.
+
+Every row of the batch is one chunk with its own range coder. At step t the predictor gives
+each row's distribution for token t; the encoder codes the known token, the decoder decodes
+it, and both feed it back. One function (`_lockstep`) drives both directions, so the decoder
+runs exactly the computation the encoder ran.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import constriction
+import numpy as np
+
+from .errors import CorruptArchiveError
+from .predictor import Predictor
+from .tokenization import TokenRoles
+
+# Fast quantization: every symbol gets at least the smallest representable probability.
+CODER_MODEL = constriction.stream.model.Categorical(perfect=False)
+MIN_PROBABILITY = 2.0**-24  # constriction's default range coder has 24-bit probabilities
+
+Progress = Callable[[np.ndarray], None]  # called with the symbols coded at each step
+
+
+def _lockstep(
+    predictor: Predictor,
+    lengths: np.ndarray,
+    roles: TokenRoles,
+    code_step: Callable[[int, np.ndarray, np.ndarray], np.ndarray],
+    progress: Progress | None,
+) -> None:
+    """Advance every row until it has `lengths[row]` tokens; `code_step(t, active_rows, probs)`
+    codes token t of the active rows and returns those tokens."""
+    predictor.reset()
+    inputs = np.full(predictor.rows, roles.start_id, dtype=np.int64)
+    for t in range(int(lengths.max(initial=0))):
+        probs = predictor.step(inputs)
+        active = np.flatnonzero(lengths > t)
+        symbols = np.full(predictor.rows, roles.start_id, dtype=np.int64)  # idle rows: start_id
+        symbols[active] = code_step(t, active, probs)
+        inputs = roles.model_inputs(symbols)
+        if progress:
+            progress(symbols[active])
+
+
+def _row_lengths(predictor: Predictor, lengths: list[int]) -> np.ndarray:
+    if len(lengths) > predictor.rows:
+        raise ValueError("more chunks than rows")
+    return np.array(lengths + [0] * (predictor.rows - len(lengths)), dtype=np.int64)
+
+
+def encode_batch(
+    predictor: Predictor, chunks: list[np.ndarray], roles: TokenRoles, progress: Progress | None = None
+) -> tuple[list[bytes], float]:
+    """Code each chunk (an empty chunk leaves its row idle); return the coded bytes and the
+    ideal code length, sum of -log2 p over the coded tokens, in bits."""
+    encoders = [constriction.stream.queue.RangeEncoder() for _ in chunks]
+    ideal_bits = 0.0
+
+    def code_step(t: int, active: np.ndarray, probs: np.ndarray) -> np.ndarray:
+        nonlocal ideal_bits
+        symbols = np.array([chunks[r][t] for r in active], dtype=np.int64)
+        for r in active:
+            encoders[r].encode(chunks[r][t : t + 1].astype(np.int32), CODER_MODEL, probs[r : r + 1])
+        ideal_bits -= float(np.log2(np.maximum(probs[active, symbols], MIN_PROBABILITY)).sum())
+        return symbols
+
+    _lockstep(predictor, _row_lengths(predictor, [len(c) for c in chunks]), roles, code_step, progress)
+    return [enc.get_compressed().astype("<u4").tobytes() for enc in encoders], ideal_bits
+
+
+def decode_batch(
+    predictor: Predictor,
+    payloads: list[bytes],
+    lengths: list[int],
+    roles: TokenRoles,
+    progress: Progress | None = None,
+) -> list[np.ndarray]:
+    """Decode `lengths[i]` tokens from each payload (length 0 leaves the row idle)."""
+    decoders = []
+    for payload in payloads:
+        if len(payload) % 4:
+            raise CorruptArchiveError("coded chunk length is not a multiple of 4 bytes")
+        decoders.append(constriction.stream.queue.RangeDecoder(np.frombuffer(payload, dtype="<u4").astype(np.uint32)))
+    tokens = [np.zeros(n, dtype=np.int64) for n in lengths]
+
+    def code_step(t: int, active: np.ndarray, probs: np.ndarray) -> np.ndarray:
+        for r in active:
+            try:
+                tokens[r][t] = decoders[r].decode(CODER_MODEL, probs[r : r + 1])[0]
+            except (ValueError, RuntimeError, AssertionError) as e:
+                raise CorruptArchiveError(f"coded chunk cannot be decoded: {e}") from e
+        return np.array([tokens[r][t] for r in active], dtype=np.int64)
+
+    _lockstep(predictor, _row_lengths(predictor, list(lengths)), roles, code_step, progress)
+    return tokens

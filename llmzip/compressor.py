@@ -1,0 +1,229 @@
+"""Compress and decompress, top to bottom: bytes -> tokens -> chunks -> batches of chunks coded in
+lockstep with the model -> container."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import container
+from .coding import decode_batch, encode_batch
+from .container import ChunkEntry, Header
+from .errors import DecodeMismatchError, InvalidOptionError, UnsupportedVersionError, WrongModelError
+from .models import DEFAULT_MODEL, LoadedModel, load_model
+from .predictor import MIN_ROWS, Predictor
+
+DEFAULT_CHUNK_SIZE = 1024  # tokens; see README "Choosing chunk and batch size"
+DEFAULT_BATCH_SIZE = 16  # chunks per batch
+DTYPE = "float32"
+
+ByteProgress = Callable[[int], None]  # called with a count of input bytes just processed
+
+
+@dataclass
+class CodingStats:
+    """What the last compress measured (for -v, `info` and benchmarks)."""
+
+    input_bytes: int = 0
+    tokens: int = 0
+    chunks: int = 0
+    raw_chunks: int = 0
+    payload_bytes: int = 0
+    archive_bytes: int = 0
+    ideal_bits: float = 0.0  # sum of -log2 p over coded tokens: what a perfect coder would need
+    coded_bits: int = 0  # bits the range coder produced for those tokens
+    seconds: float = 0.0
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _checksum(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()[: container.CHECKSUM_BYTES]
+
+
+def _runtime() -> tuple[str, str]:
+    return torch.__version__, torch.backends.cpu.get_cpu_capability()
+
+
+class Compressor:
+    """Keeps a model loaded between calls; `compress` and `decompress` work on bytes."""
+
+    def __init__(
+        self,
+        model: str | LoadedModel = DEFAULT_MODEL,
+        *,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        threads: int | None = None,
+        quiet: bool = True,
+    ) -> None:
+        self.model = model if isinstance(model, LoadedModel) else load_model(model, quiet=quiet)
+        if not 1 <= chunk_size <= container.MAX_CHUNK_TOKENS:
+            raise InvalidOptionError(f"chunk size must be between 1 and {container.MAX_CHUNK_TOKENS} tokens")
+        if not 1 <= batch_size <= container.MAX_ROWS:
+            raise InvalidOptionError(f"batch size must be between 1 and {container.MAX_ROWS}")
+        if threads is not None and not 1 <= threads <= container.MAX_THREADS:
+            raise InvalidOptionError(f"threads must be between 1 and {container.MAX_THREADS}")
+        self.chunk_size = chunk_size
+        self.batch_size = batch_size
+        self.threads = threads or torch.get_num_threads()
+        self.stats = CodingStats()
+
+    # -- compress ---------------------------------------------------------------------------
+
+    def compress(self, data: bytes, progress: ByteProgress | None = None) -> bytes:
+        started = time.perf_counter()
+        context = getattr(self.model.model.config, "max_position_embeddings", None) or container.MAX_CHUNK_TOKENS + 1
+        if self.chunk_size >= context:  # the start token takes one position
+            raise InvalidOptionError(f"chunk size must be below {context} tokens, this model's context")
+        tokenizer = self.model.tokenizer
+        ids = tokenizer.encode(data)
+        chunks = [ids[i : i + self.chunk_size] for i in range(0, len(ids), self.chunk_size)]
+        rows = max(min(self.batch_size, len(chunks)), MIN_ROWS)  # no idle rows beyond MIN_ROWS
+        predictor = Predictor(self.model.model, rows, tokenizer.alphabet_size)
+        stats = CodingStats(input_bytes=len(data), tokens=len(ids), chunks=len(chunks))
+        on_symbols = (lambda symbols: progress(int(tokenizer.id_nbytes[symbols].sum()))) if progress else None
+        entries, payloads = [], []
+        with torch_threads(self.threads):
+            for first in range(0, len(chunks), self.batch_size):
+                batch = chunks[first : first + self.batch_size]
+                originals = [tokenizer.decode(c) for c in batch]
+                coded = self._encode_batch(predictor, batch, originals, stats, on_symbols)
+                for tokens, original, payload in zip(batch, originals, coded):
+                    coded_tokens = len(tokens) if payload is not None else 0  # 0 marks a raw chunk
+                    stored = original if payload is None else payload
+                    entries.append(ChunkEntry(coded_tokens, len(stored), zlib.crc32(original)))
+                    payloads.append(stored)
+        torch_version, cpu_capability = _runtime()
+        header = Header(
+            model_name=self.model.name,
+            model_fingerprint=self.model.fingerprint,
+            roles=tokenizer.roles,
+            chunk_size=self.chunk_size,
+            batch_size=self.batch_size,
+            rows=rows,
+            threads=self.threads,
+            dtype=DTYPE,
+            torch_version=torch_version,
+            cpu_capability=cpu_capability,
+            original_size=len(data),
+            checksum=_checksum(data),
+            chunks=entries,
+        )
+        archive = container.pack(header, payloads)
+        stats.payload_bytes = sum(len(p) for p in payloads)
+        stats.archive_bytes = len(archive)
+        stats.seconds = time.perf_counter() - started
+        self.stats = stats
+        return archive
+
+    def _encode_batch(
+        self,
+        predictor: Predictor,
+        batch: list[np.ndarray],
+        originals: list[bytes],
+        stats: CodingStats,
+        on_symbols: Callable[[np.ndarray], None] | None,
+    ) -> list[bytes | None]:
+        """Coded bytes per chunk, or None for a chunk stored raw because coding did not shrink it.
+
+        A raw chunk's row must be idle, because the decoder will not know its tokens; so the
+        batch is coded again without it (rare: only data the model cannot predict)."""
+        raw = [False] * len(batch)
+        while True:
+            rows = [np.empty(0, np.int64) if r else c for c, r in zip(batch, raw)]
+            coded, ideal_bits = encode_batch(predictor, rows, self.model.tokenizer.roles, on_symbols)
+            on_symbols = None  # progress counts each byte once
+            grown = [i for i, p in enumerate(coded) if not raw[i] and len(p) >= len(originals[i])]
+            for i in grown:
+                raw[i] = True
+            if not grown or all(raw):
+                break
+        stats.raw_chunks += sum(raw)
+        stats.ideal_bits += ideal_bits if not all(raw) else 0.0
+        stats.coded_bits += 8 * sum(len(p) for p, r in zip(coded, raw) if not r)
+        return [None if r else p for p, r in zip(coded, raw)]
+
+    # -- decompress -------------------------------------------------------------------------
+
+    def check_model(self, header: Header) -> None:
+        if header.model_fingerprint != self.model.fingerprint:
+            raise WrongModelError(
+                f"archive needs model {header.model_name!r} (fingerprint {header.model_fingerprint.hex()}), "
+                f"but {self.model.name!r} has fingerprint {self.model.fingerprint.hex()}"
+            )
+
+    def iter_decompress(self, archive: bytes, progress: ByteProgress | None = None) -> Iterator[bytes]:
+        """Yield the original bytes batch by batch; raise if any check fails, before the last yield
+        of a damaged batch and after the last batch for the whole-file checksum."""
+        header, payloads = container.unpack(archive)
+        self.check_model(header)
+        if header.dtype != DTYPE:
+            raise UnsupportedVersionError(f"archive uses dtype {header.dtype}, this llmzip computes in {DTYPE}")
+        if critical := [tag for tag in header.extensions if tag < container.FIRST_OPTIONAL_EXTENSION]:
+            raise UnsupportedVersionError(f"archive uses extension {critical[0]}, unknown to this llmzip")
+        tokenizer = self.model.tokenizer
+        predictor = Predictor(self.model.model, header.rows, header.alphabet_size)
+        on_symbols = (lambda symbols: progress(int(tokenizer.id_nbytes[symbols].sum()))) if progress else None
+        digest, size = hashlib.sha256(), 0
+        with torch_threads(header.threads):
+            for first in range(0, len(header.chunks), header.batch_size):
+                entries = header.chunks[first : first + header.batch_size]
+                coded = [b"" if e.raw else p for e, p in zip(entries, payloads[first:])]
+                tokens = decode_batch(predictor, coded, [e.tokens for e in entries], header.roles, on_symbols)
+                out = []
+                for k, (entry, payload, ids) in enumerate(zip(entries, payloads[first:], tokens)):
+                    chunk = payload if entry.raw else tokenizer.decode(ids)
+                    if zlib.crc32(chunk) != entry.crc32:
+                        raise DecodeMismatchError(_mismatch_message(first + k, header))
+                    if entry.raw and progress:
+                        progress(len(chunk))
+                    out.append(chunk)
+                block = b"".join(out)
+                digest.update(block)
+                size += len(block)
+                yield block
+        if size != header.original_size or digest.digest()[: container.CHECKSUM_BYTES] != header.checksum:
+            raise DecodeMismatchError("decoded data fails the whole-file checksum")
+
+    def decompress(self, archive: bytes, progress: ByteProgress | None = None) -> bytes:
+        return b"".join(self.iter_decompress(archive, progress))
+
+
+def _mismatch_message(index: int, header: Header) -> str:
+    torch_version, cpu_capability = _runtime()
+    message = f"chunk {index} fails its CRC check after decoding"
+    if (torch_version, cpu_capability) != (header.torch_version, header.cpu_capability):
+        return (
+            f"{message}: the archive was made with torch {header.torch_version} on CPU capability "
+            f"{header.cpu_capability}, this is torch {torch_version} on {cpu_capability}, and the model's "
+            "probabilities differ; decompress with the encoder's torch version and CPU type"
+        )
+    return f"{message}: the archive is damaged"
+
+
+def compress(data: bytes, model: str | LoadedModel = DEFAULT_MODEL, **options: int) -> bytes:
+    """Compress `data` with `model` (an alias, Hugging Face id, local directory or .gguf file)."""
+    return Compressor(model, **options).compress(data)
+
+
+def decompress(archive: bytes, model: str | LoadedModel | None = None) -> bytes:
+    """Decompress `archive`, loading the model it names unless one is given."""
+    if model is None:
+        model = container.unpack(archive)[0].model_name
+    return Compressor(model).decompress(archive)

@@ -1,0 +1,91 @@
+"""Tiny randomly initialised models built in code (fixed seed, no download)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from llmzip import Compressor, LoadedModel
+from llmzip.tokenization import byte_level_alphabet
+
+CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
+MISSING_BYTES = (0x04, 0x1D, 0xFF)  # like SmolLM2, whose vocabulary lacks some single bytes
+WORDS = ["the", "and", "ing", "er", "in", "on", "at", "Привет", "мир"]
+
+
+def _merges(pieces: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Tokens and BPE merges that build each piece left to right."""
+    tokens, merges = [], []
+    for piece in pieces:
+        for k in range(2, len(piece) + 1):
+            if piece[:k] not in tokens:
+                merges.append((piece[: k - 1], piece[k - 1]))
+                tokens.append(piece[:k])
+    return tokens, merges
+
+
+def byte_level_tokenizer() -> PreTrainedTokenizerFast:
+    """GPT-2 style byte-level BPE, missing some byte tokens."""
+    alphabet = {b: c for c, b in byte_level_alphabet().items()}
+    as_chars = ["".join(alphabet[b] for b in w.encode()) for w in WORDS + [" " + w for w in WORDS]]
+    tokens, merges = _merges(as_chars)
+    pieces = ["<|endoftext|>"] + [alphabet[b] for b in range(256) if b not in MISSING_BYTES] + tokens
+    tok = Tokenizer(models.BPE({p: i for i, p in enumerate(pieces)}, merges))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+
+
+def byte_fallback_tokenizer() -> PreTrainedTokenizerFast:
+    """SentencePiece style (like Gemma): U+2581 for spaces, <0xXX> byte fallback."""
+    tokens, merges = _merges([w.replace(" ", "\u2581") for w in WORDS + [" " + w for w in WORDS]])
+    letters = sorted({c for w in WORDS for c in w} | {"\u2581"})
+    pieces = ["<unk>", "<bos>"] + [f"<0x{b:02X}>" for b in range(256)] + letters + tokens
+    tok = Tokenizer(models.BPE({p: i for i, p in enumerate(pieces)}, merges, unk_token="<unk>", byte_fallback=True))
+    tok.normalizer = normalizers.Replace(" ", "\u2581")
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", unk_token="<unk>")
+
+
+def tiny_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0, name: str = "tiny") -> LoadedModel:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+    )
+    return LoadedModel.from_hf(name, LlamaForCausalLM(config), tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny() -> LoadedModel:
+    return tiny_model(byte_level_tokenizer())
+
+
+@pytest.fixture(scope="session")
+def tiny_fallback() -> LoadedModel:
+    return tiny_model(byte_fallback_tokenizer(), name="tiny-fallback")
+
+
+@pytest.fixture(scope="session")
+def compressor(tiny: LoadedModel) -> Compressor:
+    """Small chunks and batches, so short inputs span several chunks and batches."""
+    return Compressor(tiny, chunk_size=64, batch_size=4, threads=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tiny: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The tiny model saved as a local Hugging Face directory, for the CLI."""
+    path = tmp_path_factory.mktemp("tiny-model")
+    tiny.model.save_pretrained(path)
+    tiny.tokenizer.tokenizer.save_pretrained(path)
+    return str(path)

@@ -1,0 +1,158 @@
+"""The command line, through click's runner and through a real subprocess."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from llmzip.cli import main
+
+TEXT = "the rain and the sun\r\n\u041f\u0440\u0438\u0432\u0435\u0442 \U0001f600\n".encode() * 20 + b"\xff\x04"
+
+
+@pytest.fixture
+def run(tiny_dir):
+    """Invoke the CLI in-process; the tiny model is passed to compress."""
+
+    def invoke(*args: str, input: bytes | None = None):
+        args = list(args)
+        if args[0] == "compress" and "--model" not in args:
+            args += ["--model", tiny_dir]
+        return CliRunner().invoke(main, args, input=input, catch_exceptions=False)
+
+    return invoke
+
+
+@pytest.fixture
+def sample(tmp_path):
+    path = tmp_path / "sample.txt"
+    path.write_bytes(TEXT)
+    return path
+
+
+def one_line_error(result, exit_code: int = 1) -> str:
+    assert result.exit_code == exit_code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("llmzip: error: "), result.stderr
+    return lines[0]
+
+
+def test_compress_decompress_default_names(run, sample):
+    assert run("compress", str(sample), "-q", "--chunk-size", "32", "--batch-size", "4").exit_code == 0
+    archive = sample.with_name("sample.txt.lz")
+    assert archive.exists() and sample.read_bytes() == TEXT  # input untouched
+    os.rename(sample, sample.with_name("original.txt"))
+    assert run("decompress", str(archive), "-q").exit_code == 0
+    assert sample.read_bytes() == TEXT
+
+
+def test_dash_d_is_decompress(run, sample, tmp_path):
+    run("compress", str(sample), "-q")
+    out = tmp_path / "out"
+    assert run("-d", str(sample) + ".lz", "-o", str(out), "-q").exit_code == 0
+    assert out.read_bytes() == TEXT
+
+
+def test_refuses_to_overwrite_without_force(run, sample):
+    target = sample.with_name("sample.txt.lz")
+    target.write_bytes(b"precious")
+    assert "already exists; use -f" in one_line_error(run("compress", str(sample), "-q"))
+    assert target.read_bytes() == b"precious"
+    assert run("compress", str(sample), "-q", "-f").exit_code == 0
+    assert target.read_bytes().startswith(b"LLMZ")
+
+
+def test_rm_removes_input_only_after_success(run, sample):
+    assert run("compress", str(sample), "-q", "--rm").exit_code == 0
+    assert not sample.exists()
+    assert run("decompress", str(sample) + ".lz", "-q", "--rm").exit_code == 0
+    assert sample.read_bytes() == TEXT and not sample.with_name("sample.txt.lz").exists()
+
+
+def test_stdin_to_stdout(run):
+    archive = run("compress", "-", "-q", input=TEXT).stdout_bytes
+    assert archive.startswith(b"LLMZ")
+    assert run("decompress", "-", "-q", input=archive).stdout_bytes == TEXT
+
+
+def test_geometry_flags_do_not_change_decoding(run, sample, tmp_path):
+    """Compressed with 8 chunks a batch on 2 threads, decompressed asking for 1 and 1."""
+    args = ("compress", str(sample), "-q", "--chunk-size", "16", "--batch-size", "8", "--threads", "2")
+    assert run(*args).exit_code == 0
+    out = tmp_path / "out"
+    result = run("decompress", str(sample) + ".lz", "-o", str(out), "--batch-size", "1", "--threads", "1", "-v")
+    assert result.exit_code == 0, result.output
+    assert "batch 8" in result.stderr and out.read_bytes() == TEXT
+
+
+def test_info_and_test(run, sample):
+    run("compress", str(sample), "-q")
+    info = run("info", str(sample) + ".lz")
+    assert info.exit_code == 0
+    for field in ("original size", f"{len(TEXT)} bytes", "bits/byte", "header", "model", "chunks", "geometry"):
+        assert field in info.stdout
+    tested = run("test", str(sample) + ".lz")
+    assert tested.exit_code == 0 and "OK" in tested.stderr
+
+
+def test_models_lists_aliases(run):
+    result = run("models")
+    assert result.exit_code == 0
+    assert "smollm2-135m (default)" in result.stdout and "gemma3-270m" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("compress", "/nonexistent/file"), "no such file"),
+        (("decompress", "/nonexistent/file.lz"), "no such file"),
+        (("compress", "--chunk-size", "0", "x"), "chunk-size"),
+        (("compress", "--batch-size", "-3", "x"), "batch-size"),
+        (("compress", "--threads", "zero", "x"), "threads"),
+        (("compress", "--model", "/nonexistent/model", "{sample}"), "cannot load model"),
+        (("decompress", "{sample}"), "unknown suffix"),
+        (("decompress", "{sample}", "-o", "{sample}"), "overwrite the input"),
+        (("test", "{sample}"), "not an llmzip archive"),
+        (("info", "{dir}"), "is a directory"),
+    ],
+)
+def test_bad_input_is_one_line_error(run, sample, args, message):
+    args = [a.format(sample=sample, dir=sample.parent) for a in args]
+    assert message in one_line_error(run(*args))
+
+
+def test_corrupt_and_truncated_archives(run, sample, tmp_path):
+    run("compress", str(sample), "-q")
+    archive = (sample.parent / "sample.txt.lz").read_bytes()
+    flipped = archive[:-3] + bytes([archive[-3] ^ 1]) + archive[-2:]
+    for name, damaged, message in [("flip", flipped, "damaged"), ("cut", archive[:-5], "truncated")]:
+        path = tmp_path / f"{name}.lz"
+        path.write_bytes(damaged)
+        assert message in one_line_error(run("decompress", str(path), "-q"))
+        assert not (tmp_path / name).exists(), "no partial output"
+
+
+def test_wrong_model_names_the_needed_one(run, sample, tiny_dir, tmp_path):
+    from conftest import byte_level_tokenizer, tiny_model
+
+    other = tiny_model(byte_level_tokenizer(), seed=3)
+    other_dir = tmp_path / "other-model"
+    other.model.save_pretrained(other_dir)
+    other.tokenizer.tokenizer.save_pretrained(other_dir)
+    run("compress", str(sample), "-q")
+    result = run("decompress", str(sample) + ".lz", "-o", str(tmp_path / "x"), "--model", str(other_dir))
+    message = one_line_error(result)
+    assert f"archive needs model '{tiny_dir}'" in message
+
+
+def test_real_subprocess(tiny_dir, sample, tmp_path):
+    """`python -m llmzip` end to end, with exit codes and a one-line error."""
+    cmd = [sys.executable, "-m", "llmzip"]
+    subprocess.run([*cmd, "compress", str(sample), "--model", tiny_dir, "-q"], check=True)
+    out = tmp_path / "restored"
+    subprocess.run([*cmd, "decompress", str(sample) + ".lz", "-o", str(out), "-q"], check=True)
+    assert out.read_bytes() == TEXT
+    failed = subprocess.run([*cmd, "decompress", str(sample)], capture_output=True, text=True)
+    assert failed.returncode == 1 and failed.stderr.count("\n") == 1 and "Traceback" not in failed.stderr

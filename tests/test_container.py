@@ -1,0 +1,79 @@
+"""Damaged archives give an llmzip error, never wrong output and never another exception."""
+
+import pytest
+
+from llmzip import CorruptArchiveError, LlmzipError, TruncatedArchiveError, UnsupportedVersionError, container
+
+
+@pytest.fixture(scope="module")
+def small(compressor):
+    data = b"the rain and the sun\r\n" * 8 + b"\xff\x04 raw bytes"
+    archive = compressor.compress(data)
+    header, _ = container.unpack(archive)
+    assert len(header.chunks) >= 2
+    return data, archive
+
+
+def test_every_single_byte_corruption_is_an_error(compressor, small):
+    _, archive = small
+    for position in range(len(archive)):
+        for flip in (0x01, 0x80, 0xFF):
+            damaged = bytearray(archive)
+            damaged[position] ^= flip
+            with pytest.raises(LlmzipError):
+                compressor.decompress(bytes(damaged))
+
+
+def test_every_truncation_is_an_error(compressor, small):
+    _, archive = small
+    for size in range(len(archive)):
+        with pytest.raises(CorruptArchiveError):
+            compressor.decompress(archive[:size])
+
+
+def test_truncated_payload_is_reported_as_truncation(small):
+    _, archive = small
+    with pytest.raises(TruncatedArchiveError, match="payload bytes missing"):
+        container.unpack(archive[:-1])
+
+
+def test_appended_garbage_is_an_error(small):
+    _, archive = small
+    with pytest.raises(CorruptArchiveError, match="unexpected bytes"):
+        container.unpack(archive + b"\0")
+
+
+def test_not_an_archive(compressor):
+    with pytest.raises(CorruptArchiveError, match="not an llmzip archive"):
+        compressor.decompress(b"\x89PNG\r\n\x1a\n" + bytes(100))
+
+
+def test_newer_version_is_refused(small):
+    _, archive = small
+    newer = archive[:4] + bytes([container.FORMAT_VERSION + 1]) + archive[5:]
+    with pytest.raises(UnsupportedVersionError, match="newer"):
+        container.unpack(newer)
+
+
+def test_unknown_critical_extension_is_refused(compressor, small):
+    data, archive = small
+    header, payloads = container.unpack(archive)
+    header.extensions = {7: b"future"}
+    with pytest.raises(UnsupportedVersionError, match="extension 7"):
+        compressor.decompress(container.pack(header, payloads))
+    header.extensions = {200: b"optional"}
+    assert compressor.decompress(container.pack(header, payloads)) == data
+
+
+def test_pack_unpack_round_trip(small):
+    _, archive = small
+    header, payloads = container.unpack(archive)
+    assert container.pack(header, payloads) == archive
+
+
+def test_header_values_beyond_limits_are_rejected(small):
+    _, archive = small
+    header, payloads = container.unpack(archive)
+    header.rows = 3  # fewer than the 4 rows every encoder uses
+    with pytest.raises(CorruptArchiveError, match="geometry"):
+        container.unpack(container.pack(header, payloads))

