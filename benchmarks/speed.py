@@ -1,0 +1,109 @@
+"""Coding speed against the model's own bound, with a profile of where the time goes.
+
+    python benchmarks/speed.py ../shared/corpus/enwik6 --bytes 100000
+
+Reports tokens/s and bytes/s of compress and decompress (model already loaded), of a bare
+teacher-forced forward over the same chunks at the same rows and threads (the practical upper
+bound), their ratio ("efficiency"), peak RSS, and a cProfile breakdown of each direction:
+model forward, probabilities (softmax and copy), range coding, and the rest (Python).
+Results go to benchmarks/results/speed.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import platform
+import pstats
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from llmzip import Compressor, load_model
+from llmzip.compressor import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, torch_threads
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def profile(fn) -> tuple[object, float, dict[str, float]]:
+    """Run fn under cProfile; return its result, wall seconds and seconds per component."""
+    profiler = cProfile.Profile()
+    started = time.perf_counter()
+    result = profiler.runcall(fn)
+    seconds = time.perf_counter() - started
+    stats = pstats.Stats(profiler).stats  # (file, line, name) -> (calls, ncalls, tottime, cumtime, callers)
+
+    def seconds_in(match, column: int) -> float:
+        return sum(v[column] for k, v in stats.items() if match(k))
+
+    def step(k: tuple) -> bool:
+        return k[0].endswith("predictor.py") and k[2] == "step"
+
+    step_total, step_own = seconds_in(step, 3), seconds_in(step, 2)  # own time: the copy into numpy
+    softmax = seconds_in(lambda k: "softmax" in k[2] or "'numpy' of 'torch" in k[2], 2)
+    coding = seconds_in(lambda k: "'encode' of 'builtins.Range" in k[2] or "'decode' of 'builtins.Range" in k[2], 2)
+    parts = {"model_forward": step_total - step_own - softmax, "probabilities": step_own + softmax}
+    parts["range_coding"] = coding
+    parts["python_and_other"] = seconds - sum(parts.values())
+    return result, seconds, parts
+
+
+@torch.inference_mode()
+def teacher_forced_seconds(model, chunks: list[np.ndarray], start_id: int, rows: int) -> float:
+    """One forward per batch of `rows` chunks (padded with the start id), as the coder batches them."""
+    started = time.perf_counter()
+    for first in range(0, len(chunks), rows):
+        batch = chunks[first : first + rows]
+        width = max(len(c) for c in batch) + 1
+        ids = np.full((rows, width), start_id, dtype=np.int64)
+        for r, c in enumerate(batch):
+            ids[r, 1 : len(c) + 1] = c
+        torch.softmax(model(input_ids=torch.from_numpy(ids)).logits.float(), -1)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("file", type=Path)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--bytes", type=int, default=100_000, help="prefix of the file to code")
+    parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    data = args.file.read_bytes()[: args.bytes]
+    loaded = load_model(args.model)
+    compressor = Compressor(loaded, chunk_size=args.chunk_size, batch_size=args.batch_size, threads=args.threads)
+    archive, c_seconds, c_parts = profile(lambda: compressor.compress(data))
+    restored, d_seconds, d_parts = profile(lambda: compressor.decompress(archive))
+    assert restored == data, "round trip failed"
+    ids = loaded.tokenizer.encode(data)
+    chunks = [ids[i : i + args.chunk_size] for i in range(0, len(ids), args.chunk_size)]
+    with torch_threads(args.threads):
+        rows = max(min(args.batch_size, len(chunks)), 4)
+        tf_seconds = teacher_forced_seconds(loaded.model, chunks, loaded.tokenizer.roles.start_id, rows)
+    n = len(ids)
+    report = {
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__},
+        "settings": vars(args) | {"file": str(args.file)},
+        "bytes": len(data),
+        "tokens": n,
+        "bits_per_byte": 8 * len(archive) / len(data),
+        "compress": {"seconds": c_seconds, "tokens_per_s": n / c_seconds, "bytes_per_s": len(data) / c_seconds},
+        "decompress": {"seconds": d_seconds, "tokens_per_s": n / d_seconds, "bytes_per_s": len(data) / d_seconds},
+        "teacher_forced": {"seconds": tf_seconds, "tokens_per_s": n / tf_seconds},
+        "efficiency": {"compress": tf_seconds / c_seconds, "decompress": tf_seconds / d_seconds},
+        "profile_seconds": {"compress": c_parts, "decompress": d_parts},
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    print(json.dumps(report, indent=2))
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "speed.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
