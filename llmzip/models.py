@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+import safetensors.torch
 import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
@@ -174,8 +176,7 @@ def _load_alias(alias: Alias, quiet: bool) -> LoadedModel:
     converted.parent.mkdir(parents=True, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=converted.parent)
     try:
-        loaded.model.save_pretrained(tmp)
-        loaded.tokenizer.tokenizer.save_pretrained(tmp)
+        _save_dequantized(loaded, Path(tmp))
         if _load(alias.name, tmp).fingerprint == loaded.fingerprint:
             os.replace(tmp, converted)
     except OSError:
@@ -183,6 +184,17 @@ def _load_alias(alias: Alias, quiet: bool) -> LoadedModel:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return loaded
+
+
+def _save_dequantized(loaded: LoadedModel, folder: Path) -> None:
+    """Save a GGUF-loaded model as a plain float32 checkpoint (transformers' save_pretrained
+    refuses GGUF-quantized models, although their weights are already dequantized)."""
+    loaded.model.config.save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.pop("quantization_config", None)
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    safetensors.torch.save_model(loaded.model, str(folder / "model.safetensors"))  # handles tied weights
+    loaded.tokenizer.tokenizer.save_pretrained(folder)
 
 
 def _load(name: str, source: str, gguf_file: str | None = None) -> LoadedModel:

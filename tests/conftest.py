@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+# As llmzip's __init__ does, but torch is imported below before llmzip is: OpenMP threads
+# that spin while waiting make a busy machine crawl.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from pathlib import Path
 
 import pytest
