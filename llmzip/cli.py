@@ -86,7 +86,7 @@ def _geometry_options(f: Callable) -> Callable:
     f = click.option("--threads", type=click.IntRange(1, container.MAX_THREADS), help="Torch threads.")(f)
     return click.option(
         "--batch-size", type=click.IntRange(1, container.MAX_ROWS), default=DEFAULT_BATCH_SIZE,
-        show_default=True, help="Chunks coded together.",
+        show_default=True, help="Most chunks coded together.",
     )(f)  # fmt: skip
 
 

@@ -7,6 +7,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
+from llmzip import container
 from llmzip.cli import main
 
 TEXT = "the rain and the sun\r\n\u041f\u0440\u0438\u0432\u0435\u0442 \U0001f600\n".encode() * 20 + b"\xff\x04"
@@ -84,7 +85,10 @@ def test_geometry_flags_do_not_change_decoding(run, sample, tmp_path):
     out = tmp_path / "out"
     result = run("decompress", str(sample) + ".lz", "-o", str(out), "--batch-size", "1", "--threads", "1", "-v")
     assert result.exit_code == 0, result.output
-    assert "batch 8" in result.stderr and out.read_bytes() == TEXT
+    header, _ = container.unpack((tmp_path / "sample.txt.lz").read_bytes())
+    assert 1 < header.batch_size <= 8 and header.threads == 2
+    assert f"batch {header.batch_size}, {header.rows} rows, 2 threads" in result.stderr
+    assert out.read_bytes() == TEXT
 
 
 def test_info_and_test(run, sample):

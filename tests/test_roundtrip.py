@@ -7,6 +7,7 @@ from test_tokenization import SAMPLES
 
 import llmzip
 from llmzip import Compressor, InvalidOptionError, WrongModelError, container
+from llmzip.compressor import balanced_batch_size
 
 
 @pytest.mark.parametrize("data", SAMPLES, ids=range(len(SAMPLES)))
@@ -92,3 +93,16 @@ def test_bad_options_are_refused(tiny, options):
 def test_chunk_longer_than_the_models_context_is_refused(tiny):
     with pytest.raises(InvalidOptionError, match="context"):
         Compressor(tiny, chunk_size=tiny.model.config.max_position_embeddings).compress(b"x")
+
+
+@pytest.mark.parametrize(
+    ("chunks", "most", "expected"), [(17, 16, 9), (16, 16, 16), (33, 16, 11), (1, 16, 1), (0, 16, 16)]
+)
+def test_batches_are_filled_evenly(chunks, most, expected):
+    assert balanced_batch_size(chunks, most) == expected
+
+
+def test_archive_records_the_balanced_batch(tiny):
+    archive = Compressor(tiny, chunk_size=8, batch_size=16, threads=1).compress(b"x" * (17 * 8))
+    header, _ = container.unpack(archive)
+    assert (len(header.chunks), header.batch_size, header.rows) == (17, 9, 9)
