@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from . import __version__, container
 from .compressor import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, Compressor
+from .container import Header
 from .errors import LlmzipError
 from .models import ALIASES, DEFAULT_MODEL, alias_path
 
@@ -205,7 +206,7 @@ def compress(file, output, to_stdout, force, remove, model, chunk_size, batch_si
             )
 
 
-def _decoder(archive: bytes, model: str | None, quiet: bool, verbose: bool) -> Compressor:
+def _decoder(archive: bytes, model: str | None, quiet: bool, verbose: bool) -> tuple[Compressor, Header]:
     header, _ = container.unpack(archive)
     compressor = Compressor(model or header.model_name, quiet=quiet)
     compressor.check_model(header)  # before any long work
@@ -215,7 +216,7 @@ def _decoder(archive: bytes, model: str | None, quiet: bool, verbose: bool) -> C
             f"{header.rows} rows, {header.threads} threads (used whatever the flags say)",
             err=True,
         )
-    return compressor
+    return compressor, header
 
 
 @main.command()
@@ -237,8 +238,8 @@ def decompress(file, output, to_stdout, force, remove, model, batch_size, thread
     if remove and target is None:
         raise LlmzipError("--rm needs an output file")
     archive = _read_input(file)
-    compressor = _decoder(archive, model, quiet, verbose)
-    size = container.unpack(archive)[0].original_size
+    compressor, header = _decoder(archive, model, quiet, verbose)
+    size = header.original_size
     with _progress_bar(size, "decompress", quiet) as update:
         write_atomically(target, compressor.iter_decompress(archive, update), _input_mode(file))
     _finish(file, target, remove)
@@ -254,8 +255,8 @@ def test_command(files, model, quiet, verbose, debug):
     """Decode FILES and verify every checksum; write nothing."""
     for file in files:
         archive = _read_input(file)
-        compressor = _decoder(archive, model, quiet, verbose)
-        size = container.unpack(archive)[0].original_size
+        compressor, header = _decoder(archive, model, quiet, verbose)
+        size = header.original_size
         with _progress_bar(size, "test", quiet) as update:
             for _ in compressor.iter_decompress(archive, update):
                 pass

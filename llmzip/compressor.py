@@ -14,11 +14,12 @@ import numpy as np
 import torch
 
 from . import container
-from .coding import decode_batch, encode_batch
+from .coding import Progress, decode_batch, encode_batch
 from .container import ChunkEntry, Header
 from .errors import DecodeMismatchError, InvalidOptionError, UnsupportedVersionError, WrongModelError
 from .models import DEFAULT_MODEL, LoadedModel, load_model
 from .predictor import MIN_ROWS, Predictor
+from .tokenization import ByteTokenizer
 
 DEFAULT_CHUNK_SIZE = 1024  # tokens; see README "Choosing chunk and batch size"
 DEFAULT_BATCH_SIZE = 16  # chunks per batch
@@ -98,7 +99,7 @@ class Compressor:
         rows = max(batch_size, MIN_ROWS)
         predictor = Predictor(self.model.model, rows, tokenizer.alphabet_size)
         stats = CodingStats(input_bytes=len(data), tokens=len(ids), chunks=len(chunks))
-        on_symbols = (lambda symbols: progress(int(tokenizer.id_nbytes[symbols].sum()))) if progress else None
+        on_symbols = _symbol_progress(tokenizer, progress)
         entries, payloads = [], []
         with torch_threads(self.threads):
             for first in range(0, len(chunks), batch_size):
@@ -139,7 +140,7 @@ class Compressor:
         batch: list[np.ndarray],
         originals: list[bytes],
         stats: CodingStats,
-        on_symbols: Callable[[np.ndarray], None] | None,
+        on_symbols: Progress | None,
     ) -> list[bytes | None]:
         """Coded bytes per chunk, or None for a chunk stored raw because coding did not shrink it.
 
@@ -180,7 +181,7 @@ class Compressor:
             raise UnsupportedVersionError(f"archive uses extension {critical[0]}, unknown to this llmzip")
         tokenizer = self.model.tokenizer
         predictor = Predictor(self.model.model, header.rows, header.alphabet_size)
-        on_symbols = (lambda symbols: progress(int(tokenizer.id_nbytes[symbols].sum()))) if progress else None
+        on_symbols = _symbol_progress(tokenizer, progress)
         digest, size = hashlib.sha256(), 0
         with torch_threads(header.threads):
             for first in range(0, len(header.chunks), header.batch_size):
@@ -204,6 +205,13 @@ class Compressor:
 
     def decompress(self, archive: bytes, progress: ByteProgress | None = None) -> bytes:
         return b"".join(self.iter_decompress(archive, progress))
+
+
+def _symbol_progress(tokenizer: ByteTokenizer, progress: ByteProgress | None) -> Progress | None:
+    """Report coded symbols to a byte-counting progress callback."""
+    if progress is None:
+        return None
+    return lambda symbols: progress(int(tokenizer.id_nbytes[symbols].sum()))
 
 
 def balanced_batch_size(n_chunks: int, most: int) -> int:
