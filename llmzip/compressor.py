@@ -171,8 +171,9 @@ class Compressor:
             )
 
     def iter_decompress(self, archive: bytes, progress: ByteProgress | None = None) -> Iterator[bytes]:
-        """Yield the original bytes batch by batch; raise if any check fails, before the last yield
-        of a damaged batch and after the last batch for the whole-file checksum."""
+        """Yield the original bytes batch by batch. A chunk failing its CRC raises before its batch
+        is yielded; the whole-file checksum is checked after the last batch, so consume the
+        iterator to its end before trusting what it gave."""
         header, payloads = container.unpack(archive)
         self.check_model(header)
         if header.dtype != DTYPE:
@@ -186,10 +187,11 @@ class Compressor:
         with torch_threads(header.threads):
             for first in range(0, len(header.chunks), header.batch_size):
                 entries = header.chunks[first : first + header.batch_size]
-                coded = [b"" if e.raw else p for e, p in zip(entries, payloads[first:])]
+                stored = payloads[first : first + header.batch_size]
+                coded = [b"" if e.raw else p for e, p in zip(entries, stored)]
                 tokens = decode_batch(predictor, coded, [e.tokens for e in entries], header.roles, on_symbols)
                 out = []
-                for k, (entry, payload, ids) in enumerate(zip(entries, payloads[first:], tokens)):
+                for k, (entry, payload, ids) in enumerate(zip(entries, stored, tokens)):
                     chunk = payload if entry.raw else tokenizer.decode(ids)
                     if zlib.crc32(chunk) != entry.crc32:
                         raise DecodeMismatchError(_mismatch_message(first + k, header))
