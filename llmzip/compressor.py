@@ -106,7 +106,7 @@ class Compressor:
                 batch = chunks[first : first + batch_size]
                 originals = [tokenizer.decode(c) for c in batch]
                 coded = self._encode_batch(predictor, batch, originals, stats, on_symbols)
-                for tokens, original, payload in zip(batch, originals, coded):
+                for tokens, original, payload in zip(batch, originals, coded, strict=True):
                     coded_tokens = len(tokens) if payload is not None else 0  # 0 marks a raw chunk
                     stored = original if payload is None else payload
                     entries.append(ChunkEntry(coded_tokens, len(stored), zlib.crc32(original)))
@@ -148,7 +148,7 @@ class Compressor:
         batch is coded again without it (rare: only data the model cannot predict)."""
         raw = [False] * len(batch)
         while True:
-            rows = [np.empty(0, np.int64) if r else c for c, r in zip(batch, raw)]
+            rows = [np.empty(0, np.int64) if r else c for c, r in zip(batch, raw, strict=True)]
             coded, ideal_bits = encode_batch(predictor, rows, self.model.tokenizer.roles, on_symbols)
             on_symbols = None  # progress counts each byte once
             grown = [i for i, p in enumerate(coded) if not raw[i] and len(p) >= len(originals[i])]
@@ -158,8 +158,8 @@ class Compressor:
                 break
         stats.raw_chunks += sum(raw)
         stats.ideal_bits += ideal_bits if not all(raw) else 0.0
-        stats.coded_bits += 8 * sum(len(p) for p, r in zip(coded, raw) if not r)
-        return [None if r else p for p, r in zip(coded, raw)]
+        stats.coded_bits += 8 * sum(len(p) for p, r in zip(coded, raw, strict=True) if not r)
+        return [None if r else p for p, r in zip(coded, raw, strict=True)]
 
     # -- decompress -------------------------------------------------------------------------
 
@@ -188,10 +188,10 @@ class Compressor:
             for first in range(0, len(header.chunks), header.batch_size):
                 entries = header.chunks[first : first + header.batch_size]
                 stored = payloads[first : first + header.batch_size]
-                coded = [b"" if e.raw else p for e, p in zip(entries, stored)]
+                coded = [b"" if e.raw else p for e, p in zip(entries, stored, strict=True)]
                 tokens = decode_batch(predictor, coded, [e.tokens for e in entries], header.roles, on_symbols)
                 out = []
-                for k, (entry, payload, ids) in enumerate(zip(entries, stored, tokens)):
+                for k, (entry, payload, ids) in enumerate(zip(entries, stored, tokens, strict=True)):
                     chunk = payload if entry.raw else tokenizer.decode(ids)
                     if zlib.crc32(chunk) != entry.crc32:
                         raise DecodeMismatchError(_mismatch_message(first + k, header))
