@@ -63,6 +63,7 @@ def main() -> None:
         report["speed"] = []
         for rows in map(int, args.rows.split(",")):
             predictor = Predictor(loaded.model, rows, loaded.tokenizer.alphabet_size)
+            predictor.reset(args.steps)
             inputs = np.full(rows, loaded.tokenizer.roles.start_id)
             started = time.perf_counter()
             for t in range(args.steps):

@@ -33,9 +33,10 @@ def _lockstep(
 ) -> None:
     """Advance every row until it has `lengths[row]` tokens; `code_step(t, active_rows, probs)`
     codes token t of the active rows and returns those tokens."""
-    predictor.reset()
+    steps = int(lengths.max(initial=0))
+    predictor.reset(steps)
     inputs = np.full(predictor.rows, roles.start_id, dtype=np.int64)
-    for t in range(int(lengths.max(initial=0))):
+    for t in range(steps):
         probs = predictor.step(inputs)
         active = np.flatnonzero(lengths > t)
         symbols = np.full(predictor.rows, roles.start_id, dtype=np.int64)  # idle rows: start_id

@@ -36,3 +36,14 @@ def test_decoder_probabilities_equal_encoders(tiny):
 @given(st.one_of(st.binary(max_size=300), st.text(max_size=200).map(lambda s: s.encode("utf-8", "surrogatepass"))))
 def test_any_input_round_trips(compressor, data):
     assert compressor.decompress(compressor.compress(data)) == data
+
+
+def test_preallocated_cache_gives_the_stock_caches_floats(tiny):
+    ids = tiny.tokenizer.encode(b"the rain and the sun in the morning " * 3)
+    runs = []
+    for preallocate in (True, False):
+        predictor = Predictor(tiny.model, 4, tiny.tokenizer.alphabet_size)
+        predictor.preallocate = preallocate
+        predictor.reset(len(ids))
+        runs.append([predictor.step(np.full(4, i)).copy() for i in ids])
+    assert all(np.array_equal(a, b) for a, b in zip(*runs, strict=True))
