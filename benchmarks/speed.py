@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llmzip import Compressor, load_model
+from llmzip import Compressor, container, load_model
 from llmzip.compressor import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, torch_threads
 
 RESULTS = Path(__file__).parent / "results"
@@ -53,11 +53,11 @@ def profile(fn) -> tuple[object, float, dict[str, float]]:
 
 
 @torch.inference_mode()
-def teacher_forced_seconds(model, chunks: list[np.ndarray], start_id: int, rows: int) -> float:
-    """One forward per batch of `rows` chunks (padded with the start id), as the coder batches them."""
+def teacher_forced_seconds(model, chunks: list[np.ndarray], start_id: int, batch_size: int, rows: int) -> float:
+    """One forward per batch of chunks in `rows` rows (padded with the start id), as the coder ran."""
     started = time.perf_counter()
-    for first in range(0, len(chunks), rows):
-        batch = chunks[first : first + rows]
+    for first in range(0, len(chunks), batch_size):
+        batch = chunks[first : first + batch_size]
         width = max(len(c) for c in batch) + 1
         ids = np.full((rows, width), start_id, dtype=np.int64)
         for r, c in enumerate(batch):
@@ -84,8 +84,9 @@ def main() -> None:
     ids = loaded.tokenizer.encode(data)
     chunks = [ids[i : i + args.chunk_size] for i in range(0, len(ids), args.chunk_size)]
     with torch_threads(args.threads):
-        rows = max(min(args.batch_size, len(chunks)), 4)
-        tf_seconds = teacher_forced_seconds(loaded.model, chunks, loaded.tokenizer.roles.start_id, rows)
+        header, _ = container.unpack(archive)  # the geometry the coder actually ran
+        start_id = loaded.tokenizer.roles.start_id
+        tf_seconds = teacher_forced_seconds(loaded.model, chunks, start_id, header.batch_size, header.rows)
     n = len(ids)
     report = {
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__},
