@@ -20,6 +20,7 @@ from .compressor import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, Compressor
 from .container import Header
 from .errors import LlmzipError
 from .models import ALIASES, DEFAULT_MODEL, alias_path
+from .predictor import PRECISIONS, default_precision
 
 SUFFIX = ".lz"
 
@@ -84,6 +85,10 @@ def _output_options(f: Callable) -> Callable:
 
 
 def _geometry_options(f: Callable) -> Callable:
+    f = click.option(
+        "--precision", type=click.Choice(list(PRECISIONS)), default=None,
+        help=f"Weights and activations (default here: {default_precision()}).",
+    )(f)  # fmt: skip
     f = click.option("--threads", type=click.IntRange(1, container.MAX_THREADS), help="Torch threads.")(f)
     return click.option(
         "--batch-size", type=click.IntRange(1, container.MAX_ROWS), default=DEFAULT_BATCH_SIZE,
@@ -175,7 +180,9 @@ def _progress_bar(total: int, desc: str, quiet: bool):
 @click.option("--chunk-size", type=click.IntRange(1), default=DEFAULT_CHUNK_SIZE, show_default=True, help="Tokens.")
 @_geometry_options
 @_verbosity
-def compress(file, output, to_stdout, force, remove, model, chunk_size, batch_size, threads, quiet, verbose, debug):
+def compress(
+    file, output, to_stdout, force, remove, model, chunk_size, batch_size, threads, precision, quiet, verbose, debug
+):
     """Compress FILE (or standard input) to FILE.lz."""
     target = _plan_output(file, output, to_stdout, lambda f: f + SUFFIX)
     _check_overwrite(target, force)
@@ -184,7 +191,9 @@ def compress(file, output, to_stdout, force, remove, model, chunk_size, batch_si
     if remove and target is None:
         raise LlmzipError("--rm needs an output file")
     data = _read_input(file)
-    compressor = Compressor(model, chunk_size=chunk_size, batch_size=batch_size, threads=threads, quiet=quiet)
+    compressor = Compressor(
+        model, chunk_size=chunk_size, batch_size=batch_size, threads=threads, precision=precision, quiet=quiet
+    )
     with _progress_bar(len(data), "compress", quiet) as update:
         archive = compressor.compress(data, update)
     write_atomically(target, [archive], _input_mode(file))
@@ -213,7 +222,7 @@ def _decoder(archive: bytes, model: str | None, quiet: bool, verbose: bool) -> t
     if verbose:
         click.echo(
             f"  model {header.model_name}, archive geometry: batch {header.batch_size}, "
-            f"{header.rows} rows, {header.threads} threads (used whatever the flags say)",
+            f"{header.rows} rows, {header.threads} threads, {header.precision} (used whatever the flags say)",
             err=True,
         )
     return compressor, header
@@ -224,9 +233,9 @@ def _decoder(archive: bytes, model: str | None, quiet: bool, verbose: bool) -> t
 @click.option("-m", "--model", default=None, help="Model to use (default: the one the archive names).")
 @_geometry_options
 @_verbosity
-def decompress(file, output, to_stdout, force, remove, model, batch_size, threads, quiet, verbose, debug):
-    """Decompress FILE.lz (or standard input). The archive's batch geometry and thread count are
-    always reproduced, so --batch-size and --threads do not change the result."""
+def decompress(file, output, to_stdout, force, remove, model, batch_size, threads, precision, quiet, verbose, debug):
+    """Decompress FILE.lz (or standard input). The archive's batch geometry, thread count and
+    precision are always reproduced, so --batch-size, --threads and --precision do not change the result."""
 
     def strip_suffix(f: str) -> str:
         if not f.endswith(SUFFIX) or f == SUFFIX:
@@ -283,7 +292,7 @@ def info(files, quiet, verbose, debug):
             ("model", f"{h.model_name} (fingerprint {h.model_fingerprint.hex()})"),
             ("chunks", f"{len(h.chunks)} of up to {h.chunk_size} tokens, {raw} stored raw, "
                        f"{sum(c.tokens for c in h.chunks)} tokens coded"),
-            ("geometry", f"batch {h.batch_size}, {h.rows} rows, {h.threads} threads, {h.dtype}"),
+            ("geometry", f"batch {h.batch_size}, {h.rows} rows, {h.threads} threads, {h.precision}, {h.step}"),
             ("runtime", f"torch {h.torch_version}, CPU capability {h.cpu_capability}"),
             ("checksum", f"sha256[:8] {h.checksum.hex()}"),
         ]  # fmt: skip

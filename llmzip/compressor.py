@@ -18,12 +18,11 @@ from .coding import Progress, decode_batch, encode_batch
 from .container import ChunkEntry, Header
 from .errors import DecodeMismatchError, InvalidOptionError, UnsupportedVersionError, WrongModelError
 from .models import DEFAULT_MODEL, LoadedModel, load_model
-from .predictor import MIN_ROWS, Predictor
+from .predictor import MIN_ROWS, PRECISIONS, Predictor, default_precision, step_name
 from .tokenization import ByteTokenizer
 
-DEFAULT_CHUNK_SIZE = 1024  # tokens; see README "Choosing chunk and batch size"
-DEFAULT_BATCH_SIZE = 16  # chunks per batch
-DTYPE = "float32"
+DEFAULT_CHUNK_SIZE = 1024  # tokens
+DEFAULT_BATCH_SIZE = 64  # chunks per batch; see README "Choosing chunk and batch size"
 
 ByteProgress = Callable[[int], None]  # called with a count of input bytes just processed
 
@@ -53,12 +52,23 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
+def _is_transformers(step: str) -> bool:
+    return step.startswith("transformers-")
+
+
 def _checksum(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()[: container.CHECKSUM_BYTES]
 
 
-def _runtime() -> tuple[str, str]:
-    return torch.__version__, torch.backends.cpu.get_cpu_capability()
+def _runtime(model: LoadedModel) -> tuple[str, str, str]:
+    """What besides the archive's geometry decides the floats: torch, the CPU's kernels, the forward."""
+    return torch.__version__, cpu_capability(), step_name(model.model)
+
+
+def cpu_capability() -> str:
+    """torch's kernel level plus the units oneDNN picks bfloat16 kernels by, e.g. `AVX512+bf16+amx`."""
+    units = [("bf16", torch.cpu._is_avx512_bf16_supported), ("amx", torch.cpu._is_amx_tile_supported)]
+    return "+".join([torch.backends.cpu.get_cpu_capability()] + [name for name, has in units if has()])
 
 
 class Compressor:
@@ -71,6 +81,7 @@ class Compressor:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         batch_size: int = DEFAULT_BATCH_SIZE,
         threads: int | None = None,
+        precision: str | None = None,
         quiet: bool = True,
     ) -> None:
         self.model = model if isinstance(model, LoadedModel) else load_model(model, quiet=quiet)
@@ -80,9 +91,12 @@ class Compressor:
             raise InvalidOptionError(f"batch size must be between 1 and {container.MAX_ROWS}")
         if threads is not None and not 1 <= threads <= container.MAX_THREADS:
             raise InvalidOptionError(f"threads must be between 1 and {container.MAX_THREADS}")
+        if precision is not None and precision not in PRECISIONS:
+            raise InvalidOptionError(f"precision must be one of {', '.join(PRECISIONS)}")
         self.chunk_size = chunk_size
         self.batch_size = batch_size
         self.threads = threads or torch.get_num_threads()
+        self.precision = precision or default_precision()
         self.stats = CodingStats()
 
     # -- compress ---------------------------------------------------------------------------
@@ -97,7 +111,7 @@ class Compressor:
         chunks = [ids[i : i + self.chunk_size] for i in range(0, len(ids), self.chunk_size)]
         batch_size = balanced_batch_size(len(chunks), self.batch_size)
         rows = max(batch_size, MIN_ROWS)
-        predictor = Predictor(self.model.model, rows, tokenizer.alphabet_size)
+        predictor = Predictor(self.model.model, rows, tokenizer.alphabet_size, self.precision)
         stats = CodingStats(input_bytes=len(data), tokens=len(ids), chunks=len(chunks))
         on_symbols = _symbol_progress(tokenizer, progress)
         entries, payloads = [], []
@@ -111,7 +125,7 @@ class Compressor:
                     stored = original if payload is None else payload
                     entries.append(ChunkEntry(coded_tokens, len(stored), zlib.crc32(original)))
                     payloads.append(stored)
-        torch_version, cpu_capability = _runtime()
+        torch_version, cpu, step = _runtime(self.model)
         header = Header(
             model_name=self.model.name,
             model_fingerprint=self.model.fingerprint,
@@ -120,9 +134,10 @@ class Compressor:
             batch_size=batch_size,
             rows=rows,
             threads=self.threads,
-            dtype=DTYPE,
+            precision=self.precision,
+            step=step,
             torch_version=torch_version,
-            cpu_capability=cpu_capability,
+            cpu_capability=cpu,
             original_size=len(data),
             checksum=_checksum(data),
             chunks=entries,
@@ -164,11 +179,18 @@ class Compressor:
     # -- decompress -------------------------------------------------------------------------
 
     def check_model(self, header: Header) -> None:
+        """Refuse an archive this model and llmzip cannot reproduce the computation of."""
         if header.model_fingerprint != self.model.fingerprint:
             raise WrongModelError(
                 f"archive needs model {header.model_name!r} (fingerprint {header.model_fingerprint.hex()}), "
                 f"but {self.model.name!r} has fingerprint {self.model.fingerprint.hex()}"
             )
+        if header.precision not in PRECISIONS:
+            raise UnsupportedVersionError(f"archive uses precision {header.precision!r}, unknown to this llmzip")
+        ours = step_name(self.model.model)
+        # Other transformers versions may still give the same floats: the CRCs will tell.
+        if header.step != ours and not (_is_transformers(header.step) and _is_transformers(ours)):
+            raise UnsupportedVersionError(f"archive was coded with forward {header.step!r}; this llmzip runs {ours!r}")
 
     def iter_decompress(self, archive: bytes, progress: ByteProgress | None = None) -> Iterator[bytes]:
         """Yield the original bytes batch by batch. A chunk failing its CRC raises before its batch
@@ -176,12 +198,10 @@ class Compressor:
         iterator to its end before trusting what it gave."""
         header, payloads = container.unpack(archive)
         self.check_model(header)
-        if header.dtype != DTYPE:
-            raise UnsupportedVersionError(f"archive uses dtype {header.dtype}, this llmzip computes in {DTYPE}")
         if critical := [tag for tag in header.extensions if tag < container.FIRST_OPTIONAL_EXTENSION]:
             raise UnsupportedVersionError(f"archive uses extension {critical[0]}, unknown to this llmzip")
         tokenizer = self.model.tokenizer
-        predictor = Predictor(self.model.model, header.rows, header.alphabet_size)
+        predictor = Predictor(self.model.model, header.rows, header.alphabet_size, header.precision)
         on_symbols = _symbol_progress(tokenizer, progress)
         digest, size = hashlib.sha256(), 0
         with torch_threads(header.threads):
@@ -194,7 +214,7 @@ class Compressor:
                 for k, (entry, payload, ids) in enumerate(zip(entries, stored, tokens, strict=True)):
                     chunk = payload if entry.raw else tokenizer.decode(ids)
                     if zlib.crc32(chunk) != entry.crc32:
-                        raise DecodeMismatchError(_mismatch_message(first + k, header))
+                        raise DecodeMismatchError(_mismatch_message(first + k, header, _runtime(self.model)))
                     if entry.raw and progress:
                         progress(len(chunk))
                     out.append(chunk)
@@ -223,14 +243,14 @@ def balanced_batch_size(n_chunks: int, most: int) -> int:
     return -(-n_chunks // n_batches) if n_chunks else most
 
 
-def _mismatch_message(index: int, header: Header) -> str:
-    torch_version, cpu_capability = _runtime()
+def _mismatch_message(index: int, header: Header, runtime: tuple[str, str, str]) -> str:
     message = f"chunk {index} fails its CRC check after decoding"
-    if (torch_version, cpu_capability) != (header.torch_version, header.cpu_capability):
+    if runtime != (header.torch_version, header.cpu_capability, header.step):
+        torch_version, cpu, step = runtime
         return (
             f"{message}: the archive was made with torch {header.torch_version} on CPU capability "
-            f"{header.cpu_capability}, this is torch {torch_version} on {cpu_capability}, and the model's "
-            "probabilities differ; decompress with the encoder's torch version and CPU type"
+            f"{header.cpu_capability} ({header.step}), this is torch {torch_version} on {cpu} "
+            f"({step}), and the model's probabilities differ; decompress with the encoder's versions and CPU type"
         )
     return f"{message}: the archive is damaged"
 

@@ -46,7 +46,8 @@ class Header:
     batch_size: int  # chunks coded together; batch k holds chunks [k*batch_size, (k+1)*batch_size)
     rows: int  # rows the model ran per step (>= batch_size, padded with idle rows)
     threads: int
-    dtype: str
+    precision: str  # predictor.PRECISIONS key
+    step: str  # the forward implementation, predictor.step_name()
     torch_version: str
     cpu_capability: str
     original_size: int
@@ -91,7 +92,8 @@ def pack(header: Header, payloads: list[bytes]) -> bytes:
             _varint(header.batch_size),
             _varint(header.rows),
             _varint(header.threads),
-            _string(header.dtype),
+            _string(header.precision),
+            _string(header.step),
             _string(header.torch_version),
             _string(header.cpu_capability),
             _varint(header.original_size),
@@ -189,7 +191,7 @@ def _parse_body(r: _Reader) -> tuple[Header, int]:
     roles = TokenRoles(r.varint(MAX_VOCAB), r.varint(MAX_VOCAB), r.varint(MAX_VOCAB))
     chunk_size, batch_size = r.varint(MAX_CHUNK_TOKENS), r.varint(MAX_ROWS)
     rows, threads = r.varint(MAX_ROWS), r.varint(MAX_THREADS)
-    dtype, torch_version, cpu_capability = r.string(), r.string(), r.string()
+    precision, step, torch_version, cpu_capability = r.string(), r.string(), r.string(), r.string()
     original_size, checksum = r.varint(), r.take(CHECKSUM_BYTES)
     ext_reader = _Reader(r.take(r.varint(len(r.data))))
     extensions = {}
@@ -202,8 +204,8 @@ def _parse_body(r: _Reader) -> tuple[Header, int]:
     if r.pos != len(r.data):
         raise CorruptArchiveError("header has unexpected trailing bytes")
     header = Header(
-        model_name, fingerprint, roles, chunk_size, batch_size, rows, threads, dtype, torch_version,
-        cpu_capability, original_size, checksum, chunks, extensions,
+        model_name, fingerprint, roles, chunk_size, batch_size, rows, threads, precision, step,
+        torch_version, cpu_capability, original_size, checksum, chunks, extensions,
     )  # fmt: skip
     return header, payload_crc
 

@@ -13,7 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
 
 from llmzip import Compressor, LoadedModel
 from llmzip.tokenization import byte_level_alphabet
@@ -72,6 +78,24 @@ def tiny_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0, name: str = "t
     return LoadedModel.from_hf(name, LlamaForCausalLM(config), tokenizer)
 
 
+def tiny_gemma(tokenizer: PreTrainedTokenizerFast) -> LoadedModel:
+    """A non-Llama architecture with sliding-window layers: it runs through the Hugging Face forward."""
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        sliding_window=16,
+        layer_types=["sliding_attention", "full_attention"],
+        max_position_embeddings=4096,
+    )
+    return LoadedModel.from_hf("tiny-gemma", Gemma3ForCausalLM(config), tokenizer)
+
+
 @pytest.fixture(scope="session")
 def tiny() -> LoadedModel:
     return tiny_model(byte_level_tokenizer())
@@ -80,6 +104,11 @@ def tiny() -> LoadedModel:
 @pytest.fixture(scope="session")
 def tiny_fallback() -> LoadedModel:
     return tiny_model(byte_fallback_tokenizer(), name="tiny-fallback")
+
+
+@pytest.fixture(scope="session")
+def tiny_hf(tiny_fallback: LoadedModel) -> LoadedModel:
+    return tiny_gemma(tiny_fallback.tokenizer.tokenizer)
 
 
 @pytest.fixture(scope="session")

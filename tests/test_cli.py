@@ -79,15 +79,16 @@ def test_stdin_to_stdout(run):
 
 
 def test_geometry_flags_do_not_change_decoding(run, sample, tmp_path):
-    """Compressed with 8 chunks a batch on 2 threads, decompressed asking for 1 and 1."""
+    """Compressed with 8 chunks a batch on 2 threads in fp32, decompressed asking for 1, 1 and bf16."""
     args = ("compress", str(sample), "-q", "--chunk-size", "16", "--batch-size", "8", "--threads", "2")
-    assert run(*args).exit_code == 0
+    assert run(*args, "--precision", "fp32").exit_code == 0
     out = tmp_path / "out"
-    result = run("decompress", str(sample) + ".lz", "-o", str(out), "--batch-size", "1", "--threads", "1", "-v")
+    flags = ("--batch-size", "1", "--threads", "1", "--precision", "bf16")
+    result = run("decompress", str(sample) + ".lz", "-o", str(out), *flags, "-v")
     assert result.exit_code == 0, result.output
     header, _ = container.unpack((tmp_path / "sample.txt.lz").read_bytes())
-    assert 1 < header.batch_size <= 8 and header.threads == 2
-    assert f"batch {header.batch_size}, {header.rows} rows, 2 threads" in result.stderr
+    assert 1 < header.batch_size <= 8 and header.threads == 2 and header.precision == "fp32"
+    assert f"batch {header.batch_size}, {header.rows} rows, 2 threads, fp32" in result.stderr
     assert out.read_bytes() == TEXT
 
 
@@ -115,6 +116,7 @@ def test_models_lists_aliases(run):
         (("compress", "--chunk-size", "0", "x"), "chunk-size"),
         (("compress", "--batch-size", "-3", "x"), "batch-size"),
         (("compress", "--threads", "zero", "x"), "threads"),
+        (("compress", "--precision", "fp8", "x"), "precision"),
         (("compress", "--model", "/nonexistent/model", "{sample}"), "cannot load model"),
         (("decompress", "{sample}"), "unknown suffix"),
         (("decompress", "{sample}", "-o", "{sample}"), "overwrite the input"),

@@ -1,6 +1,7 @@
 """The decoder sees bit-identical probabilities to the encoder's, step by step."""
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,12 +20,15 @@ class RecordingPredictor(Predictor):
         return probs
 
 
-def test_decoder_probabilities_equal_encoders(tiny):
-    tokenizer = tiny.tokenizer
+@pytest.mark.parametrize("model", ["tiny", "tiny_hf"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_decoder_probabilities_equal_encoders(request, model, precision):
+    loaded = request.getfixturevalue(model)
+    tokenizer = loaded.tokenizer
     chunks = [tokenizer.encode(t) for t in (b"the rain and the sun", b"\xff\x04 bytes", "мир".encode(), b"")]
-    encoder = RecordingPredictor(tiny.model, 5, tokenizer.alphabet_size)
+    encoder = RecordingPredictor(loaded.model, 5, tokenizer.alphabet_size, precision)
     payloads, ideal_bits = encode_batch(encoder, chunks, tokenizer.roles)
-    decoder = RecordingPredictor(tiny.model, 5, tokenizer.alphabet_size)
+    decoder = RecordingPredictor(loaded.model, 5, tokenizer.alphabet_size, precision)
     decoded = decode_batch(decoder, payloads, [len(c) for c in chunks], tokenizer.roles)
     assert [list(d) for d in decoded] == [list(c) for c in chunks]
     assert len(encoder.seen) == len(decoder.seen) == max(len(c) for c in chunks)
@@ -36,14 +40,3 @@ def test_decoder_probabilities_equal_encoders(tiny):
 @given(st.one_of(st.binary(max_size=300), st.text(max_size=200).map(lambda s: s.encode("utf-8", "surrogatepass"))))
 def test_any_input_round_trips(compressor, data):
     assert compressor.decompress(compressor.compress(data)) == data
-
-
-def test_preallocated_cache_gives_the_stock_caches_floats(tiny):
-    ids = tiny.tokenizer.encode(b"the rain and the sun in the morning " * 3)
-    runs = []
-    for preallocate in (True, False):
-        predictor = Predictor(tiny.model, 4, tiny.tokenizer.alphabet_size)
-        predictor.preallocate = preallocate
-        predictor.reset(len(ids))
-        runs.append([predictor.step(np.full(4, i)).copy() for i in ids])
-    assert all(np.array_equal(a, b) for a, b in zip(*runs, strict=True))
