@@ -4,7 +4,8 @@
 
 For each combination, compresses the file with the real coder (model loaded once) and reports
 the archive's bits per byte, compress bytes/s (decompress runs the same steps: see speed.py),
-the rows per step and the KV cache size. Results go to benchmarks/results/chunk_size.json.
+the rows per step and the KV cache size. Results go to
+benchmarks/results/chunk_size_<file>_<precisions>.json.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def main() -> None:
         report["runs"].append(run)
         print(json.dumps(run), flush=True)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "chunk_size.json").write_text(json.dumps(report, indent=2) + "\n")
+    name = f"chunk_size_{args.file.name}_{args.precisions.replace(',', '-')}.json"
+    (RESULTS / name).write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

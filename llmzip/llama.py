@@ -146,17 +146,23 @@ class LlamaStep:
     @torch.inference_mode()
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
         """Feed token `ids[r]` to row r; return float32 logits [rows, vocab] for the next token."""
-        c, rows, t = self.config, self.rows, self.position
-        if t >= self.capacity:
+        if self.position >= self.capacity:
             raise ValueError("more steps than reset() allowed")
-        rotation = self.rotations[t]
+        logits = self.forward(ids, self.position)
+        self.position += 1
+        return logits
+
+    def forward(self, ids: torch.Tensor, t: int) -> torch.Tensor:
+        """The step at position t (a plain function of its arguments, so torch.compile can take it)."""
+        c, rows = self.config, self.rows
+        rotation = self.rotations[t : t + 1].squeeze(0)  # slices, not indices, keep t symbolic for torch.compile
         x = self.embed[ids]  # residual stream [rows, hidden], float32
         for i, block in enumerate(self.blocks):
             h = F.rms_norm(x, (c.hidden,), block.attn_norm, c.rms_eps).to(self.dtype)
             qkv = block.qkv(h).view(rows, c.heads + 2 * c.kv_heads, c.head_dim)
             qk = qkv[:, : c.heads + c.kv_heads] @ rotation  # queries and keys rotated in one product
-            self.keys[i, :, :, t] = qk[:, c.heads :]
-            self.values[i, :, :, t] = qkv[:, c.heads + c.kv_heads :]
+            self.keys[i, :, :, t : t + 1] = qk[:, c.heads :, None]
+            self.values[i, :, :, t : t + 1] = qkv[:, c.heads + c.kv_heads :, None]
             # Query heads grouped under their key/value head: [rows, kv_heads, heads per kv head, head_dim].
             q = qk[:, : c.heads].view(rows, c.kv_heads, c.heads // c.kv_heads, c.head_dim)
             attended = F.scaled_dot_product_attention(q, self.keys[i, :, :, : t + 1], self.values[i, :, :, : t + 1])
@@ -165,7 +171,6 @@ class LlamaStep:
             gate, up = block.gate_up(h).chunk(2, dim=-1)
             x = x + block.down(F.silu(gate) * up)
         h = F.rms_norm(x, (c.hidden,), self.final_norm, c.rms_eps).to(self.dtype)
-        self.position += 1
         return self.head(h).float()
 
 

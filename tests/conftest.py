@@ -63,36 +63,27 @@ def byte_fallback_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", unk_token="<unk>")
 
 
+TINY_SIZES = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 4096,
+}
+
+
 def tiny_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0, name: str = "tiny") -> LoadedModel:
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        tie_word_embeddings=True,
-    )
+    config = LlamaConfig(vocab_size=len(tokenizer), tie_word_embeddings=True, **TINY_SIZES)
     return LoadedModel.from_hf(name, LlamaForCausalLM(config), tokenizer)
 
 
 def tiny_gemma(tokenizer: PreTrainedTokenizerFast) -> LoadedModel:
     """A non-Llama architecture with sliding-window layers: it runs through the Hugging Face forward."""
     torch.manual_seed(0)
-    config = Gemma3TextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        sliding_window=16,
-        layer_types=["sliding_attention", "full_attention"],
-        max_position_embeddings=4096,
-    )
+    layers = {"head_dim": 16, "sliding_window": 16, "layer_types": ["sliding_attention", "full_attention"]}
+    config = Gemma3TextConfig(vocab_size=len(tokenizer), **TINY_SIZES, **layers)
     return LoadedModel.from_hf("tiny-gemma", Gemma3ForCausalLM(config), tokenizer)
 
 
