@@ -27,7 +27,7 @@ from transformers import DynamicCache
 
 from llmzip import Compressor, container, load_model
 from llmzip.compressor import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, cpu_capability, torch_threads
-from llmzip.predictor import PRECISIONS, default_precision
+from llmzip.predictor import PRECISIONS, HFStep, default_precision
 
 RESULTS = Path(__file__).parent / "results"
 SLICE = 256  # teacher-forced positions per forward: 26 rows x 256 x 49152 float32 logits = 1.3 GB
@@ -112,7 +112,7 @@ def main() -> None:
     with torch_threads(args.threads):
         header, _ = container.unpack(archive)  # the geometry the coder actually ran
         start_id = loaded.tokenizer.roles.start_id
-        model = loaded.model.to(PRECISIONS[args.precision])  # the Hugging Face forward at the same precision
+        model = HFStep(loaded.model, args.precision).model  # the Hugging Face forward at the same precision
         tf_seconds = teacher_forced_seconds(model, chunks, start_id, header.batch_size, header.rows)
     n = len(ids)
     report = {

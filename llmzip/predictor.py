@@ -19,16 +19,11 @@ import transformers
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicLayer
 
-from .llama import LlamaConfig, LlamaStep
+from .llama import PRECISIONS, LlamaConfig, LlamaStep
 
 # With 1 or 2-3 rows torch picks other kernels, whose row results depend on the batch size and
 # thread count; from 4 rows on each row's result is independent of the others (shared/FACTS.md).
 MIN_ROWS = 4
-
-# Precision -> dtype of activations and KV cache (the residual stream, norms and the final
-# softmax stay float32). bf16 halves the memory traffic and runs on AMX / AVX512-BF16 units;
-# int8 is torch's dynamic quantization of the projections, measured for comparison only.
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32}
 
 
 def default_precision() -> str:
