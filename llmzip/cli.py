@@ -15,12 +15,13 @@ from typing import Any
 import click
 from tqdm import tqdm
 
-from . import __version__, container
+from . import __version__, container, hyperprior
 from .compressor import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, Compressor
 from .container import Header
 from .errors import LlmzipError
 from .models import ALIASES, DEFAULT_MODEL, alias_path
 from .predictor import PRECISIONS, default_precision
+from .steering import Steering, TrainOptions
 
 SUFFIX = ".lz"
 
@@ -94,6 +95,30 @@ def _geometry_options(f: Callable) -> Callable:
         "--batch-size", type=click.IntRange(1, container.MAX_ROWS), default=DEFAULT_BATCH_SIZE,
         show_default=True, help="Most chunks coded together.",
     )(f)  # fmt: skip
+
+
+def _steering_options(f: Callable) -> Callable:
+    defaults = TrainOptions()
+    options = [
+        ("--steer", dict(default="none", show_default=True, help="Soft prompt: none, text:STRING, random:N, trained:N, "
+                         "or auto (train, keep only if the archive gets smaller).")),
+        ("--prior", dict(type=click.Choice(hyperprior.PRIORS), default="gaussian", show_default=True,
+                         help="Prior coding trained vectors.")),
+        ("--prior-bins", dict(type=click.IntRange(2, hyperprior.MAX_BINS), default=hyperprior.DEFAULT_BINS,
+                              show_default=True, help="Quantization levels of trained vectors.")),
+        ("--prior-clip", dict(type=click.FloatRange(0, 50, max_open=True), default=None,
+                              help="Bins span the P-th to (100-P)-th percentile [default: 0 gaussian, 1 empirical].")),
+        ("--steer-steps", dict(type=click.IntRange(0), default=defaults.steps, show_default=True, help="Adam steps.")),
+        ("--steer-lr", dict(type=click.FloatRange(0, min_open=True), default=defaults.lr, show_default=True,
+                            help="Adam learning rate.")),
+        ("--steer-chunks", dict(type=click.IntRange(1), default=defaults.chunks, show_default=True,
+                                help="Chunks trained on, spread over the file.")),
+        ("--steer-tokens", dict(type=click.IntRange(1), default=defaults.tokens, show_default=True,
+                                help="Leading tokens of each training chunk.")),
+    ]  # fmt: skip
+    for name, kwargs in reversed(options):
+        f = click.option(name, **kwargs)(f)
+    return f
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
@@ -179,10 +204,12 @@ def _progress_bar(total: int, desc: str, quiet: bool):
 @click.option("-m", "--model", default=DEFAULT_MODEL, show_default=True, help="Alias, HF id, directory or .gguf.")
 @click.option("--chunk-size", type=click.IntRange(1), default=DEFAULT_CHUNK_SIZE, show_default=True, help="Tokens.")
 @_geometry_options
+@_steering_options
 @_verbosity
 def compress(
-    file, output, to_stdout, force, remove, model, chunk_size, batch_size, threads, precision, quiet, verbose, debug
-):
+    file, output, to_stdout, force, remove, model, chunk_size, batch_size, threads, precision,
+    steer, prior, prior_bins, prior_clip, steer_steps, steer_lr, steer_chunks, steer_tokens, quiet, verbose, debug,
+):  # fmt: skip
     """Compress FILE (or standard input) to FILE.lz."""
     target = _plan_output(file, output, to_stdout, lambda f: f + SUFFIX)
     _check_overwrite(target, force)
@@ -191,10 +218,13 @@ def compress(
     if remove and target is None:
         raise LlmzipError("--rm needs an output file")
     data = _read_input(file)
+    training = TrainOptions(steps=steer_steps, lr=steer_lr, chunks=steer_chunks, tokens=steer_tokens)
     compressor = Compressor(
-        model, chunk_size=chunk_size, batch_size=batch_size, threads=threads, precision=precision, quiet=quiet
-    )
-    with _progress_bar(len(data), "compress", quiet) as update:
+        model, chunk_size=chunk_size, batch_size=batch_size, threads=threads, precision=precision,
+        steer=steer, prior=prior, prior_bins=prior_bins, prior_clip=prior_clip, training=training, quiet=quiet,
+    )  # fmt: skip
+    passes = 2 if steer == "auto" else 1  # auto codes with and without the trained vectors
+    with _progress_bar(passes * len(data), "compress", quiet) as update:
         archive = compressor.compress(data, update)
     write_atomically(target, [archive], _input_mode(file))
     _finish(file, target, remove)
@@ -211,6 +241,12 @@ def compress(
             click.echo(
                 f"  {s.tokens} tokens in {s.chunks} chunks ({s.raw_chunks} stored raw), "
                 f"header {len(archive) - s.payload_bytes} bytes, coder overhead {overhead:+.2f}% vs ideal",
+                err=True,
+            )
+            click.echo(
+                f"  steering {s.steering} ({s.steering_bytes} header bytes), trained in {s.steering_seconds:.1f} s, "
+                f"coded in {s.seconds - s.steering_seconds:.1f} s"
+                + (f"; without steering: {s.unsteered_bytes} bytes" if s.unsteered_bytes is not None else ""),
                 err=True,
             )
 
@@ -294,10 +330,27 @@ def info(files, quiet, verbose, debug):
                        f"{sum(c.tokens for c in h.chunks)} tokens coded"),
             ("geometry", f"batch {h.batch_size}, {h.rows} rows, {h.threads} threads, {h.precision}, {h.step}"),
             ("runtime", f"torch {h.torch_version}, CPU capability {h.cpu_capability}"),
+            ("steering", _describe_steering(h, len(archive))),
             ("checksum", f"sha256[:8] {h.checksum.hex()}"),
         ]  # fmt: skip
         for key, value in rows:
             click.echo(f"{key:>14}: {value}")
+
+
+def _describe_steering(h: Header, archive_bytes: int) -> str:
+    """Variant, prior, header bits, bits per coordinate and the net gain where it was measured."""
+    payload = h.extensions.get(container.STEERING_EXTENSION, b"")
+    steer = Steering.from_bytes(payload)
+    text = f"{steer.describe()}, {8 * len(payload)} header bits"
+    if steer.coded is not None:
+        prior = hyperprior.PRIORS[steer.coded.data[0]]
+        text += f", prior {prior}, {steer.coded.bits / steer.coded.values.size:.2f} bits/coordinate"
+    if (unsteered := h.extensions.get(container.UNSTEERED_SIZE_EXTENSION)) is not None:
+        size = container.Reader(unsteered).varint()
+        text += f", net gain {size - archive_bytes} bytes vs none ({size} bytes)"
+    elif steer.kind != "none":
+        text += ", net gain not measured (--steer auto measures it)"
+    return text
 
 
 @main.command()

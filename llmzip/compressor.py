@@ -13,12 +13,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import container
+from . import container, hyperprior, steering
 from .coding import Progress, decode_batch, encode_batch
 from .container import ChunkEntry, Header
 from .errors import DecodeMismatchError, InvalidOptionError, UnsupportedVersionError, WrongModelError
 from .models import DEFAULT_MODEL, LoadedModel, load_model
 from .predictor import MIN_ROWS, PRECISIONS, Predictor, default_precision, step_name
+from .steering import Steering, TrainOptions
 from .tokenization import ByteTokenizer
 
 DEFAULT_CHUNK_SIZE = 1024  # tokens
@@ -39,7 +40,11 @@ class CodingStats:
     archive_bytes: int = 0
     ideal_bits: float = 0.0  # sum of -log2 p over coded tokens: what a perfect coder would need
     coded_bits: int = 0  # bits the range coder produced for those tokens
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole compress, steering training included
+    steering: str = "none"  # the variant the archive holds
+    steering_bytes: int = 0  # its header payload
+    steering_seconds: float = 0.0  # spent training steering vectors (before any coding)
+    unsteered_bytes: int | None = None  # archive size without steering, where it was measured (auto)
 
 
 @contextmanager
@@ -82,6 +87,11 @@ class Compressor:
         batch_size: int = DEFAULT_BATCH_SIZE,
         threads: int | None = None,
         precision: str | None = None,
+        steer: str = "none",
+        prior: str = "gaussian",
+        prior_bins: int = hyperprior.DEFAULT_BINS,
+        prior_clip: float | None = None,
+        training: TrainOptions | None = None,
         quiet: bool = True,
     ) -> None:
         self.model = model if isinstance(model, LoadedModel) else load_model(model, quiet=quiet)
@@ -97,22 +107,84 @@ class Compressor:
         self.batch_size = batch_size
         self.threads = threads or torch.get_num_threads()
         self.precision = precision or default_precision()
+        self.steer = steering.parse_spec(steer)
+        if prior not in hyperprior.PRIORS:
+            raise InvalidOptionError(f"prior must be one of {', '.join(hyperprior.PRIORS)}")
+        if not 2 <= prior_bins <= hyperprior.MAX_BINS:
+            raise InvalidOptionError(f"prior bins must be between 2 and {hyperprior.MAX_BINS}")
+        if prior_clip is not None and not 0 <= prior_clip < 50:
+            raise InvalidOptionError("prior clip must be a percentile in [0, 50)")
+        self.prior, self.prior_bins, self.prior_clip = prior, prior_bins, prior_clip
+        self.training = training or TrainOptions()
         self.stats = CodingStats()
 
     # -- compress ---------------------------------------------------------------------------
 
-    def compress(self, data: bytes, progress: ByteProgress | None = None) -> bytes:
+    def compress(self, data: bytes, progress: ByteProgress | None = None, steer: Steering | None = None) -> bytes:
+        """The archive of `data`. With `steer="auto"`, both the trained steering and none are
+        coded and the smaller archive is kept (so progress runs twice). A `steer` given here
+        (e.g. vectors trained once, coded under several priors) replaces the option's."""
         started = time.perf_counter()
-        context = getattr(self.model.model.config, "max_position_embeddings", None) or container.MAX_CHUNK_TOKENS + 1
-        if self.chunk_size >= context:  # the start token takes one position
-            raise InvalidOptionError(f"chunk size must be below {context} tokens, this model's context")
         tokenizer = self.model.tokenizer
         ids = tokenizer.encode(data)
         chunks = [ids[i : i + self.chunk_size] for i in range(0, len(ids), self.chunk_size)]
+        auto = steer is None and self.steer[0] == "auto"
+        steer = steer or self._steering(*self.steer, chunks)
+        trained_seconds = time.perf_counter() - started
+        if auto:
+            plain, plain_stats = self._code(data, ids, chunks, Steering(), {}, progress)
+            extensions = {container.UNSTEERED_SIZE_EXTENSION: container.varint(len(plain))}
+            archive, stats = self._code(data, ids, chunks, steer, extensions, progress)
+            if len(archive) >= len(plain):
+                archive, stats = plain, plain_stats
+            stats.unsteered_bytes = len(plain)
+        else:
+            archive, stats = self._code(data, ids, chunks, steer, {}, progress)
+        stats.steering_seconds = trained_seconds
+        stats.seconds = time.perf_counter() - started
+        self.stats = stats
+        return archive
+
+    def _steering(self, kind: str, arg: str | int, chunks: list[np.ndarray]) -> Steering:
+        """The steering to code with; `trained` and `auto` fit vectors to the chunks first."""
+        model = self.model.model
+        if kind == "text":
+            return Steering("text", text=str(arg))
+        if kind == "random":
+            return Steering("random", seed=self.training.seed, scale=steering.embedding_scale(model), count=int(arg))
+        if kind in ("trained", "auto") and chunks:
+            count = int(arg)
+            autocast = self.precision == "bf16"  # train at the precision the coder will run
+            with torch_threads(self.threads):
+                vectors = steering.train(model, self.model.tokenizer, chunks, count, self.training, autocast)
+            return Steering(
+                "trained", count=count, coded=hyperprior.encode(vectors, self.prior, self.prior_bins, self.prior_clip)
+            )
+        return Steering()
+
+    def _code(
+        self,
+        data: bytes,
+        ids: np.ndarray,
+        chunks: list[np.ndarray],
+        steer: Steering,
+        extensions: dict[int, bytes],
+        progress: ByteProgress | None,
+    ) -> tuple[bytes, CodingStats]:
+        """Code the chunks with `steer` as every chunk's prefix; return the archive and its stats."""
+        tokenizer = self.model.tokenizer
+        prefix = steer.prefix(tokenizer, self.model.model.get_input_embeddings().weight.shape[1])
+        context = getattr(self.model.model.config, "max_position_embeddings", None) or container.MAX_CHUNK_TOKENS + 1
+        prefix_length = 0 if prefix is None else len(prefix)
+        if self.chunk_size + prefix_length >= context:  # the start token takes one position
+            raise InvalidOptionError(
+                f"chunk size plus steering prefix ({self.chunk_size} + {prefix_length} tokens) must be below "
+                f"{context} tokens, this model's context"
+            )
         batch_size = balanced_batch_size(len(chunks), self.batch_size)
         rows = max(batch_size, MIN_ROWS)
-        predictor = Predictor(self.model.model, rows, tokenizer.alphabet_size, self.precision)
-        stats = CodingStats(input_bytes=len(data), tokens=len(ids), chunks=len(chunks))
+        predictor = Predictor(self.model.model, rows, tokenizer.alphabet_size, self.precision, prefix)
+        stats = CodingStats(input_bytes=len(data), tokens=len(ids), chunks=len(chunks), steering=steer.describe())
         on_symbols = _symbol_progress(tokenizer, progress)
         entries, payloads = [], []
         with torch_threads(self.threads):
@@ -125,6 +197,8 @@ class Compressor:
                     stored = original if payload is None else payload
                     entries.append(ChunkEntry(coded_tokens, len(stored), zlib.crc32(original)))
                     payloads.append(stored)
+        if steer.kind != "none":
+            extensions = extensions | {container.STEERING_EXTENSION: steer.to_bytes()}
         torch_version, cpu, step = _runtime(self.model)
         header = Header(
             model_name=self.model.name,
@@ -141,13 +215,13 @@ class Compressor:
             original_size=len(data),
             checksum=_checksum(data),
             chunks=entries,
+            extensions=extensions,
         )
         archive = container.pack(header, payloads)
         stats.payload_bytes = sum(len(p) for p in payloads)
         stats.archive_bytes = len(archive)
-        stats.seconds = time.perf_counter() - started
-        self.stats = stats
-        return archive
+        stats.steering_bytes = len(steer.to_bytes())
+        return archive, stats
 
     def _encode_batch(
         self,
@@ -198,10 +272,13 @@ class Compressor:
         iterator to its end before trusting what it gave."""
         header, payloads = container.unpack(archive)
         self.check_model(header)
-        if critical := [tag for tag in header.extensions if tag < container.FIRST_OPTIONAL_EXTENSION]:
+        known = (container.STEERING_EXTENSION,)
+        if critical := [t for t in header.extensions if t < container.FIRST_OPTIONAL_EXTENSION and t not in known]:
             raise UnsupportedVersionError(f"archive uses extension {critical[0]}, unknown to this llmzip")
         tokenizer = self.model.tokenizer
-        predictor = Predictor(self.model.model, header.rows, header.alphabet_size, header.precision)
+        steer = Steering.from_bytes(header.extensions.get(container.STEERING_EXTENSION, b""))
+        prefix = steer.prefix(tokenizer, self.model.model.get_input_embeddings().weight.shape[1])
+        predictor = Predictor(self.model.model, header.rows, header.alphabet_size, header.precision, prefix)
         on_symbols = _symbol_progress(tokenizer, progress)
         digest, size = hashlib.sha256(), 0
         with torch_threads(header.threads):

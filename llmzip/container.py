@@ -6,6 +6,7 @@ and every byte of the archive is covered by a CRC32, so damage is reported, neve
 
 from __future__ import annotations
 
+import struct
 import zlib
 from dataclasses import dataclass, field
 
@@ -24,6 +25,8 @@ MAX_THREADS = 1024
 MAX_VOCAB = 1 << 24
 # Extension tags below this must be understood by a reader; tags from it on may be skipped.
 FIRST_OPTIONAL_EXTENSION = 128
+STEERING_EXTENSION = 1  # the steering prefix (steering.Steering.to_bytes); absent: none
+UNSTEERED_SIZE_EXTENSION = 128  # bytes the archive had without steering, when the encoder measured it
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,8 @@ class Header:
 # -- encoding -------------------------------------------------------------------------------
 
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
+    """LEB128: 7 bits a byte, low bits first."""
     out = bytearray()
     while True:
         byte, n = n & 0x7F, n >> 7
@@ -72,35 +76,35 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-def _string(s: str) -> bytes:
+def string_bytes(s: str) -> bytes:
     data = s.encode("utf-8")
-    return _varint(len(data)) + data
+    return varint(len(data)) + data
 
 
 def pack(header: Header, payloads: list[bytes]) -> bytes:
     """The archive bytes for `header` (whose chunk table describes `payloads`) and payloads."""
-    ext = b"".join(_varint(tag) + _varint(len(v)) + v for tag, v in sorted(header.extensions.items()))
-    table = b"".join(_varint(c.tokens) + _varint(c.stored_size) + c.crc32.to_bytes(4, "little") for c in header.chunks)
+    ext = b"".join(varint(tag) + varint(len(v)) + v for tag, v in sorted(header.extensions.items()))
+    table = b"".join(varint(c.tokens) + varint(c.stored_size) + c.crc32.to_bytes(4, "little") for c in header.chunks)
     body = b"".join(
         [
-            _string(header.model_name),
+            string_bytes(header.model_name),
             header.model_fingerprint,
-            _varint(header.roles.model_vocab),
-            _varint(header.roles.start_id),
-            _varint(header.roles.escape_input_id),
-            _varint(header.chunk_size),
-            _varint(header.batch_size),
-            _varint(header.rows),
-            _varint(header.threads),
-            _string(header.precision),
-            _string(header.step),
-            _string(header.torch_version),
-            _string(header.cpu_capability),
-            _varint(header.original_size),
+            varint(header.roles.model_vocab),
+            varint(header.roles.start_id),
+            varint(header.roles.escape_input_id),
+            varint(header.chunk_size),
+            varint(header.batch_size),
+            varint(header.rows),
+            varint(header.threads),
+            string_bytes(header.precision),
+            string_bytes(header.step),
+            string_bytes(header.torch_version),
+            string_bytes(header.cpu_capability),
+            varint(header.original_size),
             header.checksum,
-            _varint(len(ext)),
+            varint(len(ext)),
             ext,
-            _varint(len(header.chunks)),
+            varint(len(header.chunks)),
             table,
             zlib.crc32(b"".join(payloads)).to_bytes(4, "little"),
         ]
@@ -112,8 +116,8 @@ def pack(header: Header, payloads: list[bytes]) -> bytes:
 # -- decoding -------------------------------------------------------------------------------
 
 
-class _Reader:
-    """Reads header fields from a buffer, never past its end."""
+class Reader:
+    """Reads header fields from a buffer, never past its end (damage raises CorruptArchiveError)."""
 
     def __init__(self, data: bytes) -> None:
         self.data, self.pos = data, 0
@@ -145,6 +149,12 @@ class _Reader:
     def u32(self) -> int:
         return int.from_bytes(self.take(4), "little")
 
+    def f32(self) -> float:
+        return struct.unpack("<f", self.take(4))[0]
+
+    def at_end(self) -> bool:
+        return self.pos == len(self.data)
+
 
 def unpack(archive: bytes) -> tuple[Header, list[bytes]]:
     """Parse and verify an archive; return its header and the chunk payloads."""
@@ -167,7 +177,7 @@ def unpack(archive: bytes) -> tuple[Header, list[bytes]]:
     stored_crc = int.from_bytes(archive[payload_start - 4 : payload_start], "little")
     if zlib.crc32(archive[: payload_start - 4]) != stored_crc:
         raise CorruptArchiveError("header checksum mismatch: the archive header is damaged")
-    header, payload_crc = _parse_body(_Reader(archive[PREAMBLE : payload_start - 4]))
+    header, payload_crc = _parse_body(Reader(archive[PREAMBLE : payload_start - 4]))
     _check_header(header)
 
     payload_area = archive[payload_start:]
@@ -185,7 +195,7 @@ def unpack(archive: bytes) -> tuple[Header, list[bytes]]:
     return header, payloads
 
 
-def _parse_body(r: _Reader) -> tuple[Header, int]:
+def _parse_body(r: Reader) -> tuple[Header, int]:
     model_name = r.string()
     fingerprint = r.take(8)
     roles = TokenRoles(r.varint(MAX_VOCAB), r.varint(MAX_VOCAB), r.varint(MAX_VOCAB))
@@ -193,15 +203,15 @@ def _parse_body(r: _Reader) -> tuple[Header, int]:
     rows, threads = r.varint(MAX_ROWS), r.varint(MAX_THREADS)
     precision, step, torch_version, cpu_capability = r.string(), r.string(), r.string(), r.string()
     original_size, checksum = r.varint(), r.take(CHECKSUM_BYTES)
-    ext_reader = _Reader(r.take(r.varint(len(r.data))))
+    ext_reader = Reader(r.take(r.varint(len(r.data))))
     extensions = {}
-    while ext_reader.pos < len(ext_reader.data):
+    while not ext_reader.at_end():
         tag = ext_reader.varint()
         extensions[tag] = ext_reader.take(ext_reader.varint(len(ext_reader.data)))
     n_chunks = r.varint(len(r.data))  # each entry takes at least 6 bytes, so this bounds the loop
     chunks = [ChunkEntry(r.varint(MAX_CHUNK_TOKENS), r.varint(), r.u32()) for _ in range(n_chunks)]
     payload_crc = r.u32()
-    if r.pos != len(r.data):
+    if not r.at_end():
         raise CorruptArchiveError("header has unexpected trailing bytes")
     header = Header(
         model_name, fingerprint, roles, chunk_size, batch_size, rows, threads, precision, step,

@@ -24,6 +24,7 @@ from .llama import PRECISIONS, LlamaConfig, LlamaStep
 # With 1 or 2-3 rows torch picks other kernels, whose row results depend on the batch size and
 # thread count; from 4 rows on each row's result is independent of the others (shared/FACTS.md).
 MIN_ROWS = 4
+Prefix = np.ndarray | torch.Tensor  # a steering prefix: token ids (int64 [N]) or input embeddings (float32 [N, hidden])
 
 
 def default_precision() -> str:
@@ -89,8 +90,13 @@ class HFStep:
             self.cache = DynamicCache()
 
     @torch.inference_mode()
-    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
-        out = self.model(input_ids=ids.view(-1, 1), past_key_values=self.cache, use_cache=True)
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        """As LlamaStep: token ids [rows], or input embeddings [rows, hidden]."""
+        if inputs.is_floating_point():
+            feed = {"inputs_embeds": inputs.to(self.model.dtype)[:, None]}
+        else:
+            feed = {"input_ids": inputs.view(-1, 1)}
+        out = self.model(**feed, past_key_values=self.cache, use_cache=True)
         self.cache = out.past_key_values
         return out.logits[:, -1, :].float()
 
@@ -98,10 +104,18 @@ class HFStep:
 class Predictor:
     """Holds the model state for `rows` sequences advanced in lockstep."""
 
-    def __init__(self, model: PreTrainedModel, rows: int, alphabet_size: int, precision: str = "fp32") -> None:
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        rows: int,
+        alphabet_size: int,
+        precision: str = "fp32",
+        prefix: Prefix | None = None,
+    ) -> None:
         if rows < MIN_ROWS:
             raise ValueError(f"rows must be at least {MIN_ROWS}")
         self.rows = rows
+        self.prefix = [] if prefix is None else list(prefix)  # ids or vectors, fed to every row in turn
         self.vocab = model.get_output_embeddings().weight.shape[0]
         config = LlamaConfig.of(model)
         self.forward = LlamaStep(model, config, rows, precision) if config else HFStep(model, precision)
@@ -110,8 +124,12 @@ class Predictor:
         self.probs = np.zeros((rows, alphabet_size), dtype=np.float32)
 
     def reset(self, steps: int) -> None:
-        """Start new sequences, to be advanced at most `steps` tokens."""
-        self.forward.reset(steps)
+        """Start new sequences, to be advanced at most `steps` tokens after the steering prefix.
+        The prefix is fed to all rows at once, so its cache is computed once per batch."""
+        self.forward.reset(len(self.prefix) + steps)
+        for item in self.prefix:
+            item = torch.as_tensor(item)
+            self.forward(item.expand(self.rows, *item.shape).contiguous())
 
     def step(self, input_ids: np.ndarray) -> np.ndarray:
         """Feed one token per row; return each row's next-token probabilities over the alphabet."""

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import os
 
-# As llmzip's __init__ does, but torch is imported below before llmzip is: OpenMP threads
-# that spin while waiting make a busy machine crawl.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# As llmzip's __init__ does (see there why), but torch is imported below before llmzip is.
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 from pathlib import Path
 

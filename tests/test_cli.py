@@ -102,6 +102,39 @@ def test_info_and_test(run, sample):
     assert tested.exit_code == 0 and "OK" in tested.stderr
 
 
+def test_steering_options_and_info(run, sample, tmp_path):
+    out = tmp_path / "steered.lz"
+    args = [
+        "--steer",
+        "trained:1",
+        "--prior",
+        "lloyd-max",
+        "--prior-bins",
+        "16",
+        "--prior-clip",
+        "2",
+        "--steer-steps",
+        "3",
+    ]
+    assert run("compress", str(sample), "-o", str(out), "-q", *args).exit_code == 0
+    info = run("info", str(out)).stdout
+    assert "trained:1" in info and "prior lloyd-max" in info and "bits/coordinate" in info
+    assert "net gain not measured" in info
+    assert (
+        run("compress", str(sample), "-o", str(out), "-f", "-q", "--steer", "auto", "--steer-steps", "3").exit_code == 0
+    )
+    steering = next(line for line in run("info", str(out)).stdout.splitlines() if "steering:" in line)
+    assert "none, 0 header bits" in steering or "vs none" in steering  # auto keeps whichever is smaller
+    assert run("decompress", str(out), "-o", str(tmp_path / "back"), "-q").exit_code == 0
+    assert (tmp_path / "back").read_bytes() == TEXT
+
+
+@pytest.mark.parametrize("bad", [["--steer", "trained:0"], ["--steer", "vectors"], ["--prior", "laplace"],
+                                 ["--prior-bins", "1"], ["--steer-lr", "0"]])  # fmt: skip
+def test_bad_steering_options(run, sample, bad):
+    one_line_error(run("compress", str(sample), "-q", *bad))
+
+
 def test_models_lists_aliases(run):
     result = run("models")
     assert result.exit_code == 0

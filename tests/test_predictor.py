@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from llmzip import Compressor, DecodeMismatchError, UnsupportedVersionError, container
-from llmzip.llama import LlamaConfig
+from llmzip.llama import LlamaConfig, LlamaStep
 from llmzip.predictor import HFStep, Predictor, step_name
 
 TEXT = b"the rain and the sun in the morning, \xd0\x9f\xd1\x80\xd0\xb8\xd0\xb2\xd0\xb5\xd1\x82 and the " * 3
@@ -27,7 +27,7 @@ def test_llama_step_computes_the_hugging_face_model(tiny):
 
 
 def test_llama_step_only_claims_plain_llamas(tiny, tiny_hf):
-    assert LlamaConfig.of(tiny.model) is not None and step_name(tiny.model) == "llmzip-llama-1"
+    assert LlamaConfig.of(tiny.model) is not None and step_name(tiny.model) == LlamaStep.NAME
     assert LlamaConfig.of(tiny_hf.model) is None and step_name(tiny_hf.model).startswith("transformers-")
     biased = type(tiny.model)(type(tiny.model.config)(**(tiny.model.config.to_dict() | {"attention_bias": True})))
     assert LlamaConfig.of(biased) is None
