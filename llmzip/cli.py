@@ -8,7 +8,7 @@ import stat
 import sys
 import tempfile
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -190,10 +190,12 @@ def _input_mode(file: str) -> int | None:
 
 
 @contextmanager
-def _progress_bar(total: int, desc: str, quiet: bool):
-    bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, disable=True if quiet else None)
-    with bar:
-        yield bar.update
+def _progress_bar(total: int, desc: str, quiet: bool, unit: str = "B") -> Iterator[tqdm]:
+    """A tqdm bar (bytes, or steps) on stderr; none when quiet or when there is nothing to count."""
+    scaled = unit == "B"
+    with tqdm(total=total, desc=desc, unit=unit, unit_scale=scaled, unit_divisor=1024,
+              disable=True if quiet or not total else None) as bar:  # fmt: skip
+        yield bar
 
 
 # -- commands -----------------------------------------------------------------------------
@@ -223,9 +225,20 @@ def compress(
         model, chunk_size=chunk_size, batch_size=batch_size, threads=threads, precision=precision,
         steer=steer, prior=prior, prior_bins=prior_bins, prior_clip=prior_clip, training=training, quiet=quiet,
     )  # fmt: skip
-    passes = 2 if steer == "auto" else 1  # auto codes with and without the trained vectors
-    with _progress_bar(passes * len(data), "compress", quiet) as update:
-        archive = compressor.compress(data, update)
+    passes = 2 if steer.startswith("auto") else 1  # auto codes with and without the trained vectors
+    trains = steer.startswith(("trained", "auto")) and data
+    with (
+        _progress_bar(steer_steps if trains else 0, "train steering", quiet, unit="step") as training_bar,
+        _progress_bar(passes * len(data), "compress", quiet) as coding_bar,
+    ):
+
+        def on_train_step(loss: float) -> None:
+            training_bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+            training_bar.update(1)
+            if training_bar.n == training_bar.total:
+                coding_bar.reset()  # so the coding ETA does not count the training time
+
+        archive = compressor.compress(data, coding_bar.update, on_train_step=on_train_step)
     write_atomically(target, [archive], _input_mode(file))
     _finish(file, target, remove)
     if not quiet:
@@ -285,8 +298,8 @@ def decompress(file, output, to_stdout, force, remove, model, batch_size, thread
     archive = _read_input(file)
     compressor, header = _decoder(archive, model, quiet, verbose)
     size = header.original_size
-    with _progress_bar(size, "decompress", quiet) as update:
-        write_atomically(target, compressor.iter_decompress(archive, update), _input_mode(file))
+    with _progress_bar(size, "decompress", quiet) as bar:
+        write_atomically(target, compressor.iter_decompress(archive, bar.update), _input_mode(file))
     _finish(file, target, remove)
     if not quiet and target is not None:
         click.echo(f"{file}: {size} bytes -> {target}", err=True)
@@ -302,8 +315,8 @@ def test_command(files, model, quiet, verbose, debug):
         archive = _read_input(file)
         compressor, header = _decoder(archive, model, quiet, verbose)
         size = header.original_size
-        with _progress_bar(size, "test", quiet) as update:
-            for _ in compressor.iter_decompress(archive, update):
+        with _progress_bar(size, "test", quiet) as bar:
+            for _ in compressor.iter_decompress(archive, bar.update):
                 pass
         if not quiet:
             click.echo(f"{file}: OK ({size} bytes)", err=True)

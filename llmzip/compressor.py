@@ -108,30 +108,32 @@ class Compressor:
         self.threads = threads or torch.get_num_threads()
         self.precision = precision or default_precision()
         self.steer = steering.parse_spec(steer)
-        if prior not in hyperprior.PRIORS:
-            raise InvalidOptionError(f"prior must be one of {', '.join(hyperprior.PRIORS)}")
-        if not 2 <= prior_bins <= hyperprior.MAX_BINS:
-            raise InvalidOptionError(f"prior bins must be between 2 and {hyperprior.MAX_BINS}")
-        if prior_clip is not None and not 0 <= prior_clip < 50:
-            raise InvalidOptionError("prior clip must be a percentile in [0, 50)")
+        hyperprior.check_options(prior, prior_bins, prior_clip)
         self.prior, self.prior_bins, self.prior_clip = prior, prior_bins, prior_clip
         self.training = training or TrainOptions()
         self.stats = CodingStats()
 
     # -- compress ---------------------------------------------------------------------------
 
-    def compress(self, data: bytes, progress: ByteProgress | None = None, steer: Steering | None = None) -> bytes:
+    def compress(
+        self,
+        data: bytes,
+        progress: ByteProgress | None = None,
+        steer: Steering | None = None,
+        on_train_step: Callable[[float], None] | None = None,
+    ) -> bytes:
         """The archive of `data`. With `steer="auto"`, both the trained steering and none are
         coded and the smaller archive is kept (so progress runs twice). A `steer` given here
-        (e.g. vectors trained once, coded under several priors) replaces the option's."""
+        (e.g. vectors trained once, coded under several priors) replaces the option's.
+        `on_train_step` gets the loss after each training step of trained steering."""
         started = time.perf_counter()
         tokenizer = self.model.tokenizer
         ids = tokenizer.encode(data)
         chunks = [ids[i : i + self.chunk_size] for i in range(0, len(ids), self.chunk_size)]
         auto = steer is None and self.steer[0] == "auto"
-        steer = steer or self._steering(*self.steer, chunks)
+        steer = steer or self._steering(*self.steer, chunks, on_train_step)
         trained_seconds = time.perf_counter() - started
-        if auto:
+        if auto and steer.kind != "none":
             plain, plain_stats = self._code(data, ids, chunks, Steering(), {}, progress)
             extensions = {container.UNSTEERED_SIZE_EXTENSION: container.varint(len(plain))}
             archive, stats = self._code(data, ids, chunks, steer, extensions, progress)
@@ -145,7 +147,9 @@ class Compressor:
         self.stats = stats
         return archive
 
-    def _steering(self, kind: str, arg: str | int, chunks: list[np.ndarray]) -> Steering:
+    def _steering(
+        self, kind: str, arg: str | int, chunks: list[np.ndarray], on_train_step: Callable[[float], None] | None
+    ) -> Steering:
         """The steering to code with; `trained` and `auto` fit vectors to the chunks first."""
         model = self.model.model
         if kind == "text":
@@ -156,7 +160,9 @@ class Compressor:
             count = int(arg)
             autocast = self.precision == "bf16"  # train at the precision the coder will run
             with torch_threads(self.threads):
-                vectors = steering.train(model, self.model.tokenizer, chunks, count, self.training, autocast)
+                vectors = steering.train(
+                    model, self.model.tokenizer, chunks, count, self.training, autocast, on_train_step
+                )
             return Steering(
                 "trained", count=count, coded=hyperprior.encode(vectors, self.prior, self.prior_bins, self.prior_clip)
             )

@@ -42,8 +42,9 @@ class CodedVector:
 
     data: bytes
     values: np.ndarray  # float32, dequantized: what the decoder gets back
-    entropy_bits: float  # n * empirical entropy of the indices: the best any prior could do
-    mse: float  # mean squared quantization error
+    # Known to the encoder only (None when read from an archive):
+    entropy_bits: float | None = None  # n * empirical entropy of the indices: the best any prior could do
+    mse: float | None = None  # mean squared quantization error
 
     @property
     def bits(self) -> int:
@@ -83,15 +84,19 @@ def _categorical(counts: np.ndarray):
     return constriction.stream.model.Categorical(counts.astype(np.float64), perfect=False)
 
 
-def encode(values: np.ndarray, prior: str, bins: int = DEFAULT_BINS, clip: float | None = None) -> CodedVector:
-    """Quantize `values` to `bins` levels and code them under `prior`; uniform bins span the
-    `clip`-th to (100 - `clip`)-th percentiles (default: DEFAULT_CLIP; Lloyd-Max ignores it)."""
+def check_options(prior: str, bins: int, clip: float | None) -> None:
     if prior not in PRIORS:
         raise InvalidOptionError(f"prior must be one of {', '.join(PRIORS)}")
     if not 2 <= bins <= MAX_BINS:
         raise InvalidOptionError(f"prior bins must be between 2 and {MAX_BINS}")
     if clip is not None and not 0 <= clip < 50:
         raise InvalidOptionError("prior clip must be a percentile in [0, 50)")
+
+
+def encode(values: np.ndarray, prior: str, bins: int = DEFAULT_BINS, clip: float | None = None) -> CodedVector:
+    """Quantize `values` to `bins` levels and code them under `prior`; uniform bins span the
+    `clip`-th to (100 - `clip`)-th percentiles (default: DEFAULT_CLIP; Lloyd-Max ignores it)."""
+    check_options(prior, bins, clip)
     values = np.asarray(values, dtype=np.float32).ravel()
     if not 1 <= values.size <= MAX_VALUES or not np.isfinite(values).all():
         raise InvalidOptionError("the vector to code must have 1 to 2^24 finite values")

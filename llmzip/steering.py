@@ -82,14 +82,14 @@ class Steering:
         if KINDS[kind] == "text":
             steering = cls("text", text=r.string())
         elif KINDS[kind] == "random":
-            count, seed, scale = r.varint(MAX_VECTORS), r.varint(1 << 32), r.f32()
-            if not math.isfinite(scale):
-                raise CorruptArchiveError("steering scale is not finite")
+            count, seed, scale = r.varint(MAX_VECTORS), r.varint((1 << 32) - 1), r.f32()
+            if not (count >= 1 and math.isfinite(scale)):
+                raise CorruptArchiveError("bad random steering parameters")
             steering = cls("random", seed=seed, scale=scale, count=count)
         else:
             count, rest = r.varint(MAX_VECTORS), data[r.pos :]
             values = hyperprior.decode(rest)
-            return cls("trained", count=count, coded=hyperprior.CodedVector(rest, values, 0.0, 0.0))
+            return cls("trained", count=count, coded=hyperprior.CodedVector(rest, values))
         if not r.at_end():
             raise CorruptArchiveError("steering payload has trailing bytes")
         return steering
