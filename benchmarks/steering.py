@@ -77,7 +77,7 @@ def main() -> None:
     verify = not args.no_verify
 
     variants = []
-    for spec in args.variants.split(","):
+    for spec in filter(None, args.variants.split(",")):  # "" runs no variant beside the trained one
         compressor = Compressor(loaded, chunk_size=args.chunk_size, steer=spec)
         variants.append(run(compressor, data, verify) | {"train_seconds": 0.0})
         print(json.dumps(variants[-1]), flush=True)
