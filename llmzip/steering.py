@@ -15,6 +15,7 @@ model's input embeddings; `Predictor.reset` feeds it to every row before the sta
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -148,7 +149,7 @@ def train(
     count: int,
     options: TrainOptions,
     autocast: bool = False,
-    on_step=None,
+    on_step: Callable[[float], None] | None = None,
 ) -> np.ndarray:
     """Fit `count` prefix vectors to the chunks by Adam on the teacher-forced cross-entropy
     (the code length in nats); return them as float32 [count, hidden]."""
@@ -158,20 +159,26 @@ def train(
     init = random_vectors(options.seed, count, hidden, embedding_scale(model))
     vectors = torch.nn.Parameter(torch.from_numpy(init))
     optimizer = torch.optim.Adam([vectors], lr=options.lr)
-    model.requires_grad_(False)
     with torch.no_grad():
         tokens = embed(inputs).float()
     batch = inputs.shape[0]
-    for _ in range(options.steps):
-        optimizer.zero_grad()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            x = torch.cat([vectors.unsqueeze(0).expand(batch, -1, -1), tokens], dim=1)
-            logits = model(inputs_embeds=x).logits[:, count:]
-        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
-        loss.backward()
-        optimizer.step()
-        if on_step:
-            on_step(float(loss.detach()))
+    learnable = [p for p in model.parameters() if p.requires_grad]
+    for p in learnable:  # gradients for the prefix only; the model is left as it was found
+        p.requires_grad_(False)
+    try:
+        for _ in range(options.steps):
+            optimizer.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                x = torch.cat([vectors.unsqueeze(0).expand(batch, -1, -1), tokens], dim=1)
+                logits = model(inputs_embeds=x).logits[:, count:]
+            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+            loss.backward()
+            optimizer.step()
+            if on_step:
+                on_step(float(loss.detach()))
+    finally:
+        for p in learnable:
+            p.requires_grad_(True)
     return vectors.detach().numpy().astype(np.float32)
 
 

@@ -70,9 +70,11 @@ def test_training_lowers_the_code_length(tiny):
     ids = tiny.tokenizer.encode(TEXT)
     chunks = [ids[i : i + 64] for i in range(0, len(ids), 64)]
     losses: list[float] = []
+    flags = [p.requires_grad for p in tiny.model.parameters()]
     train(tiny.model, tiny.tokenizer, chunks, 2, TrainOptions(steps=30, lr=0.05, chunks=4, tokens=64), False,
           losses.append)  # fmt: skip
     assert len(losses) == 30 and losses[-1] < losses[0] - 0.05
+    assert [p.requires_grad for p in tiny.model.parameters()] == flags  # the shared model is left as it was
 
 
 def test_training_batch_targets_skip_escapes(tiny):
