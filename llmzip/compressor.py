@@ -131,6 +131,8 @@ class Compressor:
         ids = tokenizer.encode(data)
         chunks = [ids[i : i + self.chunk_size] for i in range(0, len(ids), self.chunk_size)]
         auto = steer is None and self.steer[0] == "auto"
+        if steer is None and self.steer[0] != "text":  # before minutes of training, not after
+            self._check_context(int(self.steer[1]))
         steer = steer or self._steering(*self.steer, chunks, on_train_step)
         trained_seconds = time.perf_counter() - started
         if auto and steer.kind != "none":
@@ -168,6 +170,14 @@ class Compressor:
             )
         return Steering()
 
+    def _check_context(self, prefix_length: int) -> None:
+        context = getattr(self.model.model.config, "max_position_embeddings", None) or container.MAX_CHUNK_TOKENS + 1
+        if self.chunk_size + prefix_length >= context:  # the start token takes one position
+            raise InvalidOptionError(
+                f"chunk size plus steering prefix ({self.chunk_size} + {prefix_length} tokens) must be below "
+                f"{context} tokens, this model's context"
+            )
+
     def _code(
         self,
         data: bytes,
@@ -180,13 +190,7 @@ class Compressor:
         """Code the chunks with `steer` as every chunk's prefix; return the archive and its stats."""
         tokenizer = self.model.tokenizer
         prefix = steer.prefix(tokenizer, self.model.model.get_input_embeddings().weight.shape[1])
-        context = getattr(self.model.model.config, "max_position_embeddings", None) or container.MAX_CHUNK_TOKENS + 1
-        prefix_length = 0 if prefix is None else len(prefix)
-        if self.chunk_size + prefix_length >= context:  # the start token takes one position
-            raise InvalidOptionError(
-                f"chunk size plus steering prefix ({self.chunk_size} + {prefix_length} tokens) must be below "
-                f"{context} tokens, this model's context"
-            )
+        self._check_context(0 if prefix is None else len(prefix))
         batch_size = balanced_batch_size(len(chunks), self.batch_size)
         rows = max(batch_size, MIN_ROWS)
         predictor = Predictor(self.model.model, rows, tokenizer.alphabet_size, self.precision, prefix)

@@ -129,3 +129,13 @@ def test_clip_sets_the_bin_range():
     assert full.values.min() < clipped.values.min() < np.percentile(values, 10)
     with pytest.raises(InvalidOptionError):
         hyperprior.encode(values, "gaussian", 32, clip=50)
+
+
+def test_prefix_beyond_the_context_is_refused_before_training(tiny):
+    compressor = Compressor(tiny, chunk_size=4090, steer="trained:8", training=QUICK)
+
+    def fail(loss: float) -> None:
+        raise AssertionError("trained before checking the context")
+
+    with pytest.raises(InvalidOptionError, match="context"):
+        compressor.compress(TEXT, on_train_step=fail)
