@@ -20,12 +20,10 @@ from pathlib import Path
 from unittest import mock
 
 import torch
-from speed import machine
+from common import machine, save
 
 from llmzip import load_model
 from llmzip.llama import LlamaConfig, LlamaStep
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def run(step, forward, ids: torch.Tensor, nbytes: int, start_id: int) -> dict[str, float]:
@@ -84,8 +82,7 @@ def main() -> None:
     report["runs"]["compiled, F.linear"]["compile_seconds"] = compile_seconds
     report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(report, indent=2))
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "compile_step.json").write_text(json.dumps(report, indent=2) + "\n")
+    save("compile_step.json", report)
 
 
 if __name__ == "__main__":

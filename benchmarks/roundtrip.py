@@ -14,14 +14,13 @@ import hashlib
 import json
 import lzma
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
+from common import machine, save
 
 
 def run_timed(args: list[str]) -> tuple[float, int]:
@@ -80,14 +79,13 @@ def main() -> None:
             )
             print(json.dumps(rows[-1]), flush=True)
     report = {
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": machine(),
         "model": args.model,
         "options": args.options,
         "startup_s": startup,
         "rows": rows,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "roundtrip.json").write_text(json.dumps(report, indent=2) + "\n")
+    save("roundtrip.json", report)
     print(f"\nmodel {args.model} {args.options}; start-up (imports + model load) {startup:.1f} s, subtracted for B/s")
     print("| file | bytes | archive | header | bits/byte | xz -9e | exact | compress B/s | decompress B/s | RSS MB |")
     print("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|")

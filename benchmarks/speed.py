@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import cProfile
 import json
-import os
-import platform
 import pstats
 import resource
 import time
@@ -23,27 +21,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import machine, save
 from transformers import DynamicCache
 
 from llmzip import Compressor, container, load_model
-from llmzip.compressor import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, cpu_capability, torch_threads
+from llmzip.compressor import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, torch_threads
 from llmzip.predictor import PRECISIONS, HFStep, default_precision
 
-RESULTS = Path(__file__).parent / "results"
 SLICE = 256  # teacher-forced positions per forward: 26 rows x 256 x 49152 float32 logits = 1.3 GB
-
-
-def machine() -> dict[str, object]:
-    """What the figures depend on: CPU model and count, torch and its kernel level."""
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
-    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "")
-    return {
-        "cpu": cpu or platform.processor(),
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "cpu_capability": cpu_capability(),
-    }
 
 
 def profile(fn) -> tuple[object, float, dict[str, float]]:
@@ -129,8 +114,7 @@ def main() -> None:
         "peak_rss_mb": coding_peak_rss_mb,
     }
     print(json.dumps(report, indent=2))
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"speed_{args.file.name}_{len(data)}.json").write_text(json.dumps(report, indent=2) + "\n")
+    save(f"speed_{args.file.name}_{len(data)}.json", report)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ its header bytes, text bytes, the total archive and the gain over none. Table 2 
 trained vectors, trained once, coded under each prior: bits used, bits and entropy per
 coordinate, MSE, the text they give and the total archive. Every archive is decoded and
 compared (skip with --no-verify). Training time is reported apart from coding time.
-Results go to benchmarks/results/steering_<file>_<bytes>.json.
+Results go to benchmarks/results/steering_<file>_<bytes>[_<non-default setting>...].json.
 """
 
 from __future__ import annotations
@@ -17,13 +17,12 @@ import json
 import time
 from pathlib import Path
 
-from speed import machine
+from common import machine, markdown_table, save
 
 from llmzip import Compressor, hyperprior, load_model, steering
 from llmzip.compressor import DEFAULT_CHUNK_SIZE
 from llmzip.steering import Steering, TrainOptions
 
-RESULTS = Path(__file__).parent / "results"
 VARIANT_COLUMNS = ["steering", "header_steering_bytes", "text_bytes", "archive_bytes", "text_ratio", "total_ratio",
                    "gain_vs_none_bytes", "train_seconds", "coding_seconds"]  # fmt: skip
 PRIOR_COLUMNS = ["prior", "bits_used", "bits_per_coord", "entropy_per_coord", "total_entropy_bits", "mse",
@@ -46,12 +45,6 @@ def run(compressor: Compressor, data: bytes, verify: bool, steer: Steering | Non
         "coding_seconds": round(s.seconds - s.steering_seconds, 1),
         "verified": verify,
     }
-
-
-def table(rows: list[dict], columns: list[str]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def main() -> None:
@@ -123,14 +116,18 @@ def main() -> None:
         "file": str(args.file),
         "bytes": len(data),
         "chunk_size": args.chunk_size,
-        "training": vars(options) | {"vectors": args.vectors, "seconds": train_seconds, "losses": losses},
+        "training": vars(options)
+        | {"bins": args.bins, "vectors": args.vectors, "seconds": train_seconds, "losses": losses},
         "variants": variants,
         "priors": priors,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"steering_{args.file.name}_{len(data)}.json").write_text(json.dumps(report, indent=2) + "\n")
+    settings = {"chunks": args.steer_chunks, "tokens": args.steer_tokens, "steps": args.steer_steps,
+                "lr": args.steer_lr, "bins": args.bins}  # fmt: skip
+    usual = vars(defaults) | {"bins": hyperprior.DEFAULT_BINS}
+    suffix = "".join(f"_{name}{value}" for name, value in settings.items() if value != usual[name])
+    save(f"steering_{args.file.name}_{len(data)}{suffix}.json", report)
     print(f"\n{args.file.name}, {len(data)} bytes, {args.model}, chunks of {args.chunk_size} tokens\n")
-    print(table(variants, VARIANT_COLUMNS) + "\n\n" + table(priors, PRIOR_COLUMNS))
+    print(markdown_table(variants, VARIANT_COLUMNS) + "\n\n" + markdown_table(priors, PRIOR_COLUMNS))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,117 @@
+"""What every benchmark shares: the machine description, inputs, baselines, result files, tables."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import json
+import lzma
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from llmzip.compressor import cpu_capability
+
+RESULTS = Path(__file__).parent / "results"
+CORPUS = Path(__file__).parent.parent.parent / "shared" / "corpus"
+
+
+def machine() -> dict[str, object]:
+    """What the figures depend on: CPU model and count, torch and its kernel level."""
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "")
+    return {
+        "cpu": cpu or platform.processor(),
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_capability": cpu_capability(),
+        "commit": _commit(),
+    }
+
+
+def _commit() -> str:
+    """The llmzip commit measured (with `+` when the tree has changes), or "" outside git."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=RESULTS.parent, capture_output=True, text=True).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD")
+    return commit + "+" * bool(commit and git("status", "--porcelain", "--untracked-files=no"))
+
+
+def load_input(spec: str, nbytes: int | None = None) -> tuple[str, bytes]:
+    """(name, bytes) of a benchmark input: a path, a file of ../shared/corpus, or a Hugging Face
+    dataset id (its `text` column joined by newlines, e.g. `LTCB/enwik8` where the network allows).
+
+    Files are read as bytes rather than through `datasets`' text loader, which decodes UTF-8 and
+    translates line endings, so that what is measured is the file itself."""
+    for path in (Path(spec), CORPUS / spec):
+        if path.is_file():
+            with path.open("rb") as f:
+                return path.name, f.read(nbytes) if nbytes else f.read()
+    import datasets  # only for inputs that are not local files
+
+    try:
+        rows = datasets.load_dataset(spec, split="train")
+    except Exception as e:
+        raise SystemExit(f"{spec}: not a file, not in {CORPUS}, and not a loadable dataset ({e})") from e
+    data = "\n".join(rows["text"]).encode("utf-8")
+    return spec.rsplit("/", 1)[-1], data[:nbytes] if nbytes else data
+
+
+# The classical compressors at their strongest settings, through Python's bindings.
+def _brotli(data: bytes) -> bytes:
+    import brotli
+
+    return brotli.compress(data, quality=11)
+
+
+def _zstd(data: bytes) -> bytes:
+    import zstandard
+
+    return zstandard.ZstdCompressor(level=19).compress(data)
+
+
+BASELINES: dict[str, Callable[[bytes], bytes]] = {
+    "gzip -9": lambda data: gzip.compress(data, compresslevel=9, mtime=0),
+    "bzip2 -9": lambda data: bz2.compress(data, compresslevel=9),
+    "xz -9e": lambda data: lzma.compress(data, preset=9 | lzma.PRESET_EXTREME),
+    "zstd -19": _zstd,
+    "brotli -11": _brotli,
+}
+
+
+def baselines(data: bytes) -> dict[str, dict[str, float]]:
+    """Bits per byte and compress bytes/s of each classical compressor on `data`."""
+    out = {}
+    for name, compress in BASELINES.items():
+        started = time.perf_counter()
+        size = len(compress(data))
+        seconds = time.perf_counter() - started
+        out[name] = {"bits_per_byte": round(8 * size / len(data), 4), "bytes_per_s": round(len(data) / seconds)}
+    return out
+
+
+def save(name: str, report: dict) -> Path:
+    """Write `report` (with the command that made it) to benchmarks/results/NAME."""
+    script = f"benchmarks/{Path(sys.argv[0]).name}"  # as run from the repository root
+    report = {"command": shlex.join(["python", script, *sys.argv[1:]])} | report
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / name
+    path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    return path
+
+
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
