@@ -20,14 +20,7 @@ import json
 from common import load_input, machine, save
 
 from llmzip import Compressor, container, load_model
-from llmzip.predictor import PRECISIONS, default_precision
-
-
-def kv_cache_mb(model, rows: int, chunk: int, precision: str) -> float:
-    c = model.config
-    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    per_token = 2 * c.num_hidden_layers * c.num_key_value_heads * head_dim * PRECISIONS[precision].itemsize
-    return rows * chunk * per_token / 1e6
+from llmzip.predictor import default_precision, state_bytes
 
 
 def main() -> None:
@@ -63,7 +56,7 @@ def main() -> None:
             "chunks": len(header.chunks),
             "bits_per_byte": round(8 * len(archive) / len(data), 4),
             "compress_bytes_per_s": round(len(data) / compressor.stats.seconds, 1),
-            "kv_cache_mb": round(kv_cache_mb(loaded.model, header.rows, chunk, precision)),
+            "kv_cache_mb": round(state_bytes(loaded.model, header.rows, chunk, 0, precision) / 1e6),
         }
         report["runs"].append(run)
         print(json.dumps(run), flush=True)

@@ -15,18 +15,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
-from llmzip.compressor import cpu_capability
+from llmzip.compressor import cpu_capability  # before torch: llmzip sets libgomp's spin count
 
 RESULTS = Path(__file__).parent / "results"
-CORPUS = Path(__file__).parent.parent.parent / "shared" / "corpus"
+CORPUS = Path(os.environ.get("LLMZIP_CORPUS", Path(__file__).parent.parent.parent / "shared" / "corpus"))
 
 
 def machine() -> dict[str, object]:
     """What the figures depend on: CPU model and count, torch and its kernel level."""
     cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
     cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "")
+    import torch
+
     return {
         "cpu": cpu or platform.processor(),
         "cpus": os.cpu_count(),
@@ -49,8 +49,9 @@ def _commit() -> str:
 
 
 def load_input(spec: str, nbytes: int | None = None) -> tuple[str, bytes]:
-    """(name, bytes) of a benchmark input: a path, a file of ../shared/corpus, or a Hugging Face
-    dataset id (its `text` column joined by newlines, e.g. `LTCB/enwik8` where the network allows).
+    """(name, bytes) of a benchmark input: a path, a file of the corpus folder ($LLMZIP_CORPUS, by
+    default ../shared/corpus beside the repository), or a Hugging Face dataset id (its `text`
+    column joined by newlines, e.g. `LTCB/enwik8` where the network allows).
 
     Files are read as bytes rather than through `datasets`' text loader, which decodes UTF-8 and
     translates line endings, so that what is measured is the file itself."""
@@ -58,6 +59,8 @@ def load_input(spec: str, nbytes: int | None = None) -> tuple[str, bytes]:
         if path.is_file():
             with path.open("rb") as f:
                 return path.name, f.read(nbytes) if nbytes else f.read()
+    if "/" not in spec or Path(spec).exists():
+        raise SystemExit(f"{spec}: no such file here or in {CORPUS} (set LLMZIP_CORPUS), and not a dataset id")
     import datasets  # only for inputs that are not local files
 
     try:

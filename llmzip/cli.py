@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import stat
 import sys
-import tempfile
 import traceback
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import click
@@ -24,6 +24,7 @@ from .predictor import PRECISIONS, default_precision
 from .steering import Steering, TrainOptions
 
 SUFFIX = ".lz"
+TEMP_TAG = ".llmzip-"  # output is written to .NAME.llmzip-PID.tmp, then renamed to NAME
 
 
 class _Cli(click.Group):
@@ -37,7 +38,8 @@ class _Cli(click.Group):
     def main(self, args: list[str] | None = None, *a: Any, **kw: Any) -> Any:
         args = list(sys.argv[1:] if args is None else args)
         kw["standalone_mode"] = False
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so `finally` blocks remove temp files
+        for signum in (signal.SIGTERM, signal.SIGHUP):  # exit through `finally` blocks, which remove temp files
+            signal.signal(signum, _exit_on_signal)
         try:
             result = super().main(args, *a, **kw)
             sys.exit(result if isinstance(result, int) else 0)
@@ -60,7 +62,7 @@ class _Cli(click.Group):
             _fail(f"internal error: {type(e).__name__}: {e} (rerun with --debug for a traceback)", "--debug" in args)
 
 
-def _exit_on_sigterm(signum: int, frame: object) -> None:
+def _exit_on_signal(signum: int, frame: object) -> None:
     sys.exit(128 + signum)
 
 
@@ -143,6 +145,8 @@ def _plan_output(file: str, output: str | None, to_stdout: bool, default: Callab
     """Where to write (None: standard output), refusing before any work what would fail later."""
     if file != "-" and not os.path.exists(file):
         raise LlmzipError(f"{file}: no such file")
+    if os.path.isdir(file):
+        raise LlmzipError(f"{file}: is a directory")
     if to_stdout or (file == "-" and output is None):
         return None
     target = output or default(file)
@@ -158,15 +162,20 @@ def _check_overwrite(target: str | None, force: bool) -> None:
 
 def write_atomically(target: str | None, blocks: Iterable[bytes], mode: int | None = None) -> None:
     """Write blocks to a temp file beside `target` and rename it into place only when all were
-    written; on any error or interrupt the temp file is removed. None writes to stdout."""
+    written; on any error or interrupt the temp file is removed. None writes to stdout.
+
+    A process killed outright (SIGKILL, power loss) cannot remove its temp file, so the name
+    carries the writer's pid, and the next write of the same target removes those of dead pids."""
     if target is None:
         for block in blocks:
             sys.stdout.buffer.write(block)
         sys.stdout.buffer.flush()
         return
     folder, name = os.path.split(os.path.abspath(target))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
-    try:
+    _remove_stale_temps(folder, name)
+    tmp = os.path.join(folder, f".{name}{TEMP_TAG}{os.getpid()}.tmp")
+    try:  # opened inside the try, so an interrupt just after creating the file still removes it
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             for block in blocks:
                 f.write(block)
@@ -175,9 +184,34 @@ def write_atomically(target: str | None, blocks: Iterable[bytes], mode: int | No
         if mode is not None:
             os.chmod(tmp, mode)
         os.replace(tmp, target)
-    except BaseException:
-        os.unlink(tmp)
+    except BaseException as e:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO):
+            raise LlmzipError(f"cannot write {target}: {e.strerror}") from e
         raise
+
+
+def _remove_stale_temps(folder: str, name: str) -> None:
+    prefix = f".{name}{TEMP_TAG}"
+    for entry in os.listdir(folder):
+        pid = entry[len(prefix) : -len(".tmp")]
+        if entry.startswith(prefix) and entry.endswith(".tmp") and pid.isdigit() and not _alive(int(pid)):
+            with suppress(FileNotFoundError):  # another llmzip may be removing it too
+                os.unlink(os.path.join(folder, entry))
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process other than this one has this pid."""
+    if pid == os.getpid():  # a temp file with our pid that we did not make: an earlier process's
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    return True
 
 
 def _finish(file: str, target: str | None, remove: bool) -> None:

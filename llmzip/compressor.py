@@ -170,11 +170,13 @@ class Compressor:
             )
         return Steering()
 
-    def _check_context(self, prefix_length: int) -> None:
+    def _check_context(self, prefix_length: int, chunk_size: int | None = None) -> None:
+        """Chunk and prefix must fit the model's context (the decoder checks an archive's the same way)."""
+        chunk_size = chunk_size or self.chunk_size
         context = getattr(self.model.model.config, "max_position_embeddings", None) or container.MAX_CHUNK_TOKENS + 1
-        if self.chunk_size + prefix_length >= context:  # the start token takes one position
+        if chunk_size + prefix_length >= context:  # the start token takes one position
             raise InvalidOptionError(
-                f"chunk size plus steering prefix ({self.chunk_size} + {prefix_length} tokens) must be below "
+                f"chunk size plus steering prefix ({chunk_size} + {prefix_length} tokens) must be below "
                 f"{context} tokens, this model's context"
             )
 
@@ -288,6 +290,7 @@ class Compressor:
         tokenizer = self.model.tokenizer
         steer = Steering.from_bytes(header.extensions.get(container.STEERING_EXTENSION, b""))
         prefix = steer.prefix(tokenizer, self.model.model.get_input_embeddings().weight.shape[1])
+        self._check_context(0 if prefix is None else len(prefix), header.chunk_size)
         predictor = Predictor(self.model.model, header.rows, header.alphabet_size, header.precision, prefix)
         on_symbols = _symbol_progress(tokenizer, progress)
         digest, size = hashlib.sha256(), 0

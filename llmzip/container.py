@@ -223,14 +223,19 @@ def _parse_body(r: Reader) -> tuple[Header, int]:
 def _check_header(h: Header) -> None:
     """Reject values no encoder writes, so later code can trust them."""
     problems = []
-    if h.rows < max(MIN_ROWS, min(h.batch_size, len(h.chunks))) or min(h.batch_size, h.threads, h.chunk_size) < 1:
+    if min(h.batch_size, h.threads, h.chunk_size) < 1:
         problems.append("bad coding geometry")
+    elif h.chunks and (h.batch_size > len(h.chunks) or h.rows != max(MIN_ROWS, h.batch_size)):
+        problems.append("bad coding geometry")  # encoders run max(4, batch) rows, batch <= chunks
     if max(h.roles.start_id, h.roles.escape_input_id) >= h.roles.model_vocab:
         problems.append("special token id outside the vocabulary")
     if any(c.tokens > h.chunk_size or (c.raw and c.stored_size == 0) for c in h.chunks):
         problems.append("bad chunk table entry")
-    if sum(c.stored_size for c in h.chunks if c.raw) > h.original_size:
+    raw_bytes = sum(c.stored_size for c in h.chunks if c.raw)
+    if raw_bytes > h.original_size:
         problems.append("raw chunks larger than the original")
+    elif sum(c.tokens for c in h.chunks) > h.original_size - raw_bytes:  # every coded symbol is >= 1 byte
+        problems.append("more coded tokens than original bytes")
     if bool(h.original_size) != bool(h.chunks):
         problems.append("chunk table does not match the original size")
     if problems:

@@ -11,6 +11,7 @@ other causal LM runs through its Hugging Face forward (`HFStep`).
 from __future__ import annotations
 
 import copy
+import os
 import warnings
 
 import numpy as np
@@ -19,6 +20,7 @@ import transformers
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicLayer
 
+from .errors import LlmzipError
 from .llama import PRECISIONS, LlamaConfig, LlamaStep
 
 # With 1 or 2-3 rows torch picks other kernels, whose row results depend on the batch size and
@@ -101,6 +103,20 @@ class HFStep:
         return out.logits[:, -1, :].float()
 
 
+def state_bytes(model: PreTrainedModel, rows: int, positions: int, alphabet_size: int, precision: str) -> int:
+    """Memory the predictor's state takes: every row's KV cache over `positions`, and its probabilities."""
+    c = model.config
+    heads = getattr(c, "num_attention_heads", 0) or 1
+    head_dim = getattr(c, "head_dim", None) or getattr(c, "hidden_size", 0) // heads
+    kv_heads = getattr(c, "num_key_value_heads", None) or heads
+    per_position = 2 * getattr(c, "num_hidden_layers", 0) * kv_heads * head_dim * PRECISIONS[precision].itemsize
+    return rows * (positions * per_position + 4 * alphabet_size)
+
+
+def physical_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 class Predictor:
     """Holds the model state for `rows` sequences advanced in lockstep."""
 
@@ -114,7 +130,7 @@ class Predictor:
     ) -> None:
         if rows < MIN_ROWS:
             raise ValueError(f"rows must be at least {MIN_ROWS}")
-        self.rows = rows
+        self.model, self.rows, self.precision = model, rows, precision
         self.prefix = [] if prefix is None else list(prefix)  # ids or vectors, fed to every row in turn
         self.vocab = model.get_output_embeddings().weight.shape[0]
         config = LlamaConfig.of(model)
@@ -126,7 +142,14 @@ class Predictor:
     def reset(self, steps: int) -> None:
         """Start new sequences, to be advanced at most `steps` tokens after the steering prefix.
         The prefix is fed to all rows at once, so its cache is computed once per batch."""
-        self.forward.reset(len(self.prefix) + steps)
+        positions = len(self.prefix) + steps
+        need = state_bytes(self.model, self.rows, positions, self.probs.shape[1], self.precision)
+        if need > physical_memory():  # refuse before allocating, whatever the header asked for
+            raise LlmzipError(
+                f"{self.rows} rows x {positions} positions need {need / 2**30:.1f} GiB of KV cache, more than "
+                f"this machine's {physical_memory() / 2**30:.1f} GiB; use fewer rows (--batch-size) or shorter chunks"
+            )
+        self.forward.reset(positions)
         for item in self.prefix:
             item = torch.as_tensor(item)
             self.forward(item.expand(self.rows, *item.shape).contiguous())

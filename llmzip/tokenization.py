@@ -118,6 +118,7 @@ class ByteTokenizer:
     def _encode_text(self, text: str, out: list[int]) -> None:
         """Tokenize `text`; halve any part the tokenizer does not reproduce, down to bytes."""
         ids = self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        ids = [i for i in ids if self.id_nbytes[i]]  # every coded token carries bytes (decoders rely on it)
         if self.decode(ids) == text.encode("utf-8"):
             out.extend(ids)
         elif len(text) == 1:

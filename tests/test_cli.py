@@ -1,5 +1,6 @@
 """The command line, through click's runner and through a real subprocess."""
 
+import errno
 import os
 import subprocess
 import sys
@@ -155,6 +156,9 @@ def test_models_lists_aliases(run):
         (("decompress", "{sample}", "-o", "{sample}"), "overwrite the input"),
         (("test", "{sample}"), "not an llmzip archive"),
         (("info", "{dir}"), "is a directory"),
+        (("compress", "{dir}"), "is a directory"),
+        (("decompress", "{dir}"), "is a directory"),
+        (("compress", "{sample}", "-o", "{sample}"), "overwrite the input"),
     ],
 )
 def test_bad_input_is_one_line_error(run, sample, args, message):
@@ -195,3 +199,25 @@ def test_real_subprocess(tiny_dir, sample, tmp_path):
     assert out.read_bytes() == TEXT
     failed = subprocess.run([*cmd, "decompress", str(sample)], capture_output=True, text=True)
     assert failed.returncode == 1 and failed.stderr.count("\n") == 1 and "Traceback" not in failed.stderr
+
+
+def test_archive_from_a_newer_format_version(run, sample, tmp_path):
+    run("compress", str(sample), "-q")
+    archive = (sample.parent / "sample.txt.lz").read_bytes()
+    newer = tmp_path / "newer.lz"
+    newer.write_bytes(archive[:4] + bytes([container.FORMAT_VERSION + 1]) + archive[5:])
+    message = one_line_error(run("decompress", str(newer)))
+    assert "is newer than this llmzip; upgrade llmzip" in message
+    assert not (tmp_path / "newer").exists()
+
+
+def test_unreadable_input(run, sample, monkeypatch):
+    real_open = open
+
+    def refuse(path, *args, **kwargs):  # chmod 000 does not stop root, who runs CI
+        if str(path) == str(sample):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", refuse)
+    assert one_line_error(run("compress", str(sample))) == f"llmzip: error: Permission denied: {sample}"

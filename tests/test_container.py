@@ -77,3 +77,25 @@ def test_header_values_beyond_limits_are_rejected(small):
     header.rows = 3  # fewer than the 4 rows every encoder uses
     with pytest.raises(CorruptArchiveError, match="geometry"):
         container.unpack(container.pack(header, payloads))
+
+
+def test_geometry_must_be_what_encoders_write(small):
+    _, archive = small
+    for change in ({"rows": None}, {"batch_size": None}):
+        header, payloads = container.unpack(archive)
+        if "rows" in change:
+            header.rows = max(4, header.batch_size) + 1
+        else:
+            header.batch_size = len(header.chunks) + 1
+            header.rows = max(4, header.batch_size)
+        with pytest.raises(CorruptArchiveError, match="geometry"):
+            container.unpack(container.pack(header, payloads))
+
+
+def test_more_coded_tokens_than_bytes_is_refused(small):
+    _, archive = small
+    header, payloads = container.unpack(archive)
+    raw = sum(c.stored_size for c in header.chunks if c.raw)
+    header.original_size = raw + sum(c.tokens for c in header.chunks) - 1
+    with pytest.raises(CorruptArchiveError, match="more coded tokens than original bytes"):
+        container.unpack(container.pack(header, payloads))

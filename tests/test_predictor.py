@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from llmzip import Compressor, DecodeMismatchError, UnsupportedVersionError, container
+from llmzip import Compressor, DecodeMismatchError, LlmzipError, UnsupportedVersionError, container
 from llmzip.llama import LlamaConfig, LlamaStep
-from llmzip.predictor import HFStep, Predictor, step_name
+from llmzip.predictor import MIN_ROWS, HFStep, Predictor, step_name
 
 TEXT = b"the rain and the sun in the morning, \xd0\x9f\xd1\x80\xd0\xb8\xd0\xb2\xd0\xb5\xd1\x82 and the " * 3
 
@@ -79,3 +79,9 @@ def test_decoder_with_other_floats_names_the_runtime(compressor, monkeypatch, cp
     monkeypatch.setattr(Predictor, "step", lambda self, ids: np.nextafter(step(self, ids), 1, dtype=np.float32))
     with pytest.raises(DecodeMismatchError, match=expected):
         compressor.decompress(archive)
+
+
+def test_a_cache_larger_than_memory_is_refused_before_allocating(tiny):
+    predictor = Predictor(tiny.model, MIN_ROWS, tiny.tokenizer.alphabet_size)
+    with pytest.raises(LlmzipError, match="GiB of KV cache"):
+        predictor.reset(10**12)

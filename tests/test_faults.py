@@ -1,0 +1,140 @@
+"""Interrupted or failing writes leave no output file, remove their temp file, never touch the input."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from llmzip import LlmzipError
+from llmzip.cli import TEMP_TAG, write_atomically
+
+LLMZIP = [sys.executable, "-m", "llmzip"]
+
+
+def temps(folder: Path) -> list[str]:
+    return [p.name for p in folder.iterdir() if TEMP_TAG in p.name]
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def big(tiny_dir, tmp_path_factory) -> tuple[Path, Path]:
+    """An input that takes the tiny model some seconds to decode, and its archive."""
+    folder = tmp_path_factory.mktemp("big")
+    source = folder / "big.txt"
+    source.write_bytes(b"".join(b"line %d of the rain and the sun\n" % i for i in range(2500)))
+    archive = folder / "big.txt.lz"
+    options = ["--model", tiny_dir, "--chunk-size", "64", "--batch-size", "4", "--threads", "1", "-q"]
+    subprocess.run([*LLMZIP, "compress", str(source), "-o", str(archive), *options], check=True)
+    return source, archive
+
+
+def interruptible(args: list[str], **kwargs) -> subprocess.Popen:
+    """Start a command with SIGINT at its default: a shell's background jobs inherit it ignored,
+    and Python (like gzip) leaves an ignored SIGINT ignored."""
+    return subprocess.Popen(args, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kwargs)
+
+
+def start_and_wait_for_temp(args: list[str], folder: Path) -> subprocess.Popen:
+    """Start llmzip and return once its temp output file exists (it is then writing)."""
+    proc = interruptible(args, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not temps(folder):
+        assert proc.poll() is None, f"llmzip ended before writing: {proc.stderr.read().decode()}"
+        assert time.monotonic() < deadline, "no temp file appeared"
+        time.sleep(0.02)
+    return proc
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 128 + signal.SIGTERM)])
+def test_a_signal_mid_write_leaves_no_output_and_no_temp(big, tmp_path, signum, code):
+    _, archive = big
+    before = digest(archive)
+    out = tmp_path / "out.txt"
+    proc = start_and_wait_for_temp([*LLMZIP, "decompress", str(archive), "-o", str(out), "-q"], tmp_path)
+    proc.send_signal(signum)
+    assert proc.wait(60) == code
+    assert proc.stderr.read().decode().strip() in ("llmzip: interrupted", "")
+    assert not out.exists() and temps(tmp_path) == []
+    assert digest(archive) == before
+
+
+def test_a_killed_write_leaves_no_output_and_the_next_run_clears_its_temp(big, tmp_path):
+    source, archive = big
+    out = tmp_path / "out.txt"
+    args = [*LLMZIP, "decompress", str(archive), "-o", str(out), "-q"]
+    proc = start_and_wait_for_temp(args, tmp_path)
+    proc.kill()  # SIGKILL: no handler runs, the temp file stays behind
+    proc.wait(60)
+    assert not out.exists() and len(temps(tmp_path)) == 1
+    subprocess.run(args, check=True)
+    assert out.read_bytes() == source.read_bytes() and temps(tmp_path) == []
+
+
+# llmzip's CLI, with a flag file touched when coding starts, so a test can interrupt it mid-coding.
+CODING_FLAG_CLI = """
+import sys, llmzip.compressor as c
+flag, encode = sys.argv.pop(1), c.encode_batch
+def flagged(*args, **kwargs):
+    open(flag, "w").close()
+    return encode(*args, **kwargs)
+c.encode_batch = flagged
+from llmzip.cli import main
+main()
+"""
+
+
+def test_an_interrupted_compress_leaves_nothing(big, tiny_dir, tmp_path):
+    source, _ = big
+    before = digest(source)
+    out, flag = tmp_path / "out.lz", tmp_path / "coding"
+    args = [sys.executable, "-c", CODING_FLAG_CLI, str(flag), "compress", str(source), "-o", str(out),
+            "--model", tiny_dir, "--chunk-size", "64", "--batch-size", "4", "--threads", "1", "-q"]  # fmt: skip
+    proc = interruptible(args)
+    deadline = time.monotonic() + 120
+    while not flag.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "compress did not start coding"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(60) == 130
+    assert not out.exists() and temps(tmp_path) == [] and digest(source) == before
+
+
+def test_a_failing_write_removes_the_temp_file(tmp_path):
+    def blocks():
+        yield b"some data"
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(LlmzipError, match=r"cannot write .*out: No space left on device"):
+        write_atomically(str(tmp_path / "out"), blocks())
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 64 KB tmpfs (needs root, as in CI); skipped where mounting is not allowed."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_is_a_one_line_error_and_leaves_nothing(big, full_disk):
+    _, archive = big
+    out = full_disk / "out.txt"
+    done = subprocess.run([*LLMZIP, "decompress", str(archive), "-o", str(out), "-q"], capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stderr == f"llmzip: error: cannot write {out}: No space left on device\n"
+    assert os.listdir(full_disk) == []
