@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from llmzip.compressor import cpu_capability  # before torch: llmzip sets libgomp's spin count
+from llmzip.compressor import Compressor, cpu_capability  # before torch: llmzip sets libgomp's spin count
 
 RESULTS = Path(__file__).parent / "results"
 CORPUS = Path(os.environ.get("LLMZIP_CORPUS", Path(__file__).parent.parent.parent / "shared" / "corpus"))
@@ -102,6 +102,24 @@ def baselines(data: bytes) -> dict[str, dict[str, float]]:
         seconds = time.perf_counter() - started
         out[name] = {"bits_per_byte": round(8 * size / len(data), 4), "bytes_per_s": round(len(data) / seconds)}
     return out
+
+
+def round_trip(compressor: Compressor, data: bytes) -> dict[str, object]:
+    """Compress and decompress `data` with the model loaded: size, bytes/s both ways, exactness."""
+    started = time.perf_counter()
+    archive = compressor.compress(data)
+    compress_s = time.perf_counter() - started
+    started = time.perf_counter()
+    exact = compressor.decompress(archive) == data
+    decompress_s = time.perf_counter() - started
+    return {
+        "archive_bytes": len(archive),
+        "bits_per_byte": round(8 * len(archive) / len(data), 4),
+        "compress_bytes_per_s": round(len(data) / compress_s),
+        "decompress_bytes_per_s": round(len(data) / decompress_s),
+        "chunks": compressor.stats.chunks,
+        "exact": exact,
+    }
 
 
 def save(name: str, report: dict) -> Path:

@@ -17,7 +17,7 @@ import argparse
 import json
 import time
 
-from common import RESULTS, baselines, load_input, machine, markdown_table, save
+from common import RESULTS, baselines, load_input, machine, markdown_table, round_trip, save
 
 from llmzip import Compressor, load_model
 from llmzip.compressor import DEFAULT_CHUNK_SIZE
@@ -29,23 +29,6 @@ FILES = [
 BUILT_IN = "smollm2-135m,gemma3-270m"
 COLUMNS = ["model", "file", "bytes", "bits_per_byte", *(f"{b} bpb" for b in ("xz -9e", "brotli -11", "zstd -19")),
            "compress_bytes_per_s", "decompress_bytes_per_s", "exact"]  # fmt: skip
-
-
-def measure(compressor: Compressor, data: bytes) -> dict[str, object]:
-    started = time.perf_counter()
-    archive = compressor.compress(data)
-    compress_s = time.perf_counter() - started
-    started = time.perf_counter()
-    exact = compressor.decompress(archive) == data
-    decompress_s = time.perf_counter() - started
-    return {
-        "archive_bytes": len(archive),
-        "bits_per_byte": round(8 * len(archive) / len(data), 4),
-        "compress_bytes_per_s": round(len(data) / compress_s),
-        "decompress_bytes_per_s": round(len(data) / decompress_s),
-        "chunks": compressor.stats.chunks,
-        "exact": exact,
-    }
 
 
 def main() -> None:
@@ -60,7 +43,7 @@ def main() -> None:
         args.models, args.files, args.bytes = "smollm2-135m", "enwik5,mypy_checkexpr.py", 2000
     name = "models_quick.json" if args.quick else "models.json"
     old = json.loads((RESULTS / name).read_text()) if (RESULTS / name).exists() else {"rows": []}
-    inputs = [load_input(spec, args.bytes or None) for spec in args.files.split(",")]
+    inputs = [(*load_input(spec, args.bytes or None), len(load_input(spec)[1])) for spec in args.files.split(",")]
 
     rows = []
     for model in args.models.split(","):
@@ -69,9 +52,10 @@ def main() -> None:
         load_s = round(time.perf_counter() - started, 1)
         params = sum(p.numel() for p in loaded.model.parameters())
         compressor = Compressor(loaded, chunk_size=args.chunk_size)
-        for file, data in inputs:
-            row = {"model": model, "params": params, "file": file, "bytes": len(data), "load_s": load_s}
-            row |= measure(compressor, data)
+        for file, data, file_bytes in inputs:
+            row = {"model": model, "params": params, "file": file, "bytes": len(data), "file_bytes": file_bytes}
+            row["load_s"] = load_s
+            row |= round_trip(compressor, data)
             row |= {"chunk_size": args.chunk_size, "precision": compressor.precision, "threads": compressor.threads}
             row["baselines"] = baselines(data)
             row |= {f"{b} bpb": v["bits_per_byte"] for b, v in row["baselines"].items()}

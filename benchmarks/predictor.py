@@ -4,9 +4,9 @@ bits per byte, compress and decompress bytes/s, peak RSS and the predictor's wei
     python benchmarks/predictor.py ../shared/corpus/enwik5
     python benchmarks/predictor.py --quick                # 4 KB of enwik5
 
-Each precision runs in a process of its own, so its peak RSS is its own. "Weight memory" is
-how much the resident set grows when the predictor builds its weights (converted and packed
-from the float32 model, which stays loaded). torch.compile of the step is measured apart, by
+Each precision runs in a process of its own, so its peak RSS is its own. `weight_mb` is how
+much the resident set grows while the predictor builds its weights (converted and packed from
+the float32 model, which stays loaded), allocator slack included. torch.compile of the step is measured apart, by
 compile_step.py. Results: benchmarks/results/predictor_<file>_<bytes>.json.
 """
 
@@ -18,10 +18,9 @@ import json
 import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from common import load_input, machine, markdown_table, save
+from common import load_input, machine, markdown_table, round_trip, save
 
 from llmzip import Compressor, load_model
 from llmzip.compressor import DEFAULT_CHUNK_SIZE
@@ -47,22 +46,14 @@ def one(model: str, file: str, nbytes: int | None, precision: str, chunk_size: i
     del predictor
     gc.collect()
     compressor = Compressor(loaded, chunk_size=chunk_size, precision=precision)
-    started = time.perf_counter()
-    archive = compressor.compress(data)
-    compress_s = time.perf_counter() - started
-    started = time.perf_counter()
-    exact = compressor.decompress(archive) == data
-    decompress_s = time.perf_counter() - started
-    return {
-        "precision": precision,
-        "archive_bytes": len(archive),
-        "bits_per_byte": round(8 * len(archive) / len(data), 4),
-        "compress_bytes_per_s": round(len(data) / compress_s),
-        "decompress_bytes_per_s": round(len(data) / decompress_s),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-        "weight_mb": round(weight_mb),
-        "exact": exact,
-    }
+    return (
+        {"precision": precision}
+        | round_trip(compressor, data)
+        | {
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "weight_mb": round(weight_mb),
+        }
+    )
 
 
 def main() -> None:

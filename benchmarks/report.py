@@ -123,10 +123,11 @@ def models_tables() -> list[Table]:
     ratio = []
     for file, nbytes in files:
         by_model = {r["model"]: r for r in rows if (r["file"], r["bytes"]) == (file, nbytes)}
-        base = next(iter(by_model.values()))["baselines"]
+        first = next(iter(by_model.values()))
+        base = first["baselines"]
         cells = [by_model[m]["bits_per_byte"] if m in by_model else None for m in models]
         ratio.append(
-            [_label(file, nbytes, {}), _n(nbytes)]
+            [_label(file, nbytes, {file: first.get("file_bytes")}), _n(nbytes)]
             + [f"{c:.3f}" if c else "" for c in cells]
             + [f"{base[b]['bits_per_byte']:.3f}" for b in BASELINES]
         )
@@ -346,7 +347,7 @@ def predictor_tables() -> list[Table]:
                 "compress B/s",
                 "decompress B/s",
                 "peak RSS MB",
-                "weight MB",
+                "RSS growth building the predictor MB",
             ],
             rows,
             _source([n for n, _ in found], [r for _, r in found]),
@@ -485,7 +486,8 @@ def plots(out: Path) -> list[Path]:
     ):
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.plot([c for c, _, _ in curve], [b for _, b, _ in curve], marker="o", color="C0")
-        ax.set(xlabel="chunk size (tokens)", ylabel="bits per byte", xscale="log")
+        ax.set(xlabel="chunk size (tokens)", xscale="log")
+        ax.set_ylabel("bits per byte", color="C0")
         ax.set_xscale("log", base=2)
         twin = ax.twinx()
         twin.plot([c for c, _, _ in curve], [s for _, _, s in curve], marker="s", color="C1")
