@@ -41,7 +41,7 @@ def archives(tiny_dir, tmp_path_factory):
     return made
 
 
-@pytest.mark.parametrize(("encoded", "decoded"), itertools.product(ENCODE, DECODE))
+@pytest.mark.parametrize(("encoded", "decoded"), list(itertools.product(ENCODE, DECODE)))
 def test_matrix(archives, tmp_path, encoded, decoded):
     env, flags, prelude = DECODE[decoded]
     archive = archives[encoded]
