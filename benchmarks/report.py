@@ -87,7 +87,9 @@ def _load(pattern: str) -> list[tuple[str, dict]]:
     return [(p.name, json.loads(p.read_text())) for p in sorted(RESULTS.glob(pattern))]
 
 
-def _source(files: list[str], reports: list[dict]) -> str:
+def _source(found: list[tuple[str, dict]]) -> str:
+    """Where a table's figures come from: the machine, the result files and their commands."""
+    files, reports = [name for name, _ in found], [report for _, report in found]
     commands = sorted({r["command"] for r in reports if "command" in r})
     machine = reports[0].get("machine", {}) if reports else {}
     where = f"{machine.get('cpus', '?')}-core {machine.get('cpu', 'CPU')}".strip()
@@ -146,7 +148,7 @@ def models_tables() -> list[Table]:
     params = ", ".join(
         f"{m} {next(r['params'] for r in rows if r['model'] == m) / 1e6:.0f} M parameters" for m in models
     )
-    source = _source([name], [report])
+    source = _source([(name, report)])
     return [
         Table(
             "models_ratio",
@@ -186,15 +188,14 @@ def chunk_tables() -> list[Table]:
             ]
             for _, r, run in by_chunk
         ]
-        files = sorted({n for n, _, _ in by_chunk})
-        reports = [r for n, r in found if n in files]
+        files = {n for n, _, _ in by_chunk}
         tables.append(
             Table(
                 "chunk_size",
                 "Chunk size: ratio against speed (at most 64 chunks per batch)",
                 ["file", "precision", "chunk tokens", "rows", "bits/byte", "compress B/s", "KV cache MB"],
                 rows,
-                _source(files, reports),
+                _source([(n, r) for n, r in found if n in files]),
             )
         )
     if by_batch:
@@ -210,14 +211,14 @@ def chunk_tables() -> list[Table]:
             ]
             for _, r, run in by_batch
         ]
-        files = sorted({n for n, _, _ in by_batch})
+        files = {n for n, _, _ in by_batch}
         tables.append(
             Table(
                 "batch_size",
                 "Batch size: rows per step against speed",
                 ["file", "chunk tokens", "most chunks/batch", "rows", "bits/byte", "compress B/s"],
                 rows,
-                _source(files, [r for n, r in found if n in files]),
+                _source([(n, r) for n, r in found if n in files]),
             )
         )
     return tables
@@ -269,7 +270,7 @@ def steering_tables() -> list[Table]:
                     _signed(p["gain_vs_none_bytes"]),
                 ]
             )
-    source = _source([n for n, _ in found], [r for _, r in found])
+    source = _source(found)
     return [
         Table(
             "steering_variants",
@@ -350,7 +351,7 @@ def predictor_tables() -> list[Table]:
                 "RSS growth building the predictor MB",
             ],
             rows,
-            _source([n for n, _ in found], [r for _, r in found]),
+            _source(found),
         )
     ]
 
@@ -391,7 +392,7 @@ def speed_tables() -> list[Table]:
                 "commit",
             ],
             rows,
-            _source([n for n, _ in found], [r for _, r in found]),
+            _source(found),
         )
     ]
 
@@ -434,7 +435,7 @@ def roundtrip_tables() -> list[Table]:
                 "peak RSS MB",
             ],
             rows,
-            _source([name], [r]),
+            _source([(name, r)]),
         )
     ]
 
