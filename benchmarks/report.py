@@ -9,6 +9,7 @@ Nothing here measures: every figure comes from a result file, so regenerating is
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import re
 import sys
@@ -356,6 +357,61 @@ def predictor_tables() -> list[Table]:
     ]
 
 
+def memory_tables() -> list[Table]:
+    found = [(n, r) for n, r in _load("memory*.json") if "quick" not in n]
+    rows = [
+        [
+            run["model"],
+            _n(run["bytes"]),
+            run["step"] + (f" (stopped after {run['seconds']:.0f} s)" if run["partial"] else ""),
+            _n(run["peak_rss_mb"]),
+            f"{run['seconds']:.0f}",
+            _n(run["archive_bytes"]) if run.get("archive_bytes") else "",
+            {True: "yes", False: "NO"}.get(run.get("exact"), ""),
+        ]
+        for _, r in found
+        for run in r["runs"]
+    ]
+    if not rows:
+        return []
+    return [
+        Table(
+            "memory",
+            "Peak RSS of compress and decompress (each a fresh CLI process) against input size",
+            ["model", "input bytes", "step", "peak RSS MB", "seconds", "archive bytes", "round trip"],
+            rows,
+            _source(found),
+        )
+    ]
+
+
+def fuzz_tables() -> list[Table]:
+    found = [(n, r) for n, r in _load("fuzz.json")]
+    if not found:
+        return []
+    report = found[0][1]
+    outcomes = ["exact", "llmzip error", "wrong output", "exception", "hang"]
+    per_mutation: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    for row in report["rows"]:
+        counts = per_mutation[row["mutation"]]
+        counts[row["outcome"].split(":")[0]] += row["cases"]
+        counts["via " + row["via"]] += row["cases"]
+    per_mutation["all"] = sum(per_mutation.values(), collections.Counter())
+    rows = [
+        [mutation, _n(c.total() // 2), _n(c["via file"]), _n(c["via pipe"]), *(_n(c[o]) for o in outcomes)]
+        for mutation, c in per_mutation.items()
+    ]
+    return [
+        Table(
+            "fuzz",
+            f"Fuzzing: {_n(report['cases'])} mutants of real archives (tiny model), read as a file or as a pipe",
+            ["mutation", "cases", "as file", "as pipe", *outcomes[:3], "other exception", "hang"],
+            rows,
+            _source(found),
+        )
+    ]
+
+
 def speed_tables() -> list[Table]:
     found = _load("speed_*.json")
     rows = [
@@ -447,6 +503,8 @@ def all_tables() -> list[Table]:
         *chunk_tables(),
         *predictor_tables(),
         *speed_tables(),
+        *memory_tables(),
+        *fuzz_tables(),
         *steering_tables(),
     ]
 
@@ -494,17 +552,18 @@ def plots(out: Path) -> list[Path]:
         twin.plot([c for c, _, _ in curve], [s for _, _, s in curve], marker="s", color="C1")
         twin.set_ylabel("compress bytes/s", color="C1")
         save(fig, "bpb_vs_chunk_size.png")
-    if batch := sorted(
-        {
-            (r["rows"], r["compress_bytes_per_s"])
-            for n, rep in _load("chunk_size_*batches*.json")
-            if "quick" not in n
-            for r in rep["runs"]
-        }
-    ):
+    by_input: dict[str, set[tuple[int, float]]] = collections.defaultdict(set)
+    for n, rep in _load("chunk_size_*batches*.json"):
+        if "quick" not in n:
+            by_input[_label(rep["file"], rep["bytes"], FULL_SIZES)] |= {
+                (r["rows"], r["compress_bytes_per_s"]) for r in rep["runs"]
+            }
+    if by_input:
         fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot([b for b, _ in batch], [s for _, s in batch], marker="o")
+        for label, points in sorted(by_input.items()):
+            ax.plot(*zip(*sorted(points), strict=True), marker="o", label=label)
         ax.set(xlabel="rows per step (chunks coded together)", ylabel="compress bytes/s")
+        ax.legend()
         save(fig, "speed_vs_batch_size.png")
     return written
 

@@ -9,8 +9,8 @@ import stat
 import sys
 import traceback
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, suppress
-from typing import Any
+from contextlib import closing, contextmanager, suppress
+from typing import Any, BinaryIO
 
 import click
 from tqdm import tqdm
@@ -132,13 +132,25 @@ def main() -> None:
 # -- files --------------------------------------------------------------------------------
 
 
-def _read_input(file: str) -> bytes:
+@contextmanager
+def _open_input(file: str) -> Iterator[BinaryIO]:
+    """FILE, or standard input for `-`, as a binary stream (read as it is needed, never whole)."""
     if file == "-":
-        return sys.stdin.buffer.read()
+        yield sys.stdin.buffer
+        return
     if os.path.isdir(file):
         raise LlmzipError(f"{file}: is a directory")
     with open(file, "rb") as f:
-        return f.read()
+        yield f
+
+
+def _stream_size(stream: BinaryIO) -> int | None:
+    """Bytes in a regular file (for progress), None for a pipe or terminal."""
+    try:
+        info = os.fstat(stream.fileno())
+    except OSError:  # an in-memory stream (tests)
+        return None
+    return info.st_size if stat.S_ISREG(info.st_mode) else None
 
 
 def _plan_output(file: str, output: str | None, to_stdout: bool, default: Callable[[str], str]) -> str | None:
@@ -224,11 +236,12 @@ def _input_mode(file: str) -> int | None:
 
 
 @contextmanager
-def _progress_bar(total: int, desc: str, quiet: bool, unit: str = "B") -> Iterator[tqdm]:
-    """A tqdm bar (bytes, or steps) on stderr; none when quiet or when there is nothing to count."""
+def _progress_bar(total: int | None, desc: str, quiet: bool, unit: str = "B") -> Iterator[tqdm]:
+    """A tqdm bar (bytes, or steps) on stderr; none when quiet or when there is nothing to count
+    (total None: a pipe of unknown size, counted without ETA)."""
     scaled = unit == "B"
     with tqdm(total=total, desc=desc, unit=unit, unit_scale=scaled, unit_divisor=1024,
-              disable=True if quiet or not total else None) as bar:  # fmt: skip
+              disable=True if quiet or total == 0 else None) as bar:  # fmt: skip
         yield bar
 
 
@@ -253,41 +266,43 @@ def compress(
         raise LlmzipError("will not write compressed data to a terminal; use -o or redirect")
     if remove and target is None:
         raise LlmzipError("--rm needs an output file")
-    data = _read_input(file)
     training = TrainOptions(steps=steer_steps, lr=steer_lr, chunks=steer_chunks, tokens=steer_tokens)
-    compressor = Compressor(
-        model, chunk_size=chunk_size, batch_size=batch_size, threads=threads, precision=precision,
-        steer=steer, prior=prior, prior_bins=prior_bins, prior_clip=prior_clip, training=training, quiet=quiet,
-    )  # fmt: skip
     passes = 2 if steer.startswith("auto") else 1  # auto codes with and without the trained vectors
-    trains = steer.startswith(("trained", "auto")) and data
-    with (
-        _progress_bar(steer_steps if trains else 0, "train steering", quiet, unit="step") as training_bar,
-        _progress_bar(passes * len(data), "compress", quiet) as coding_bar,
-    ):
+    with _open_input(file) as stream:  # an unreadable input fails before the model loads
+        compressor = Compressor(
+            model, chunk_size=chunk_size, batch_size=batch_size, threads=threads, precision=precision,
+            steer=steer, prior=prior, prior_bins=prior_bins, prior_clip=prior_clip, training=training, quiet=quiet,
+        )  # fmt: skip
+        size = _stream_size(stream)
+        trains = steer.startswith(("trained", "auto")) and size != 0
+        with (
+            _progress_bar(steer_steps if trains else 0, "train steering", quiet, unit="step") as training_bar,
+            _progress_bar(size and passes * size, "compress", quiet) as coding_bar,
+        ):
 
-        def on_train_step(loss: float) -> None:
-            training_bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-            training_bar.update(1)
-            if training_bar.n == training_bar.total:
-                coding_bar.reset()  # so the coding ETA does not count the training time
+            def on_train_step(loss: float) -> None:
+                training_bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+                training_bar.update(1)
+                if training_bar.n == training_bar.total:
+                    coding_bar.reset()  # so the coding ETA does not count the training time
 
-        archive = compressor.compress(data, coding_bar.update, on_train_step=on_train_step)
-    write_atomically(target, [archive], _input_mode(file))
+            archive = compressor.compress_stream(stream, coding_bar.update, on_train_step=on_train_step)
+    with closing(archive):
+        write_atomically(target, archive.blocks(), _input_mode(file))
     _finish(file, target, remove)
     if not quiet:
         s = compressor.stats
-        ratio = 8 * len(archive) / len(data) if data else 0.0
+        ratio = 8 * s.archive_bytes / s.input_bytes if s.input_bytes else 0.0
         click.echo(
-            f"{file}: {len(data)} -> {len(archive)} bytes, {ratio:.3f} bits/byte, "
-            f"{len(data) / s.seconds:.0f} B/s" + (f" -> {target}" if target else ""),
+            f"{file}: {s.input_bytes} -> {s.archive_bytes} bytes, {ratio:.3f} bits/byte, "
+            f"{s.input_bytes / s.seconds:.0f} B/s" + (f" -> {target}" if target else ""),
             err=True,
         )
         if verbose:
             overhead = 100 * (s.coded_bits / s.ideal_bits - 1) if s.ideal_bits else 0.0
             click.echo(
                 f"  {s.tokens} tokens in {s.chunks} chunks ({s.raw_chunks} stored raw), "
-                f"header {len(archive) - s.payload_bytes} bytes, coder overhead {overhead:+.2f}% vs ideal",
+                f"header {s.archive_bytes - s.payload_bytes} bytes, coder overhead {overhead:+.2f}% vs ideal",
                 err=True,
             )
             click.echo(
@@ -298,8 +313,7 @@ def compress(
             )
 
 
-def _decoder(archive: bytes, model: str | None, quiet: bool, verbose: bool) -> tuple[Compressor, Header]:
-    header, _ = container.unpack(archive)
+def _decoder(header: Header, model: str | None, quiet: bool, verbose: bool) -> Compressor:
     compressor = Compressor(model or header.model_name, quiet=quiet)
     compressor.check_model(header)  # before any long work
     if verbose:
@@ -308,7 +322,7 @@ def _decoder(archive: bytes, model: str | None, quiet: bool, verbose: bool) -> t
             f"{header.rows} rows, {header.threads} threads, {header.precision} (used whatever the flags say)",
             err=True,
         )
-    return compressor, header
+    return compressor
 
 
 @main.command()
@@ -329,11 +343,12 @@ def decompress(file, output, to_stdout, force, remove, model, batch_size, thread
     _check_overwrite(target, force)
     if remove and target is None:
         raise LlmzipError("--rm needs an output file")
-    archive = _read_input(file)
-    compressor, header = _decoder(archive, model, quiet, verbose)
-    size = header.original_size
-    with _progress_bar(size, "decompress", quiet) as bar:
-        write_atomically(target, compressor.iter_decompress(archive, bar.update), _input_mode(file))
+    with _open_input(file) as stream:
+        archive = container.ArchiveReader(stream)
+        compressor = _decoder(archive.header, model, quiet, verbose)
+        size = archive.header.original_size
+        with _progress_bar(size, "decompress", quiet) as bar:
+            write_atomically(target, compressor.iter_decompress(archive, bar.update), _input_mode(file))
     _finish(file, target, remove)
     if not quiet and target is not None:
         click.echo(f"{file}: {size} bytes -> {target}", err=True)
@@ -346,12 +361,13 @@ def decompress(file, output, to_stdout, force, remove, model, batch_size, thread
 def test_command(files, model, quiet, verbose, debug):
     """Decode FILES and verify every checksum; write nothing."""
     for file in files:
-        archive = _read_input(file)
-        compressor, header = _decoder(archive, model, quiet, verbose)
-        size = header.original_size
-        with _progress_bar(size, "test", quiet) as bar:
-            for _ in compressor.iter_decompress(archive, bar.update):
-                pass
+        with _open_input(file) as stream:
+            archive = container.ArchiveReader(stream)
+            compressor = _decoder(archive.header, model, quiet, verbose)
+            size = archive.header.original_size
+            with _progress_bar(size, "test", quiet) as bar:
+                for _ in compressor.iter_decompress(archive, bar.update):
+                    pass
         if not quiet:
             click.echo(f"{file}: OK ({size} bytes)", err=True)
 
@@ -362,22 +378,24 @@ def test_command(files, model, quiet, verbose, debug):
 def info(files, quiet, verbose, debug):
     """Show what an archive holds: sizes, ratio, model, chunks, header bytes."""
     for file in files:
-        archive = _read_input(file)
-        h, payloads = container.unpack(archive)
-        payload_bytes = sum(len(p) for p in payloads)
+        with _open_input(file) as stream:
+            archive = container.ArchiveReader(stream)
+            if not stream.seekable():  # a file's payloads were verified on opening, a pipe's were not
+                archive.verify_payloads()
+        h, size = archive.header, archive.archive_size
         raw = sum(c.raw for c in h.chunks)
-        bpb = 8 * len(archive) / h.original_size if h.original_size else 0.0
+        bpb = 8 * size / h.original_size if h.original_size else 0.0
         rows = [
             ("file", file),
             ("original size", f"{h.original_size} bytes"),
-            ("archive size", f"{len(archive)} bytes ({bpb:.4f} bits/byte)"),
-            ("header", f"{len(archive) - payload_bytes} bytes (format v{container.FORMAT_VERSION})"),
+            ("archive size", f"{size} bytes ({bpb:.4f} bits/byte)"),
+            ("header", f"{archive.header_size} bytes (format v{container.FORMAT_VERSION})"),
             ("model", f"{h.model_name} (fingerprint {h.model_fingerprint.hex()})"),
             ("chunks", f"{len(h.chunks)} of up to {h.chunk_size} tokens, {raw} stored raw, "
                        f"{sum(c.tokens for c in h.chunks)} tokens coded"),
             ("geometry", f"batch {h.batch_size}, {h.rows} rows, {h.threads} threads, {h.precision}, {h.step}"),
             ("runtime", f"torch {h.torch_version}, CPU capability {h.cpu_capability}"),
-            ("steering", _describe_steering(h, len(archive))),
+            ("steering", _describe_steering(h, size)),
             ("checksum", f"sha256[:8] {h.checksum.hex()}"),
         ]  # fmt: skip
         for key, value in rows:

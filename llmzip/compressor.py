@@ -1,21 +1,25 @@
-"""Compress and decompress, top to bottom: bytes -> tokens -> chunks -> batches of chunks coded in
-lockstep with the model -> container."""
+"""Compress and decompress, top to bottom: bytes -> tokens (spooled) -> chunks -> batches of chunks
+coded in lockstep with the model -> payloads (spooled) -> container."""
 
 from __future__ import annotations
 
 import hashlib
+import io
+import tempfile
 import time
 import zlib
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 import torch
 
 from . import container, hyperprior, steering
+from .chunking import TokenChunks
 from .coding import Progress, decode_batch, encode_batch
-from .container import ChunkEntry, Header
+from .container import ArchiveReader, ChunkEntry, Header
 from .errors import DecodeMismatchError, InvalidOptionError, UnsupportedVersionError, WrongModelError
 from .models import DEFAULT_MODEL, LoadedModel, load_model
 from .predictor import MIN_ROWS, PRECISIONS, Predictor, default_precision, step_name
@@ -59,10 +63,6 @@ def torch_threads(n: int) -> Iterator[None]:
 
 def _is_transformers(step: str) -> bool:
     return step.startswith("transformers-")
-
-
-def _checksum(data: bytes) -> bytes:
-    return hashlib.sha256(data).digest()[: container.CHECKSUM_BYTES]
 
 
 def _runtime(model: LoadedModel) -> tuple[str, str, str]:
@@ -122,35 +122,48 @@ class Compressor:
         steer: Steering | None = None,
         on_train_step: Callable[[float], None] | None = None,
     ) -> bytes:
-        """The archive of `data`. With `steer="auto"`, both the trained steering and none are
-        coded and the smaller archive is kept (so progress runs twice). A `steer` given here
-        (e.g. vectors trained once, coded under several priors) replaces the option's.
-        `on_train_step` gets the loss after each training step of trained steering."""
+        """The archive of `data`, in memory (see `compress_stream`)."""
+        with closing(self.compress_stream(io.BytesIO(data), progress, steer, on_train_step)) as archive:
+            return b"".join(archive.blocks())
+
+    def compress_stream(
+        self,
+        stream: BinaryIO,
+        progress: ByteProgress | None = None,
+        steer: Steering | None = None,
+        on_train_step: Callable[[float], None] | None = None,
+    ) -> EncodedArchive:
+        """The archive of what `stream` holds, with its payloads spooled to a temporary file.
+        With `steer="auto"`, both the trained steering and none are coded and the smaller archive
+        is kept (so progress runs twice). A `steer` given here (e.g. vectors trained once, coded
+        under several priors) replaces the option's. `on_train_step` gets the loss after each
+        training step of trained steering."""
         started = time.perf_counter()
-        tokenizer = self.model.tokenizer
-        ids = tokenizer.encode(data)
-        chunks = [ids[i : i + self.chunk_size] for i in range(0, len(ids), self.chunk_size)]
-        auto = steer is None and self.steer[0] == "auto"
-        if steer is None and self.steer[0] != "text":  # before minutes of training, not after
-            self._check_context(int(self.steer[1]))
-        steer = steer or self._steering(*self.steer, chunks, on_train_step)
-        trained_seconds = time.perf_counter() - started
-        if auto and steer.kind != "none":
-            plain, plain_stats = self._code(data, ids, chunks, Steering(), {}, progress)
-            extensions = {container.UNSTEERED_SIZE_EXTENSION: container.varint(len(plain))}
-            archive, stats = self._code(data, ids, chunks, steer, extensions, progress)
-            if len(archive) >= len(plain):
-                archive, stats = plain, plain_stats
-            stats.unsteered_bytes = len(plain)
-        else:
-            archive, stats = self._code(data, ids, chunks, steer, {}, progress)
+        with closing(TokenChunks(stream, self.model.tokenizer, self.chunk_size)) as chunks:
+            auto = steer is None and self.steer[0] == "auto"
+            if steer is None and self.steer[0] != "text":  # before minutes of training, not after
+                self._check_context(int(self.steer[1]))
+            steer = steer or self._steering(*self.steer, chunks, on_train_step)
+            trained_seconds = time.perf_counter() - started
+            if auto and steer.kind != "none":
+                plain, plain_stats = self._code(chunks, Steering(), {}, progress)
+                extensions = {container.UNSTEERED_SIZE_EXTENSION: container.varint(plain.size)}
+                steered, stats = self._code(chunks, steer, extensions, progress)
+                if steered.size < plain.size:
+                    archive, dropped = steered, plain
+                else:
+                    archive, dropped, stats = plain, steered, plain_stats
+                dropped.close()
+                stats.unsteered_bytes = plain.size
+            else:
+                archive, stats = self._code(chunks, steer, {}, progress)
         stats.steering_seconds = trained_seconds
         stats.seconds = time.perf_counter() - started
         self.stats = stats
         return archive
 
     def _steering(
-        self, kind: str, arg: str | int, chunks: list[np.ndarray], on_train_step: Callable[[float], None] | None
+        self, kind: str, arg: str | int, chunks: TokenChunks, on_train_step: Callable[[float], None] | None
     ) -> Steering:
         """The steering to code with; `trained` and `auto` fit vectors to the chunks first."""
         model = self.model.model
@@ -181,34 +194,37 @@ class Compressor:
             )
 
     def _code(
-        self,
-        data: bytes,
-        ids: np.ndarray,
-        chunks: list[np.ndarray],
-        steer: Steering,
-        extensions: dict[int, bytes],
-        progress: ByteProgress | None,
-    ) -> tuple[bytes, CodingStats]:
-        """Code the chunks with `steer` as every chunk's prefix; return the archive and its stats."""
+        self, chunks: TokenChunks, steer: Steering, extensions: dict[int, bytes], progress: ByteProgress | None
+    ) -> tuple[EncodedArchive, CodingStats]:
+        """Code the chunks with `steer` as every chunk's prefix, batch by batch, into a payload
+        spool; return the archive and its stats."""
         tokenizer = self.model.tokenizer
-        prefix = steer.prefix(tokenizer, self.model.model.get_input_embeddings().weight.shape[1])
+        prefix = steer.prefix(tokenizer, embedding_width(self.model))
         self._check_context(0 if prefix is None else len(prefix))
         batch_size = balanced_batch_size(len(chunks), self.batch_size)
         rows = max(batch_size, MIN_ROWS)
         predictor = Predictor(self.model.model, rows, tokenizer.alphabet_size, self.precision, prefix)
-        stats = CodingStats(input_bytes=len(data), tokens=len(ids), chunks=len(chunks), steering=steer.describe())
+        stats = CodingStats(
+            input_bytes=chunks.input_bytes, tokens=chunks.tokens, chunks=len(chunks), steering=steer.describe()
+        )
         on_symbols = _symbol_progress(tokenizer, progress)
-        entries, payloads = [], []
-        with torch_threads(self.threads):
-            for first in range(0, len(chunks), batch_size):
-                batch = chunks[first : first + batch_size]
-                originals = [tokenizer.decode(c) for c in batch]
-                coded = self._encode_batch(predictor, batch, originals, stats, on_symbols)
-                for tokens, original, payload in zip(batch, originals, coded, strict=True):
-                    coded_tokens = len(tokens) if payload is not None else 0  # 0 marks a raw chunk
-                    stored = original if payload is None else payload
-                    entries.append(ChunkEntry(coded_tokens, len(stored), zlib.crc32(original)))
-                    payloads.append(stored)
+        entries, payload_crc = [], 0
+        payloads = tempfile.TemporaryFile()  # noqa: SIM115 (handed on in the EncodedArchive)
+        try:
+            with torch_threads(self.threads):
+                for first in range(0, len(chunks), batch_size):
+                    batch = chunks[first : first + batch_size]
+                    originals = [tokenizer.decode(c) for c in batch]
+                    coded = self._encode_batch(predictor, batch, originals, stats, on_symbols)
+                    for tokens, original, payload in zip(batch, originals, coded, strict=True):
+                        coded_tokens = len(tokens) if payload is not None else 0  # 0 marks a raw chunk
+                        stored = original if payload is None else payload
+                        entries.append(ChunkEntry(coded_tokens, len(stored), zlib.crc32(original)))
+                        payloads.write(stored)
+                        payload_crc = zlib.crc32(stored, payload_crc)
+        except BaseException:
+            payloads.close()
+            raise
         if steer.kind != "none":
             extensions = extensions | {container.STEERING_EXTENSION: steer.to_bytes()}
         torch_version, cpu, step = _runtime(self.model)
@@ -224,14 +240,14 @@ class Compressor:
             step=step,
             torch_version=torch_version,
             cpu_capability=cpu,
-            original_size=len(data),
-            checksum=_checksum(data),
+            original_size=chunks.input_bytes,
+            checksum=chunks.sha256.digest()[: container.CHECKSUM_BYTES],
             chunks=entries,
             extensions=extensions,
         )
-        archive = container.pack(header, payloads)
-        stats.payload_bytes = sum(len(p) for p in payloads)
-        stats.archive_bytes = len(archive)
+        archive = EncodedArchive(container.pack_header(header, payload_crc), payloads)
+        stats.payload_bytes = archive.size - len(archive.header)
+        stats.archive_bytes = archive.size
         stats.steering_bytes = len(steer.to_bytes())
         return archive, stats
 
@@ -278,33 +294,34 @@ class Compressor:
         if header.step != ours and not (_is_transformers(header.step) and _is_transformers(ours)):
             raise UnsupportedVersionError(f"archive was coded with forward {header.step!r}; this llmzip runs {ours!r}")
 
-    def iter_decompress(self, archive: bytes, progress: ByteProgress | None = None) -> Iterator[bytes]:
+    def iter_decompress(self, archive: bytes | ArchiveReader, progress: ByteProgress | None = None) -> Iterator[bytes]:
         """Yield the original bytes batch by batch. A chunk failing its CRC raises before its batch
-        is yielded; the whole-file checksum is checked after the last batch, so consume the
-        iterator to its end before trusting what it gave."""
-        header, payloads = container.unpack(archive)
+        is yielded; the whole-file checksum (and, from a pipe, the payload CRC) is checked after
+        the last batch, so consume the iterator to its end before trusting what it gave."""
+        reader = archive if isinstance(archive, ArchiveReader) else ArchiveReader(io.BytesIO(archive))
+        header = reader.header
         self.check_model(header)
         known = (container.STEERING_EXTENSION,)
         if critical := [t for t in header.extensions if t < container.FIRST_OPTIONAL_EXTENSION and t not in known]:
             raise UnsupportedVersionError(f"archive uses extension {critical[0]}, unknown to this llmzip")
         tokenizer = self.model.tokenizer
         steer = Steering.from_bytes(header.extensions.get(container.STEERING_EXTENSION, b""))
-        prefix = steer.prefix(tokenizer, self.model.model.get_input_embeddings().weight.shape[1])
+        prefix = steer.prefix(tokenizer, embedding_width(self.model))
         self._check_context(0 if prefix is None else len(prefix), header.chunk_size)
         predictor = Predictor(self.model.model, header.rows, header.alphabet_size, header.precision, prefix)
         on_symbols = _symbol_progress(tokenizer, progress)
         digest, size = hashlib.sha256(), 0
         with torch_threads(header.threads):
-            for first in range(0, len(header.chunks), header.batch_size):
+            for k, stored in enumerate(reader.payload_batches(header.batch_size)):
+                first = k * header.batch_size
                 entries = header.chunks[first : first + header.batch_size]
-                stored = payloads[first : first + header.batch_size]
                 coded = [b"" if e.raw else p for e, p in zip(entries, stored, strict=True)]
                 tokens = decode_batch(predictor, coded, [e.tokens for e in entries], header.roles, on_symbols)
                 out = []
-                for k, (entry, payload, ids) in enumerate(zip(entries, stored, tokens, strict=True)):
+                for i, (entry, payload, ids) in enumerate(zip(entries, stored, tokens, strict=True)):
                     chunk = payload if entry.raw else tokenizer.decode(ids)
                     if zlib.crc32(chunk) != entry.crc32:
-                        raise DecodeMismatchError(_mismatch_message(first + k, header, _runtime(self.model)))
+                        raise DecodeMismatchError(_mismatch_message(first + i, header, _runtime(self.model)))
                     if entry.raw and progress:
                         progress(len(chunk))
                     out.append(chunk)
@@ -317,6 +334,28 @@ class Compressor:
 
     def decompress(self, archive: bytes, progress: ByteProgress | None = None) -> bytes:
         return b"".join(self.iter_decompress(archive, progress))
+
+
+class EncodedArchive:
+    """A finished archive: its header in memory, its payloads in a temporary file."""
+
+    def __init__(self, header: bytes, payloads: BinaryIO) -> None:
+        self.header, self.payloads = header, payloads
+        self.size = len(header) + payloads.seek(0, io.SEEK_END)
+
+    def blocks(self, size: int = 1 << 20) -> Iterator[bytes]:
+        """The archive's bytes, header first, at most `size` at a time."""
+        yield self.header
+        self.payloads.seek(0)
+        while block := self.payloads.read(size):
+            yield block
+
+    def close(self) -> None:
+        self.payloads.close()
+
+
+def embedding_width(model: LoadedModel) -> int:
+    return model.model.get_input_embeddings().weight.shape[1]
 
 
 def _symbol_progress(tokenizer: ByteTokenizer, progress: ByteProgress | None) -> Progress | None:
@@ -353,5 +392,5 @@ def compress(data: bytes, model: str | LoadedModel = DEFAULT_MODEL, **options: i
 def decompress(archive: bytes, model: str | LoadedModel | None = None) -> bytes:
     """Decompress `archive`, loading the model it names unless one is given."""
     if model is None:
-        model = container.unpack(archive)[0].model_name
+        model = ArchiveReader(io.BytesIO(archive)).header.model_name
     return Compressor(model).decompress(archive)

@@ -1,14 +1,18 @@
 """Container format v1 (docs/FORMAT.md): header, chunk table, payloads.
 
 Every length in the header is checked against the bytes actually present before it is used,
-and every byte of the archive is covered by a CRC32, so damage is reported, never decoded.
+and every byte of the archive is covered by a CRC32, so damage is reported, never passed off as
+data. Archives are read from streams, payloads batch by batch, so memory does not grow with them.
 """
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from .errors import CorruptArchiveError, TruncatedArchiveError, UnsupportedVersionError
 from .predictor import MIN_ROWS
@@ -23,6 +27,7 @@ MAX_CHUNK_TOKENS = 1 << 20
 MAX_ROWS = 4096
 MAX_THREADS = 1024
 MAX_VOCAB = 1 << 24
+READ_PIECE = 1 << 20  # bytes per read of a length the header gives
 # Extension tags below this must be understood by a reader; tags from it on may be skipped.
 FIRST_OPTIONAL_EXTENSION = 128
 STEERING_EXTENSION = 1  # the steering prefix (steering.Steering.to_bytes); absent: none
@@ -81,8 +86,9 @@ def string_bytes(s: str) -> bytes:
     return varint(len(data)) + data
 
 
-def pack(header: Header, payloads: list[bytes]) -> bytes:
-    """The archive bytes for `header` (whose chunk table describes `payloads`) and payloads."""
+def pack_header(header: Header, payload_crc: int) -> bytes:
+    """Everything before the payloads: preamble, header body (ending in `payload_crc`, the
+    CRC32 of the payload area) and the header CRC."""
     ext = b"".join(varint(tag) + varint(len(v)) + v for tag, v in sorted(header.extensions.items()))
     table = b"".join(varint(c.tokens) + varint(c.stored_size) + c.crc32.to_bytes(4, "little") for c in header.chunks)
     body = b"".join(
@@ -106,11 +112,17 @@ def pack(header: Header, payloads: list[bytes]) -> bytes:
             ext,
             varint(len(header.chunks)),
             table,
-            zlib.crc32(b"".join(payloads)).to_bytes(4, "little"),
+            payload_crc.to_bytes(4, "little"),
         ]
     )
     head = MAGIC + bytes([FORMAT_VERSION]) + len(body).to_bytes(4, "little") + body
-    return head + zlib.crc32(head).to_bytes(4, "little") + b"".join(payloads)
+    return head + zlib.crc32(head).to_bytes(4, "little")
+
+
+def pack(header: Header, payloads: list[bytes]) -> bytes:
+    """The whole archive in memory (the compressor streams its payloads instead)."""
+    area = b"".join(payloads)
+    return pack_header(header, zlib.crc32(area)) + area
 
 
 # -- decoding -------------------------------------------------------------------------------
@@ -156,43 +168,115 @@ class Reader:
         return self.pos == len(self.data)
 
 
+def read_upto(stream: BinaryIO, n: int) -> bytes:
+    """Up to `n` bytes (fewer only at the end of the stream), read in bounded pieces, so that a
+    length from a damaged header allocates only as much as the stream really holds."""
+    parts = []
+    while n > 0 and (part := stream.read(min(n, READ_PIECE))):
+        parts.append(part)
+        n -= len(part)
+    return b"".join(parts)
+
+
+def _remaining(stream: BinaryIO) -> int | None:
+    """Bytes left in a seekable stream (a file), None for a pipe."""
+    if not stream.seekable():
+        return None
+    here = stream.tell()
+    end = stream.seek(0, io.SEEK_END)
+    stream.seek(here)
+    return end - here
+
+
+class ArchiveReader:
+    """An archive read from a binary stream: its checked header at once, payloads on demand.
+
+    From a file, the payload area's size and CRC are verified before anything is decoded, in
+    one pass of reads, and the stream is rewound; from a pipe they are verified as the payloads
+    stream past, after the last one (so consume `payload_batches` to its end before trusting
+    what was decoded from it)."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        self.header, self.payload_crc, self.header_size = _read_header(stream)
+        self.payload_size = sum(c.stored_size for c in self.header.chunks)
+        if (remaining := _remaining(stream)) is not None:
+            self._check_payload_size(remaining)
+            self.verify_payloads()
+
+    def verify_payloads(self) -> None:
+        """Read the payload area through its size and CRC checks, and rewind where the stream can."""
+        start = self.stream.tell() if self.stream.seekable() else None
+        for _ in self.payload_batches(1):
+            pass
+        if start is not None:
+            self.stream.seek(start)
+
+    @property
+    def archive_size(self) -> int:
+        return self.header_size + self.payload_size
+
+    def _check_payload_size(self, have: int) -> None:
+        if have < self.payload_size:
+            raise TruncatedArchiveError(f"archive is truncated: {self.payload_size - have} payload bytes missing")
+        if have > self.payload_size:
+            raise CorruptArchiveError(f"{have - self.payload_size} unexpected bytes after the last chunk")
+
+    def payload_batches(self, batch_size: int) -> Iterator[list[bytes]]:
+        """The chunks' payloads, `batch_size` at a time; after the last batch, the payload area
+        must end where the stream ends and match its CRC."""
+        crc, read, batch = 0, 0, []
+        for entry in self.header.chunks:
+            payload = read_upto(self.stream, entry.stored_size)
+            read += len(payload)
+            if len(payload) < entry.stored_size:
+                self._check_payload_size(read)
+            crc = zlib.crc32(payload, crc)
+            batch.append(payload)
+            if len(batch) == batch_size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+        extra = 0
+        while piece := self.stream.read(READ_PIECE):
+            extra += len(piece)
+        self._check_payload_size(read + extra)
+        if crc != self.payload_crc:
+            raise CorruptArchiveError("payload checksum mismatch: the compressed data is damaged")
+
+
 def unpack(archive: bytes) -> tuple[Header, list[bytes]]:
-    """Parse and verify an archive; return its header and the chunk payloads."""
-    if len(archive) < PREAMBLE:
-        if archive == MAGIC[: len(archive)] and archive:
+    """Parse and verify an archive held in memory; return its header and the chunk payloads."""
+    reader = ArchiveReader(io.BytesIO(archive))
+    return reader.header, [p for batch in reader.payload_batches(MAX_ROWS) for p in batch]
+
+
+def _read_header(stream: BinaryIO) -> tuple[Header, int, int]:
+    """The checked header, the payload area's CRC and the header's size in bytes."""
+    preamble = read_upto(stream, PREAMBLE)
+    if len(preamble) < PREAMBLE:
+        if preamble == MAGIC[: len(preamble)] and preamble:
             raise TruncatedArchiveError("archive is truncated inside its preamble")
         raise CorruptArchiveError("not an llmzip archive (too short)")
-    if archive[:4] != MAGIC:
+    if preamble[:4] != MAGIC:
         raise CorruptArchiveError("not an llmzip archive (bad magic bytes)")
-    version = archive[4]
+    version = preamble[4]
     if version != FORMAT_VERSION:
         newer = " is newer than this llmzip; upgrade llmzip" if version > FORMAT_VERSION else " is unknown"
         raise UnsupportedVersionError(f"archive format version {version}{newer} (this llmzip reads version 1)")
-    body_size = int.from_bytes(archive[5:9], "little")
-    payload_start = PREAMBLE + body_size + 4
-    if payload_start > len(archive):
-        raise TruncatedArchiveError(
-            f"archive is truncated: its header needs {payload_start} bytes, it has {len(archive)}"
-        )
-    stored_crc = int.from_bytes(archive[payload_start - 4 : payload_start], "little")
-    if zlib.crc32(archive[: payload_start - 4]) != stored_crc:
+    header_size = PREAMBLE + int.from_bytes(preamble[5:9], "little") + 4
+    need, remaining = header_size - PREAMBLE, _remaining(stream)
+    rest = read_upto(stream, need) if remaining is None or remaining >= need else b""
+    if len(rest) < need:
+        have = PREAMBLE + (len(rest) if remaining is None else remaining)
+        raise TruncatedArchiveError(f"archive is truncated: its header needs {header_size} bytes, it has {have}")
+    body, stored_crc = rest[:-4], int.from_bytes(rest[-4:], "little")
+    if zlib.crc32(preamble + body) != stored_crc:
         raise CorruptArchiveError("header checksum mismatch: the archive header is damaged")
-    header, payload_crc = _parse_body(Reader(archive[PREAMBLE : payload_start - 4]))
+    header, payload_crc = _parse_body(Reader(body))
     _check_header(header)
-
-    payload_area = archive[payload_start:]
-    expected = sum(c.stored_size for c in header.chunks)
-    if len(payload_area) < expected:
-        raise TruncatedArchiveError(f"archive is truncated: {expected - len(payload_area)} payload bytes missing")
-    if len(payload_area) > expected:
-        raise CorruptArchiveError(f"{len(payload_area) - expected} unexpected bytes after the last chunk")
-    if zlib.crc32(payload_area) != payload_crc:
-        raise CorruptArchiveError("payload checksum mismatch: the compressed data is damaged")
-    payloads, offset = [], 0
-    for c in header.chunks:
-        payloads.append(payload_area[offset : offset + c.stored_size])
-        offset += c.stored_size
-    return header, payloads
+    return header, payload_crc, header_size
 
 
 def _parse_body(r: Reader) -> tuple[Header, int]:

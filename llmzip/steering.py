@@ -15,7 +15,7 @@ model's input embeddings; `Predictor.reset` feeds it to every row before the sta
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -126,7 +126,7 @@ class TrainOptions:
 
 
 def training_batch(
-    chunks: list[np.ndarray], tokenizer: ByteTokenizer, options: TrainOptions
+    chunks: Sequence[np.ndarray], tokenizer: ByteTokenizer, options: TrainOptions
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs [start, t0 .. t(L-2)] and targets [t0 .. t(L-1)] of `options.chunks` chunks spread
     over the file, cut to `options.tokens` tokens; padded targets are -100 (ignored)."""
@@ -145,7 +145,7 @@ def training_batch(
 def train(
     model: PreTrainedModel,
     tokenizer: ByteTokenizer,
-    chunks: list[np.ndarray],
+    chunks: Sequence[np.ndarray],
     count: int,
     options: TrainOptions,
     autocast: bool = False,

@@ -1,9 +1,9 @@
-"""Fuzzing the container and decoder (short run; tests/fuzz/run.py runs thousands of cases)."""
+"""Fuzzing the container and decoder (short run; benchmarks/fuzz_archives.py runs thousands of cases)."""
 
 from __future__ import annotations
 
 import pytest
-from fuzz.mutations import Layout, mutants, verdict
+from fuzz.mutations import VIA, Layout, decoder, mutants, verdict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -19,5 +19,6 @@ def layout(compressor) -> Layout:
 @given(data=st.data())
 def test_a_mutant_decodes_exactly_or_raises_an_llmzip_error(compressor, layout, data) -> None:
     name, mutant = data.draw(mutants(layout))
-    outcome = verdict(compressor.decompress, DATA, mutant)
-    assert outcome in ("exact", "llmzip error"), f"{name}: {outcome}"
+    via = data.draw(st.sampled_from(VIA))
+    outcome = verdict(decoder(compressor, via), DATA, mutant)
+    assert outcome in ("exact", "llmzip error"), f"{name} via {via}: {outcome}"

@@ -12,13 +12,14 @@ caller's time limit.
 
 from __future__ import annotations
 
+import io
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from hypothesis import strategies as st
 
-from llmzip import LlmzipError, container
+from llmzip import Compressor, LlmzipError, container
 
 INTERESTING = [0, 1, 2, 3, 4, 5, 63, 64, 127, 128, 255, 256, 1023, 1024, 4096, 1 << 20, (1 << 20) + 1,
                1 << 24, (1 << 31) - 1, 1 << 32, (1 << 63) - 1]  # fmt: skip
@@ -145,3 +146,32 @@ def verdict(decompress: Callable[[bytes], bytes], original: bytes, mutant: bytes
     except Exception as e:
         return f"exception: {type(e).__name__}: {e}"
     return "exact" if out == original else "wrong output"
+
+
+class Pipe(io.RawIOBase):
+    """A stream that cannot seek and hands out a few bytes per read, like a pipe."""
+
+    def __init__(self, data: bytes, piece: int = 7) -> None:
+        self.data, self.pos, self.piece = data, 0, piece
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray) -> int:  # type: ignore[override]
+        n = min(len(buffer), self.piece, len(self.data) - self.pos)
+        buffer[:n] = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return n
+
+
+VIA = ["file", "pipe"]  # how a decoder reads the archive (see decoder)
+
+
+def decoder(compressor: Compressor, via: str) -> Callable[[bytes], bytes]:
+    """Decompress an archive read as a file is (seekable: payload size and CRC checked before
+    decoding) or as a pipe is (checked only after the last payload)."""
+    if via == "file":
+        return compressor.decompress
+    return lambda archive: b"".join(
+        compressor.iter_decompress(container.ArchiveReader(io.BufferedReader(Pipe(archive))))
+    )
