@@ -122,10 +122,14 @@ def round_trip(compressor: Compressor, data: bytes) -> dict[str, object]:
     }
 
 
+def command_line() -> str:
+    """This benchmark's command, as run from the repository root."""
+    return shlex.join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+
+
 def save(name: str, report: dict) -> Path:
     """Write `report` (with the command that made it) to benchmarks/results/NAME."""
-    script = f"benchmarks/{Path(sys.argv[0]).name}"  # as run from the repository root
-    report = {"command": shlex.join(["python", script, *sys.argv[1:]])} | report
+    report = {"command": command_line()} | report
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / name
     path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")

@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import RESULTS, load_input, machine, markdown_table, save
+from common import RESULTS, command_line, load_input, machine, markdown_table, save
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # conftest's tiny model
 
@@ -93,7 +93,7 @@ def main() -> None:
                     rows.append({"step": "decompress"} | run_cli(decompress, None))
                     rows[-1]["exact"] = rows[0]["exact"] = restored.read_bytes() == data
                 for row in rows:
-                    runs.append({"model": model, "file": name, "bytes": size} | row)
+                    runs.append({"model": model, "file": name, "bytes": size} | row | {"command": command_line()})
                     print(runs[-1], flush=True)
                 for path in (archive, restored):
                     path.unlink(missing_ok=True)

@@ -17,7 +17,7 @@ import argparse
 import json
 import time
 
-from common import RESULTS, baselines, load_input, machine, markdown_table, round_trip, save
+from common import RESULTS, baselines, command_line, load_input, machine, markdown_table, round_trip, save
 
 from llmzip import Compressor, load_model
 from llmzip.compressor import DEFAULT_CHUNK_SIZE
@@ -29,6 +29,17 @@ FILES = [
 BUILT_IN = "smollm2-135m,gemma3-270m"
 COLUMNS = ["model", "file", "bytes", "bits_per_byte", *(f"{b} bpb" for b in ("xz -9e", "brotli -11", "zstd -19")),
            "compress_bytes_per_s", "decompress_bytes_per_s", "exact"]  # fmt: skip
+
+
+def ordered(rows: list[dict]) -> list[dict]:
+    """Built-in models first, whole files before prefixes, files in the corpus order."""
+    models, files = BUILT_IN.split(","), {f: i for i, f in enumerate(FILES)}
+
+    def key(r: dict) -> tuple:
+        model = models.index(r["model"]) if r["model"] in models else len(models)
+        return model, r["bytes"] != r["file_bytes"], files.get(r["file"], len(files)), -r["bytes"]
+
+    return sorted(rows, key=key)
 
 
 def main() -> None:
@@ -54,6 +65,7 @@ def main() -> None:
         compressor = Compressor(loaded, chunk_size=args.chunk_size)
         for file, data, file_bytes in inputs:
             row = {"model": model, "params": params, "file": file, "bytes": len(data), "file_bytes": file_bytes}
+            row["command"] = command_line()
             row["load_s"] = load_s
             row |= round_trip(compressor, data)
             row |= {"chunk_size": args.chunk_size, "precision": compressor.precision, "threads": compressor.threads}
@@ -63,7 +75,7 @@ def main() -> None:
             print(json.dumps(row, ensure_ascii=False), flush=True)
     measured = {(r["model"], r["file"], r["bytes"]) for r in rows}
     kept = [r for r in old["rows"] if (r["model"], r["file"], r["bytes"]) not in measured]
-    report = {"machine": machine(), "rows": kept + rows}
+    report = {"machine": machine(), "rows": ordered(kept + rows)}
     print(f"\nwritten to {save(name, report)}\n")
     print(markdown_table(rows, COLUMNS))
 

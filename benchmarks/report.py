@@ -91,7 +91,10 @@ def _load(pattern: str) -> list[tuple[str, dict]]:
 def _source(found: list[tuple[str, dict]]) -> str:
     """Where a table's figures come from: the machine, the result files and their commands."""
     files, reports = [name for name, _ in found], [report for _, report in found]
-    commands = sorted({r["command"] for r in reports if "command" in r})
+    commands = sorted(  # a file whose rows accumulate over runs records each row's command
+        {r["command"] for r in reports if "command" in r}
+        | {row["command"] for r in reports for row in r.get("rows", []) + r.get("runs", []) if "command" in row}
+    )
     machine = reports[0].get("machine", {}) if reports else {}
     where = f"{machine.get('cpus', '?')}-core {machine.get('cpu', 'CPU')}".strip()
     if machine.get("torch"):
@@ -160,7 +163,8 @@ def models_tables() -> list[Table]:
         ),
         Table(
             "models_speed",
-            "Coding speed by model (model loaded; chunks of 1024 tokens)",
+            "Coding speed by model (model loaded; chunks of 1024 tokens; a step runs one row per chunk, up to 64, "
+            "so an input of few chunks codes slowly)",
             ["model", "file", "bytes", "chunks", "compress B/s", "decompress B/s", "round trip"],
             speed,
             source,
@@ -577,7 +581,8 @@ def readme_section(tables: list[Table]) -> str:
 
 def headline_numbers() -> dict[str, str]:
     """Figures the paper's text quotes (as LaTeX macros), from the results; n/a where not measured."""
-    numbers = dict.fromkeys(["enwikFiveBpb", "enwikFiveXz", "enwikFiveBrotli"], "n/a")
+    names = "enwikFiveBpb enwikFiveGemmaBpb enwikFiveXz enwikFiveBrotli fuzzCases fuzzWrong"
+    numbers = dict.fromkeys(f"{names} memSmallBytes memSmallMb memLargeBytes memLargeMb".split(), "n/a")
     for _, found in _load("models.json"):
         for r in found["rows"]:
             if (r["model"], r["file"], r["bytes"]) == ("smollm2-135m", "enwik5", 100_000):
@@ -585,6 +590,17 @@ def headline_numbers() -> dict[str, str]:
                 numbers["enwikFiveBpb"] = f"{r['bits_per_byte']:.3f}"
                 numbers["enwikFiveXz"] = f"{base['xz -9e']['bits_per_byte']:.3f}"
                 numbers["enwikFiveBrotli"] = f"{base['brotli -11']['bits_per_byte']:.3f}"
+            if (r["model"], r["file"], r["bytes"]) == ("gemma3-270m", "enwik5", 100_000):
+                numbers["enwikFiveGemmaBpb"] = f"{r['bits_per_byte']:.3f}"
+    for _, found in _load("fuzz.json"):
+        numbers["fuzzCases"] = _n(found["cases"])
+        numbers["fuzzWrong"] = _n(found["failures"]["wrong output"])
+    for _, found in _load("memory.json"):
+        runs = found["runs"]
+        tiny = sorted((r["bytes"], r["peak_rss_mb"]) for r in runs if (r["model"], r["step"]) == ("tiny", "compress"))
+        if tiny:
+            numbers |= {"memSmallBytes": _n(tiny[0][0]), "memSmallMb": _n(tiny[0][1])}
+            numbers |= {"memLargeBytes": _n(tiny[-1][0]), "memLargeMb": _n(tiny[-1][1])}
     return numbers
 
 

@@ -16,7 +16,7 @@ import click
 from tqdm import tqdm
 
 from . import __version__, container, hyperprior
-from .compressor import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, Compressor
+from .compressor import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, Compressor, decoding_threads
 from .container import Header
 from .errors import LlmzipError
 from .models import ALIASES, DEFAULT_MODEL, alias_path
@@ -319,10 +319,16 @@ def _decoder(header: Header, model: str | None, quiet: bool, verbose: bool) -> C
     if verbose:
         click.echo(
             f"  model {header.model_name}, archive geometry: batch {header.batch_size}, "
-            f"{header.rows} rows, {header.threads} threads, {header.precision} (used whatever the flags say)",
+            f"{header.rows} rows, {header.threads} threads{_fewer_threads(header)}, {header.precision} "
+            "(used whatever the flags say)",
             err=True,
         )
     return compressor
+
+
+def _fewer_threads(header: Header) -> str:
+    threads = decoding_threads(header)
+    return f" (this machine runs {threads}: it has fewer CPUs)" if threads != header.threads else ""
 
 
 @main.command()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import tempfile
 import time
 import zlib
@@ -20,7 +21,13 @@ from . import container, hyperprior, steering
 from .chunking import TokenChunks
 from .coding import Progress, decode_batch, encode_batch
 from .container import ArchiveReader, ChunkEntry, Header
-from .errors import DecodeMismatchError, InvalidOptionError, UnsupportedVersionError, WrongModelError
+from .errors import (
+    CorruptArchiveError,
+    DecodeMismatchError,
+    InvalidOptionError,
+    UnsupportedVersionError,
+    WrongModelError,
+)
 from .models import DEFAULT_MODEL, LoadedModel, load_model
 from .predictor import MIN_ROWS, PRECISIONS, Predictor, default_precision, step_name
 from .steering import Steering, TrainOptions
@@ -287,6 +294,11 @@ class Compressor:
                 f"archive needs model {header.model_name!r} (fingerprint {header.model_fingerprint.hex()}), "
                 f"but {self.model.name!r} has fingerprint {self.model.fingerprint.hex()}"
             )
+        if header.roles.model_vocab != self.model.tokenizer.model_vocab:  # same fingerprint: the header is damaged
+            raise CorruptArchiveError(
+                f"invalid header: a vocabulary of {header.roles.model_vocab} tokens, "
+                f"but the model has {self.model.tokenizer.model_vocab}"
+            )
         if header.precision not in PRECISIONS:
             raise UnsupportedVersionError(f"archive uses precision {header.precision!r}, unknown to this llmzip")
         ours = step_name(self.model.model)
@@ -311,7 +323,8 @@ class Compressor:
         predictor = Predictor(self.model.model, header.rows, header.alphabet_size, header.precision, prefix)
         on_symbols = _symbol_progress(tokenizer, progress)
         digest, size = hashlib.sha256(), 0
-        with torch_threads(header.threads):
+        threads = decoding_threads(header)
+        with torch_threads(threads):
             for k, stored in enumerate(reader.payload_batches(header.batch_size)):
                 first = k * header.batch_size
                 entries = header.chunks[first : first + header.batch_size]
@@ -321,7 +334,7 @@ class Compressor:
                 for i, (entry, payload, ids) in enumerate(zip(entries, stored, tokens, strict=True)):
                     chunk = payload if entry.raw else tokenizer.decode(ids)
                     if zlib.crc32(chunk) != entry.crc32:
-                        raise DecodeMismatchError(_mismatch_message(first + i, header, _runtime(self.model)))
+                        raise DecodeMismatchError(_mismatch_message(first + i, header, _runtime(self.model), threads))
                     if entry.raw and progress:
                         progress(len(chunk))
                     out.append(chunk)
@@ -372,7 +385,15 @@ def balanced_batch_size(n_chunks: int, most: int) -> int:
     return -(-n_chunks // n_batches) if n_chunks else most
 
 
-def _mismatch_message(index: int, header: Header, runtime: tuple[str, str, str]) -> str:
+def decoding_threads(header: Header) -> int:
+    """The encoder's thread count, but no more than this machine's CPUs: row results were measured
+    thread-invariant (1 and 2 threads), more threads than CPUs only slow every step down (a
+    damaged header asking for 1000 would stall the decoder), and the CRCs catch any difference."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(header.threads, cpus)
+
+
+def _mismatch_message(index: int, header: Header, runtime: tuple[str, str, str], threads: int) -> str:
     message = f"chunk {index} fails its CRC check after decoding"
     if runtime != (header.torch_version, header.cpu_capability, header.step):
         torch_version, cpu, step = runtime
@@ -380,6 +401,11 @@ def _mismatch_message(index: int, header: Header, runtime: tuple[str, str, str])
             f"{message}: the archive was made with torch {header.torch_version} on CPU capability "
             f"{header.cpu_capability} ({header.step}), this is torch {torch_version} on {cpu} "
             f"({step}), and the model's probabilities differ; decompress with the encoder's versions and CPU type"
+        )
+    if threads != header.threads:
+        return (
+            f"{message}: the archive was made with {header.threads} threads and this machine runs {threads}, "
+            "or the archive is damaged; decompress on a machine with as many CPUs"
         )
     return f"{message}: the archive is damaged"
 

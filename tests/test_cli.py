@@ -79,6 +79,20 @@ def test_stdin_to_stdout(run):
     assert run("decompress", "-", "-q", input=archive).stdout_bytes == TEXT
 
 
+def test_real_pipes(tiny_dir):
+    """Through OS pipes (unknown size, cannot seek): the archive is verified at the pipe's end,
+    and a damaged one fails there with exit code 1."""
+    llmzip = [sys.executable, "-m", "llmzip"]
+    compressed = subprocess.run([*llmzip, "compress", "-", "-c", "--model", tiny_dir, "--chunk-size", "16"],
+                                input=TEXT * 3, capture_output=True, check=True)  # fmt: skip
+    assert compressed.stderr.startswith(f"-: {len(TEXT) * 3} -> ".encode())  # counts what the pipe gave
+    restored = subprocess.run([*llmzip, "decompress", "-", "-c"], input=compressed.stdout, capture_output=True)
+    assert restored.returncode == 0 and restored.stdout == TEXT * 3
+    damaged = compressed.stdout[:-1] + bytes([compressed.stdout[-1] ^ 1])
+    failed = subprocess.run([*llmzip, "decompress", "-", "-c"], input=damaged, capture_output=True)
+    assert failed.returncode == 1 and failed.stderr.decode().strip().splitlines()[-1].startswith("llmzip: error:")
+
+
 def test_geometry_flags_do_not_change_decoding(run, sample, tmp_path):
     """Compressed with 8 chunks a batch on 2 threads in fp32, decompressed asking for 1, 1 and bf16."""
     args = ("compress", str(sample), "-q", "--chunk-size", "16", "--batch-size", "8", "--threads", "2")

@@ -1,8 +1,17 @@
 """Damaged archives give an llmzip error, never wrong output and never another exception."""
 
+import dataclasses
+
 import pytest
 
-from llmzip import CorruptArchiveError, LlmzipError, TruncatedArchiveError, UnsupportedVersionError, container
+from llmzip import (
+    CorruptArchiveError,
+    DecodeMismatchError,
+    LlmzipError,
+    TruncatedArchiveError,
+    UnsupportedVersionError,
+    container,
+)
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +108,23 @@ def test_more_coded_tokens_than_bytes_is_refused(small):
     header.original_size = raw + sum(c.tokens for c in header.chunks) - 1
     with pytest.raises(CorruptArchiveError, match="more coded tokens than original bytes"):
         container.unpack(container.pack(header, payloads))
+
+
+def test_vocabulary_other_than_the_models_is_refused(compressor, small):
+    """Found by the long fuzz run: a header whose CRCs match but whose vocabulary does not."""
+    _, archive = small
+    header, payloads = container.unpack(archive)
+    header.roles = dataclasses.replace(header.roles, model_vocab=header.roles.model_vocab - 1)
+    with pytest.raises(CorruptArchiveError, match="vocabulary"):
+        compressor.decompress(container.pack(header, payloads))
+
+
+def test_more_threads_than_cpus_run_as_many_as_there_are(compressor, small):
+    """Found by the long fuzz run: 1000 threads on 2 CPUs stalled the decoder."""
+    data, archive = small
+    header, payloads = container.unpack(archive)
+    header.threads = 1000
+    assert compressor.decompress(container.pack(header, payloads)) == data
+    header.chunks[0] = dataclasses.replace(header.chunks[0], crc32=header.chunks[0].crc32 ^ 1)
+    with pytest.raises(DecodeMismatchError, match="made with 1000 threads and this machine runs"):
+        compressor.decompress(container.pack(header, payloads))
