@@ -19,6 +19,7 @@ measured again and keeps the others.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import signal
@@ -26,13 +27,19 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import closing
 from pathlib import Path
 
 from common import RESULTS, command_line, load_input, machine, markdown_table, save
 
+from llmzip import load_model
+from llmzip.chunking import TokenChunks
+from llmzip.compressor import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, balanced_batch_size
+from llmzip.predictor import MIN_ROWS, default_precision, state_bytes
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # conftest's tiny model
 
-COLUMNS = ["model", "bytes", "step", "peak_rss_mb", "seconds", "archive_bytes", "partial", "exact"]
+COLUMNS = ["model", "bytes", "rows", "kv_cache_mb", "step", "peak_rss_mb", "seconds", "archive_bytes", "exact"]
 
 
 def tiny_model_dir(folder: Path) -> str:
@@ -42,6 +49,16 @@ def tiny_model_dir(folder: Path) -> str:
     tiny.model.save_pretrained(folder)
     tiny.tokenizer.tokenizer.save_pretrained(folder)
     return str(folder)
+
+
+def geometry(model: str, data: bytes) -> dict[str, int]:
+    """Rows per step and their KV cache at the CLI's defaults: what, besides the model, memory
+    should depend on (computed, not measured)."""
+    loaded = load_model(model, quiet=True)
+    with closing(TokenChunks(io.BytesIO(data), loaded.tokenizer, DEFAULT_CHUNK_SIZE)) as chunks:
+        rows = max(MIN_ROWS, balanced_batch_size(len(chunks), DEFAULT_BATCH_SIZE))
+    kv = state_bytes(loaded.model, rows, DEFAULT_CHUNK_SIZE, loaded.tokenizer.alphabet_size, default_precision())
+    return {"rows": rows, "kv_cache_mb": round(kv / 1e6)}
 
 
 def run_cli(args: list[str], time_limit: float | None) -> dict:
@@ -92,8 +109,9 @@ def main() -> None:
                     decompress = ["decompress", str(archive), "-o", str(restored)]
                     rows.append({"step": "decompress"} | run_cli(decompress, None))
                     rows[-1]["exact"] = rows[0]["exact"] = restored.read_bytes() == data
+                where = {"model": model, "file": name, "bytes": size} | geometry(model_arg, data)
                 for row in rows:
-                    runs.append({"model": model, "file": name, "bytes": size} | row | {"command": command_line()})
+                    runs.append(where | row | {"command": command_line()})
                     print(runs[-1], flush=True)
                 for path in (archive, restored):
                     path.unlink(missing_ok=True)
