@@ -32,7 +32,7 @@ from pathlib import Path
 
 from common import RESULTS, command_line, load_input, machine, markdown_table, save
 
-from llmzip import load_model
+from llmzip import LoadedModel, load_model
 from llmzip.chunking import TokenChunks
 from llmzip.compressor import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, balanced_batch_size
 from llmzip.predictor import MIN_ROWS, default_precision, state_bytes
@@ -51,10 +51,9 @@ def tiny_model_dir(folder: Path) -> str:
     return str(folder)
 
 
-def geometry(model: str, data: bytes) -> dict[str, int]:
+def geometry(loaded: LoadedModel, data: bytes) -> dict[str, int]:
     """Rows per step and their KV cache at the CLI's defaults: what, besides the model, memory
     should depend on (computed, not measured)."""
-    loaded = load_model(model, quiet=True)
     with closing(TokenChunks(io.BytesIO(data), loaded.tokenizer, DEFAULT_CHUNK_SIZE)) as chunks:
         rows = max(MIN_ROWS, balanced_batch_size(len(chunks), DEFAULT_BATCH_SIZE))
     kv = state_bytes(loaded.model, rows, DEFAULT_CHUNK_SIZE, loaded.tokenizer.alphabet_size, default_precision())
@@ -98,6 +97,7 @@ def main() -> None:
         work = Path(tmp)
         for model in args.models.split(","):
             model_arg = tiny_model_dir(work / "tiny") if model == "tiny" else model
+            loaded = load_model(model_arg, quiet=True)  # for the geometry, once per model
             for size in map(int, args.sizes.split(",")):
                 data = (source * (size // len(source) + 1))[:size]
                 original, archive, restored = work / "input", work / "input.lz", work / "restored"
@@ -109,7 +109,7 @@ def main() -> None:
                     decompress = ["decompress", str(archive), "-o", str(restored)]
                     rows.append({"step": "decompress"} | run_cli(decompress, None))
                     rows[-1]["exact"] = rows[0]["exact"] = restored.read_bytes() == data
-                where = {"model": model, "file": name, "bytes": size} | geometry(model_arg, data)
+                where = {"model": model, "file": name, "bytes": size} | geometry(loaded, data)
                 for row in rows:
                     runs.append(where | row | {"command": command_line()})
                     print(runs[-1], flush=True)

@@ -397,7 +397,7 @@ def memory_tables() -> list[Table]:
 
 
 def fuzz_tables() -> list[Table]:
-    found = [(n, r) for n, r in _load("fuzz.json")]
+    found = _load("fuzz.json")
     if not found:
         return []
     report = found[0][1]
