@@ -24,7 +24,8 @@ from common import load_input, machine, markdown_table, round_trip, save
 
 from llmzip import Compressor, load_model
 from llmzip.compressor import DEFAULT_CHUNK_SIZE
-from llmzip.predictor import PRECISIONS, Predictor
+from llmzip.llama import ExactLlama, LlamaConfig
+from llmzip.predictor import EXACT, PRECISIONS, FloatPredictor
 
 COLUMNS = ["precision", "bits_per_byte", "vs_fp32", "compress_bytes_per_s", "decompress_bytes_per_s",
            "peak_rss_mb", "weight_mb"]  # fmt: skip
@@ -41,7 +42,10 @@ def one(model: str, file: str, nbytes: int | None, precision: str, chunk_size: i
     loaded = load_model(model)
     gc.collect()
     before = rss_mb()
-    predictor = Predictor(loaded.model, 4, loaded.tokenizer.alphabet_size, precision)
+    if precision == EXACT:
+        predictor = ExactLlama(loaded.model, LlamaConfig.of(loaded.model))
+    else:
+        predictor = FloatPredictor(loaded.model, 4, loaded.tokenizer.alphabet_size, precision)
     weight_mb = rss_mb() - before
     del predictor
     gc.collect()
@@ -62,7 +66,7 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--bytes", type=int, default=0, help="code only this prefix of the file (0: all)")
     parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
-    parser.add_argument("--precisions", default=",".join(PRECISIONS))
+    parser.add_argument("--precisions", default=",".join([EXACT, *PRECISIONS]))
     parser.add_argument("--quick", action="store_true", help="4 KB of the file")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure this precision, print JSON
     args = parser.parse_args()

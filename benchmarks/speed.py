@@ -26,7 +26,7 @@ from transformers import DynamicCache
 
 from llmzip import Compressor, container, load_model
 from llmzip.compressor import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, torch_threads
-from llmzip.predictor import PRECISIONS, HFStep, default_precision
+from llmzip.predictor import EXACT, PRECISIONS, FloatPredictor, default_precision
 
 SLICE = 256  # teacher-forced positions per forward: 26 rows x 256 x 49152 float32 logits = 1.3 GB
 
@@ -42,13 +42,17 @@ def profile(fn) -> tuple[object, float, dict[str, float]]:
     def seconds_in(match, column: int) -> float:
         return sum(v[column] for k, v in stats.items() if match(k))
 
-    def step(k: tuple) -> bool:
-        return k[0].endswith("predictor.py") and k[2] == "step"
+    def forward(k: tuple) -> bool:  # the exact model's forward, or the float predictor's
+        file, _, name = k
+        return (file, name) in (("llama.py", "forward"), ("predictor.py", "_forward")) or any(
+            file.endswith(f"/{f}") and name == n for f, n in (("llama.py", "forward"), ("predictor.py", "_forward"))
+        )
 
-    step_total, step_own = seconds_in(step, 3), seconds_in(step, 2)  # own time: the copy into numpy
-    softmax = seconds_in(lambda k: "softmax" in k[2] or "'numpy' of 'torch" in k[2], 2)
+    def probabilities(k: tuple) -> bool:  # logits -> weights over the alphabet, into numpy
+        return k[2] in ("_weights", "softmax_weights") or "softmax" in k[2] or "'numpy' of 'torch" in k[2]
+
     coding = seconds_in(lambda k: "'encode' of 'builtins.Range" in k[2] or "'decode' of 'builtins.Range" in k[2], 2)
-    parts = {"model_forward": step_total - step_own - softmax, "probabilities": step_own + softmax}
+    parts = {"model_forward": seconds_in(forward, 3), "probabilities": seconds_in(probabilities, 3)}
     parts["range_coding"] = coding
     parts["python_and_other"] = seconds - sum(parts.values())
     return result, seconds, parts
@@ -81,10 +85,12 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--precision", choices=list(PRECISIONS), default=default_precision())
+    parser.add_argument("--precision", choices=[EXACT, *PRECISIONS], help="default: exact where the model has it")
     args = parser.parse_args()
     data = args.file.read_bytes()[: args.bytes]
     loaded = load_model(args.model)
+    args.precision = args.precision or default_precision(loaded.model)
+    float_precision = "bf16" if default_precision(None) == "bf16" else "fp32"  # the machine's fast float forward
     compressor = Compressor(
         loaded, chunk_size=args.chunk_size, batch_size=args.batch_size, threads=args.threads, precision=args.precision
     )
@@ -97,7 +103,9 @@ def main() -> None:
     with torch_threads(args.threads):
         header, _ = container.unpack(archive)  # the geometry the coder actually ran
         start_id = loaded.tokenizer.roles.start_id
-        model = HFStep(loaded.model, args.precision).model  # the Hugging Face forward at the same precision
+        # The Hugging Face forward at the archive's float precision, or the machine's fast one for exact archives
+        bound = float_precision if args.precision == EXACT else args.precision
+        model = FloatPredictor(loaded.model, header.rows, loaded.tokenizer.alphabet_size, bound).model
         tf_seconds = teacher_forced_seconds(model, chunks, start_id, header.batch_size, header.rows)
     n = len(ids)
     report = {
@@ -108,7 +116,7 @@ def main() -> None:
         "bits_per_byte": 8 * len(archive) / len(data),
         "compress": {"seconds": c_seconds, "tokens_per_s": n / c_seconds, "bytes_per_s": len(data) / c_seconds},
         "decompress": {"seconds": d_seconds, "tokens_per_s": n / d_seconds, "bytes_per_s": len(data) / d_seconds},
-        "teacher_forced": {"seconds": tf_seconds, "tokens_per_s": n / tf_seconds},
+        "teacher_forced": {"precision": bound, "seconds": tf_seconds, "tokens_per_s": n / tf_seconds},
         "efficiency": {"compress": tf_seconds / c_seconds, "decompress": tf_seconds / d_seconds},
         "profile_seconds": {"compress": c_parts, "decompress": d_parts},
         "peak_rss_mb": coding_peak_rss_mb,

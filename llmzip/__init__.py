@@ -22,7 +22,7 @@ from .errors import (
 )
 from .models import DEFAULT_MODEL, LoadedModel, load_model
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = [
     "DEFAULT_MODEL",
     "CodingStats",

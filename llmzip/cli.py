@@ -8,6 +8,7 @@ import signal
 import stat
 import sys
 import traceback
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing, contextmanager, suppress
 from typing import Any, BinaryIO
@@ -20,7 +21,7 @@ from .compressor import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, Compressor, deco
 from .container import Header
 from .errors import LlmzipError
 from .models import ALIASES, DEFAULT_MODEL, alias_path
-from .predictor import PRECISIONS, default_precision
+from .predictor import EXACT, PRECISIONS
 from .steering import Steering, TrainOptions
 
 SUFFIX = ".lz"
@@ -38,6 +39,7 @@ class _Cli(click.Group):
     def main(self, args: list[str] | None = None, *a: Any, **kw: Any) -> Any:
         args = list(sys.argv[1:] if args is None else args)
         kw["standalone_mode"] = False
+        warnings.formatwarning = lambda message, *_, **__: f"llmzip: warning: {message}\n"
         for signum in (signal.SIGTERM, signal.SIGHUP):  # exit through `finally` blocks, which remove temp files
             signal.signal(signum, _exit_on_signal)
         try:
@@ -89,8 +91,8 @@ def _output_options(f: Callable) -> Callable:
 
 def _geometry_options(f: Callable) -> Callable:
     f = click.option(
-        "--precision", type=click.Choice(list(PRECISIONS)), default=None,
-        help=f"Weights and activations (default here: {default_precision()}).",
+        "--device", default="auto", show_default=True,
+        help="Where the exact predictor runs: auto (CUDA if present), cpu, cuda, cuda:N. Archives are the same.",
     )(f)  # fmt: skip
     f = click.option("--threads", type=click.IntRange(1, container.MAX_THREADS), help="Torch threads.")(f)
     return click.option(
@@ -252,11 +254,18 @@ def _progress_bar(total: int | None, desc: str, quiet: bool, unit: str = "B") ->
 @_output_options
 @click.option("-m", "--model", default=DEFAULT_MODEL, show_default=True, help="Alias, HF id, directory or .gguf.")
 @click.option("--chunk-size", type=click.IntRange(1), default=DEFAULT_CHUNK_SIZE, show_default=True, help="Tokens.")
+@click.option(
+    "--precision",
+    type=click.Choice([EXACT, *PRECISIONS]),
+    default=None,
+    help="exact (default where llmzip implements the model: archives open on any machine), or a float forward "
+    "fp32/bf16/int8 (machine-bound archives).",
+)
 @_geometry_options
 @_steering_options
 @_verbosity
 def compress(
-    file, output, to_stdout, force, remove, model, chunk_size, batch_size, threads, precision,
+    file, output, to_stdout, force, remove, model, chunk_size, precision, batch_size, threads, device,
     steer, prior, prior_bins, prior_clip, steer_steps, steer_lr, steer_chunks, steer_tokens, quiet, verbose, debug,
 ):  # fmt: skip
     """Compress FILE (or standard input) to FILE.lz."""
@@ -270,9 +279,15 @@ def compress(
     passes = 2 if steer.startswith("auto") else 1  # auto codes with and without the trained vectors
     with _open_input(file) as stream:  # an unreadable input fails before the model loads
         compressor = Compressor(
-            model, chunk_size=chunk_size, batch_size=batch_size, threads=threads, precision=precision,
+            model, chunk_size=chunk_size, batch_size=batch_size, threads=threads, precision=precision, device=device,
             steer=steer, prior=prior, prior_bins=prior_bins, prior_clip=prior_clip, training=training, quiet=quiet,
         )  # fmt: skip
+        if compressor.precision != EXACT:
+            warnings.warn(
+                f"model {compressor.model.name!r} runs a float forward ({compressor.precision}): the archive opens "
+                "only on a machine with the same kind of CPU, torch version and kernels",
+                stacklevel=1,
+            )
         size = _stream_size(stream)
         trains = steer.startswith(("trained", "auto")) and size != 0
         with (
@@ -313,14 +328,19 @@ def compress(
             )
 
 
-def _decoder(header: Header, model: str | None, quiet: bool, verbose: bool) -> Compressor:
-    compressor = Compressor(model or header.model_name, quiet=quiet)
+def _decoder(header: Header, model: str | None, quiet: bool, verbose: bool, **options: Any) -> Compressor:
+    compressor = Compressor(model or header.model_name, quiet=quiet, **options)
     compressor.check_model(header)  # before any long work
-    if verbose:
+    if verbose and header.machine_bound:
         click.echo(
-            f"  model {header.model_name}, archive geometry: batch {header.batch_size}, "
-            f"{header.rows} rows, {header.threads} threads{_fewer_threads(header)}, {header.precision} "
-            "(used whatever the flags say)",
+            f"  model {header.model_name}, machine-bound archive: batch {header.batch_size}, {header.rows} rows, "
+            f"{header.threads} threads{_fewer_threads(header)}, {header.precision} (used whatever the flags say)",
+            err=True,
+        )
+    elif verbose:
+        click.echo(
+            f"  model {header.model_name}, exact archive: batch {compressor.batch_size}, {compressor.threads} threads, "
+            f"device {compressor.device}",
             err=True,
         )
     return compressor
@@ -336,9 +356,9 @@ def _fewer_threads(header: Header) -> str:
 @click.option("-m", "--model", default=None, help="Model to use (default: the one the archive names).")
 @_geometry_options
 @_verbosity
-def decompress(file, output, to_stdout, force, remove, model, batch_size, threads, precision, quiet, verbose, debug):
-    """Decompress FILE.lz (or standard input). The archive's batch geometry, thread count and
-    precision are always reproduced, so --batch-size, --threads and --precision do not change the result."""
+def decompress(file, output, to_stdout, force, remove, model, batch_size, threads, device, quiet, verbose, debug):
+    """Decompress FILE.lz (or standard input). An exact archive decodes with any --batch-size,
+    --threads and --device; a machine-bound one always runs the encoder's geometry."""
 
     def strip_suffix(f: str) -> str:
         if not f.endswith(SUFFIX) or f == SUFFIX:
@@ -351,7 +371,9 @@ def decompress(file, output, to_stdout, force, remove, model, batch_size, thread
         raise LlmzipError("--rm needs an output file")
     with _open_input(file) as stream:
         archive = container.ArchiveReader(stream)
-        compressor = _decoder(archive.header, model, quiet, verbose)
+        compressor = _decoder(
+            archive.header, model, quiet, verbose, batch_size=batch_size, threads=threads, device=device
+        )
         size = archive.header.original_size
         with _progress_bar(size, "decompress", quiet) as bar:
             write_atomically(target, compressor.iter_decompress(archive, bar.update), _input_mode(file))
@@ -399,8 +421,11 @@ def info(files, quiet, verbose, debug):
             ("model", f"{h.model_name} (fingerprint {h.model_fingerprint.hex()})"),
             ("chunks", f"{len(h.chunks)} of up to {h.chunk_size} tokens, {raw} stored raw, "
                        f"{sum(c.tokens for c in h.chunks)} tokens coded"),
-            ("geometry", f"batch {h.batch_size}, {h.rows} rows, {h.threads} threads, {h.precision}, {h.step}"),
-            ("runtime", f"torch {h.torch_version}, CPU capability {h.cpu_capability}"),
+            ("predictor", f"{h.step}, " + (f"{h.precision}, machine-bound: opens only where these floats are "
+                          "reproduced (same CPU kind, torch, batch and threads)" if h.machine_bound else
+                          "exact: opens on any machine, any batch, threads or device")),
+            ("encoded with", f"batch {h.batch_size}, {h.threads} threads, torch {h.torch_version}, "
+                             f"CPU capability {h.cpu_capability}"),
             ("steering", _describe_steering(h, size)),
             ("checksum", f"sha256[:8] {h.checksum.hex()}"),
         ]  # fmt: skip

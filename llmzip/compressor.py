@@ -28,8 +28,20 @@ from .errors import (
     UnsupportedVersionError,
     WrongModelError,
 )
+from .llama import ExactLlama, LlamaConfig
 from .models import DEFAULT_MODEL, LoadedModel, load_model
-from .predictor import MIN_ROWS, PRECISIONS, Predictor, default_precision, step_name
+from .predictor import (
+    EXACT,
+    MIN_ROWS,
+    PRECISIONS,
+    ExactPredictor,
+    FloatPredictor,
+    Predictor,
+    Prefix,
+    default_precision,
+    forward_name,
+    has_exact,
+)
 from .steering import Steering, TrainOptions
 from .tokenization import ByteTokenizer
 
@@ -58,6 +70,10 @@ class CodingStats:
     unsteered_bytes: int | None = None  # archive size without steering, where it was measured (auto)
 
 
+class MachineBoundWarning(UserWarning):
+    """The archive will open only where the encoder's floats can be reproduced."""
+
+
 @contextmanager
 def torch_threads(n: int) -> Iterator[None]:
     old = torch.get_num_threads()
@@ -72,9 +88,21 @@ def _is_transformers(step: str) -> bool:
     return step.startswith("transformers-")
 
 
-def _runtime(model: LoadedModel) -> tuple[str, str, str]:
-    """What besides the archive's geometry decides the floats: torch, the CPU's kernels, the forward."""
-    return torch.__version__, cpu_capability(), step_name(model.model)
+def _runtime(model: LoadedModel, precision: str) -> tuple[str, str, str]:
+    """What besides the archive's geometry decides a float forward: torch, the CPU's kernels, the forward."""
+    return torch.__version__, cpu_capability(), forward_name(model.model, precision)
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto`: CUDA where torch sees a GPU, else the CPU."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        resolved = torch.device(device)
+        torch.empty(0, device=resolved)
+    except (RuntimeError, AssertionError) as e:
+        raise InvalidOptionError(f"device {device!r} is not usable here: {str(e).splitlines()[0]}") from e
+    return resolved
 
 
 def cpu_capability() -> str:
@@ -94,6 +122,7 @@ class Compressor:
         batch_size: int = DEFAULT_BATCH_SIZE,
         threads: int | None = None,
         precision: str | None = None,
+        device: str = "auto",
         steer: str = "none",
         prior: str = "gaussian",
         prior_bins: int = hyperprior.DEFAULT_BINS,
@@ -108,12 +137,19 @@ class Compressor:
             raise InvalidOptionError(f"batch size must be between 1 and {container.MAX_ROWS}")
         if threads is not None and not 1 <= threads <= container.MAX_THREADS:
             raise InvalidOptionError(f"threads must be between 1 and {container.MAX_THREADS}")
-        if precision is not None and precision not in PRECISIONS:
-            raise InvalidOptionError(f"precision must be one of {', '.join(PRECISIONS)}")
+        if precision is not None and precision not in (EXACT, *PRECISIONS):
+            raise InvalidOptionError(f"precision must be one of {', '.join((EXACT, *PRECISIONS))}")
+        if precision == EXACT and not has_exact(self.model.model):
+            raise InvalidOptionError(
+                f"model {self.model.name!r} ({self.model.model.config.model_type}) has no exact predictor in llmzip; "
+                f"use --precision {default_precision(self.model.model)} (machine-bound archives)"
+            )
         self.chunk_size = chunk_size
         self.batch_size = batch_size
         self.threads = threads or torch.get_num_threads()
-        self.precision = precision or default_precision()
+        self.precision = precision or default_precision(self.model.model)
+        self.device = resolve_device(device)
+        self._exact_model: ExactLlama | None = None  # prepared once, on first use
         self.steer = steering.parse_spec(steer)
         hyperprior.check_options(prior, prior_bins, prior_clip)
         self.prior, self.prior_bins, self.prior_clip = prior, prior_bins, prior_clip
@@ -209,8 +245,7 @@ class Compressor:
         prefix = steer.prefix(tokenizer, embedding_width(self.model))
         self._check_context(0 if prefix is None else len(prefix))
         batch_size = balanced_batch_size(len(chunks), self.batch_size)
-        rows = max(batch_size, MIN_ROWS)
-        predictor = Predictor(self.model.model, rows, tokenizer.alphabet_size, self.precision, prefix)
+        predictor = self._predictor(max(batch_size, MIN_ROWS), tokenizer.alphabet_size, self.precision, prefix)
         stats = CodingStats(
             input_bytes=chunks.input_bytes, tokens=chunks.tokens, chunks=len(chunks), steering=steer.describe()
         )
@@ -234,14 +269,13 @@ class Compressor:
             raise
         if steer.kind != "none":
             extensions = extensions | {container.STEERING_EXTENSION: steer.to_bytes()}
-        torch_version, cpu, step = _runtime(self.model)
+        torch_version, cpu, step = _runtime(self.model, self.precision)
         header = Header(
             model_name=self.model.name,
             model_fingerprint=self.model.fingerprint,
             roles=tokenizer.roles,
             chunk_size=self.chunk_size,
             batch_size=batch_size,
-            rows=rows,
             threads=self.threads,
             precision=self.precision,
             step=step,
@@ -258,6 +292,14 @@ class Compressor:
         stats.steering_bytes = len(steer.to_bytes())
         return archive, stats
 
+    def _predictor(self, rows: int, alphabet_size: int, precision: str, prefix: Prefix | None) -> Predictor:
+        """The exact predictor (any rows) or the float one (exactly `rows` rows)."""
+        if precision != EXACT:
+            return FloatPredictor(self.model.model, rows, alphabet_size, precision, prefix)
+        if self._exact_model is None:
+            self._exact_model = ExactLlama(self.model.model, LlamaConfig.of(self.model.model), self.device)
+        return ExactPredictor(self._exact_model, alphabet_size, prefix)
+
     def _encode_batch(
         self,
         predictor: Predictor,
@@ -268,8 +310,9 @@ class Compressor:
     ) -> list[bytes | None]:
         """Coded bytes per chunk, or None for a chunk stored raw because coding did not shrink it.
 
-        A raw chunk's row must be idle, because the decoder will not know its tokens; so the
-        batch is coded again without it (rare: only data the model cannot predict)."""
+        A raw chunk's row must be idle for a float predictor, because the decoder will not know
+        its tokens; so the batch is coded again without it (rare: only data the model cannot
+        predict). An exact predictor's chunks do not affect each other."""
         raw = [False] * len(batch)
         while True:
             rows = [np.empty(0, np.int64) if r else c for c, r in zip(batch, raw, strict=True)]
@@ -278,7 +321,7 @@ class Compressor:
             grown = [i for i, p in enumerate(coded) if not raw[i] and len(p) >= len(originals[i])]
             for i in grown:
                 raw[i] = True
-            if not grown or all(raw):
+            if not grown or all(raw) or predictor.exact:
                 break
         stats.raw_chunks += sum(raw)
         stats.ideal_bits += ideal_bits if not all(raw) else 0.0
@@ -299,9 +342,11 @@ class Compressor:
                 f"invalid header: a vocabulary of {header.roles.model_vocab} tokens, "
                 f"but the model has {self.model.tokenizer.model_vocab}"
             )
-        if header.precision not in PRECISIONS:
+        if header.precision not in (EXACT, *PRECISIONS):
             raise UnsupportedVersionError(f"archive uses precision {header.precision!r}, unknown to this llmzip")
-        ours = step_name(self.model.model)
+        if header.precision == EXACT and not has_exact(self.model.model):  # same fingerprint: damaged
+            raise CorruptArchiveError("invalid header: exact precision for a model without an exact predictor")
+        ours = forward_name(self.model.model, header.precision)
         # Other transformers versions may still give the same floats: the CRCs will tell.
         if header.step != ours and not (_is_transformers(header.step) and _is_transformers(ours)):
             raise UnsupportedVersionError(f"archive was coded with forward {header.step!r}; this llmzip runs {ours!r}")
@@ -320,21 +365,24 @@ class Compressor:
         steer = Steering.from_bytes(header.extensions.get(container.STEERING_EXTENSION, b""))
         prefix = steer.prefix(tokenizer, embedding_width(self.model))
         self._check_context(0 if prefix is None else len(prefix), header.chunk_size)
-        predictor = Predictor(self.model.model, header.rows, header.alphabet_size, header.precision, prefix)
+        # An exact archive decodes in any batch and thread count; a float one only in the encoder's.
+        batch = header.batch_size if header.machine_bound else balanced_batch_size(len(header.chunks), self.batch_size)
+        threads = decoding_threads(header) if header.machine_bound else self.threads
+        predictor = self._predictor(max(batch, MIN_ROWS), header.alphabet_size, header.precision, prefix)
         on_symbols = _symbol_progress(tokenizer, progress)
         digest, size = hashlib.sha256(), 0
-        threads = decoding_threads(header)
         with torch_threads(threads):
-            for k, stored in enumerate(reader.payload_batches(header.batch_size)):
-                first = k * header.batch_size
-                entries = header.chunks[first : first + header.batch_size]
+            for k, stored in enumerate(reader.payload_batches(batch)):
+                first = k * batch
+                entries = header.chunks[first : first + batch]
                 coded = [b"" if e.raw else p for e, p in zip(entries, stored, strict=True)]
                 tokens = decode_batch(predictor, coded, [e.tokens for e in entries], header.roles, on_symbols)
                 out = []
                 for i, (entry, payload, ids) in enumerate(zip(entries, stored, tokens, strict=True)):
                     chunk = payload if entry.raw else tokenizer.decode(ids)
                     if zlib.crc32(chunk) != entry.crc32:
-                        raise DecodeMismatchError(_mismatch_message(first + i, header, _runtime(self.model), threads))
+                        runtime = _runtime(self.model, header.precision)
+                        raise DecodeMismatchError(_mismatch_message(first + i, header, runtime, threads))
                     if entry.raw and progress:
                         progress(len(chunk))
                     out.append(chunk)
@@ -395,6 +443,8 @@ def decoding_threads(header: Header) -> int:
 
 def _mismatch_message(index: int, header: Header, runtime: tuple[str, str, str], threads: int) -> str:
     message = f"chunk {index} fails its CRC check after decoding"
+    if not header.machine_bound:  # exact probabilities do not depend on the runtime
+        return f"{message}: the archive is damaged"
     if runtime != (header.torch_version, header.cpu_capability, header.step):
         torch_version, cpu, step = runtime
         return (

@@ -1,4 +1,4 @@
-"""Container format v1 (docs/FORMAT.md): header, chunk table, payloads.
+"""Container format v2 (docs/FORMAT.md): header, chunk table, payloads.
 
 Every length in the header is checked against the bytes actually present before it is used,
 and every byte of the archive is covered by a CRC32, so damage is reported, never passed off as
@@ -19,7 +19,8 @@ from .predictor import MIN_ROWS
 from .tokenization import N_ESCAPES, TokenRoles
 
 MAGIC = b"LLMZ"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READERS = {1: "llmzip 0.1"}  # older format versions and the llmzip that reads them
 PREAMBLE = len(MAGIC) + 1 + 4  # magic, version byte, header length
 CHECKSUM_BYTES = 8
 # Sanity limits for header values, so that damage cannot ask for huge loops or allocations.
@@ -51,11 +52,11 @@ class Header:
     model_fingerprint: bytes
     roles: TokenRoles
     chunk_size: int  # tokens per chunk (the last one may be shorter)
+    # The encoder's geometry: binding for a machine-bound archive, information for an exact one.
     batch_size: int  # chunks coded together; batch k holds chunks [k*batch_size, (k+1)*batch_size)
-    rows: int  # rows the model ran per step (>= batch_size, padded with idle rows)
     threads: int
-    precision: str  # predictor.PRECISIONS key
-    step: str  # the forward implementation, predictor.step_name()
+    precision: str  # "exact", or a predictor.PRECISIONS key (a float forward: machine-bound)
+    step: str  # the forward implementation, predictor.forward_name()
     torch_version: str
     cpu_capability: str
     original_size: int
@@ -66,6 +67,16 @@ class Header:
     @property
     def alphabet_size(self) -> int:
         return self.roles.model_vocab + N_ESCAPES
+
+    @property
+    def machine_bound(self) -> bool:
+        """Coded with a float forward: decodes only where the encoder's floats can be reproduced."""
+        return self.precision != "exact"
+
+    @property
+    def rows(self) -> int:
+        """Rows a float forward ran per step: the batch, padded to the fewest row-invariant rows."""
+        return max(MIN_ROWS, self.batch_size)
 
 
 # -- encoding -------------------------------------------------------------------------------
@@ -100,7 +111,6 @@ def pack_header(header: Header, payload_crc: int) -> bytes:
             varint(header.roles.escape_input_id),
             varint(header.chunk_size),
             varint(header.batch_size),
-            varint(header.rows),
             varint(header.threads),
             string_bytes(header.precision),
             string_bytes(header.step),
@@ -263,8 +273,13 @@ def _read_header(stream: BinaryIO) -> tuple[Header, int, int]:
         raise CorruptArchiveError("not an llmzip archive (bad magic bytes)")
     version = preamble[4]
     if version != FORMAT_VERSION:
-        newer = " is newer than this llmzip; upgrade llmzip" if version > FORMAT_VERSION else " is unknown"
-        raise UnsupportedVersionError(f"archive format version {version}{newer} (this llmzip reads version 1)")
+        if version in READERS:
+            why = f"was written by {READERS[version]}, whose probabilities depend on the machine; decode it with it"
+        else:
+            why = "is newer than this llmzip; upgrade llmzip" if version > FORMAT_VERSION else "is unknown"
+        raise UnsupportedVersionError(
+            f"archive format version {version} {why} (this llmzip reads version {FORMAT_VERSION})"
+        )
     header_size = PREAMBLE + int.from_bytes(preamble[5:9], "little") + 4
     need, remaining = header_size - PREAMBLE, _remaining(stream)
     rest = read_upto(stream, need) if remaining is None or remaining >= need else b""
@@ -283,8 +298,7 @@ def _parse_body(r: Reader) -> tuple[Header, int]:
     model_name = r.string()
     fingerprint = r.take(8)
     roles = TokenRoles(r.varint(MAX_VOCAB), r.varint(MAX_VOCAB), r.varint(MAX_VOCAB))
-    chunk_size, batch_size = r.varint(MAX_CHUNK_TOKENS), r.varint(MAX_ROWS)
-    rows, threads = r.varint(MAX_ROWS), r.varint(MAX_THREADS)
+    chunk_size, batch_size, threads = r.varint(MAX_CHUNK_TOKENS), r.varint(MAX_ROWS), r.varint(MAX_THREADS)
     precision, step, torch_version, cpu_capability = r.string(), r.string(), r.string(), r.string()
     original_size, checksum = r.varint(), r.take(CHECKSUM_BYTES)
     ext_reader = Reader(r.take(r.varint(len(r.data))))
@@ -298,7 +312,7 @@ def _parse_body(r: Reader) -> tuple[Header, int]:
     if not r.at_end():
         raise CorruptArchiveError("header has unexpected trailing bytes")
     header = Header(
-        model_name, fingerprint, roles, chunk_size, batch_size, rows, threads, precision, step,
+        model_name, fingerprint, roles, chunk_size, batch_size, threads, precision, step,
         torch_version, cpu_capability, original_size, checksum, chunks, extensions,
     )  # fmt: skip
     return header, payload_crc
@@ -309,8 +323,8 @@ def _check_header(h: Header) -> None:
     problems = []
     if min(h.batch_size, h.threads, h.chunk_size) < 1:
         problems.append("bad coding geometry")
-    elif h.chunks and (h.batch_size > len(h.chunks) or h.rows != max(MIN_ROWS, h.batch_size)):
-        problems.append("bad coding geometry")  # encoders run max(4, batch) rows, batch <= chunks
+    elif h.chunks and h.batch_size > len(h.chunks):
+        problems.append("bad coding geometry")  # encoders code at most all chunks in one batch
     if max(h.roles.start_id, h.roles.escape_input_id) >= h.roles.model_vocab:
         problems.append("special token id outside the vocabulary")
     if any(c.tokens > h.chunk_size or (c.raw and c.stored_size == 0) for c in h.chunks):

@@ -1,46 +1,54 @@
-"""A Llama-family decoder step in plain torch: one token per row, a preallocated KV cache.
+"""The Llama architecture (SmolLM2) as an exact predictor: logits that are a function of the
+weights and the token history alone, written in the operations of `exact.py`.
 
-Hugging Face's forward pays for generality on every token (cache objects, masks, dispatch
-through modules); coding runs hundreds of thousands of single-token steps, so this file
-holds the same arithmetic as a short list of kernels, after nanoGPT and gpt-fast:
-fused q|k|v and gate|up projections with weights prepacked for oneDNN, the residual
-stream in float32, and attention over the cache prefix with each key/value head shared by
-its group of query heads (no copies for grouped-query attention).
+The weights are prepared once (QuaRot, Ashkboos et al. 2024): the RMSNorm gains are folded
+into the projections that read the norms, the residual stream is rotated by a Hadamard
+matrix, each value head and its slice of the output projection by another, and the down
+projection's input by a third, applied online; then every projection is quantized per output
+channel. Rotations spread the outliers that 8-bit activations could not carry. Every
+projection input is quantized per row to 8 bits, queries and keys per head to 10 bits and
+values to 8, and attention runs in integers (`exact.attention`).
 
-Only the arithmetic order must be reproducible: encoder and decoder run this same code on
-the same rows, so they see the same floats. It need not match Hugging Face bit for bit.
+One forward serves teacher forcing (many positions of a chunk at once, for the encoder) and
+KV-cache steps (one position for many chunks, for the decoder): a position's numbers do not
+depend on which other positions or rows are computed with it.
 """
 
 from __future__ import annotations
 
-import warnings
+import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-# Precision -> dtype of activations and KV cache (the residual stream, norms and the final
-# softmax stay float32). bf16 halves the memory traffic and runs on AMX / AVX512-BF16 units;
-# int8 is torch's dynamic quantization of the projections, measured for comparison only.
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32}
+from . import exact
+from .exact import ExactLinear, attention, hadamard, quantize, quantize_normed
+
+NAME = "llmzip-exact-llama-1"  # archives record it: bump whenever any number computed here changes
+QK_LEVELS = 511  # head_dim * 511**2 < 2**24 for head_dim <= 64: exact scores with 10-bit q and k
+V_LEVELS = 127  # attention weights sum to ~2**16, so 2**16 * 127 * (1 + ...) < 2**24
+DOWN_LEVELS = 8191  # the down projection's input before its Hadamard: 13 bits, n * 8191 < 2**24
 
 
 @dataclass(frozen=True)
 class LlamaConfig:
     layers: int
     hidden: int
+    intermediate: int
     heads: int
     kv_heads: int
     head_dim: int
     rms_eps: float
     rope_theta: float
+    vocab: int
 
     @classmethod
     def of(cls, model: PreTrainedModel) -> LlamaConfig | None:
-        """The config if this step computes `model` exactly as its architecture defines, else None."""
+        """The config if `model` is a Llama this file computes as its architecture defines, else None."""
         c = model.config
         rope = getattr(c, "rope_parameters", None) or {"rope_theta": getattr(c, "rope_theta", None)}
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
         plain = (
             c.model_type == "llama"
             and rope.get("rope_type", "default") == "default"
@@ -48,150 +56,171 @@ class LlamaConfig:
             and c.hidden_act == "silu"
             and not getattr(c, "attention_bias", False)
             and not getattr(c, "mlp_bias", False)
+            and head_dim * QK_LEVELS**2 < exact.EXACT_SUM
+            and c.hidden_size <= exact.MAX_PIECE  # exact sums of squares in the norms
         )
         if not plain:
             return None
-        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        try:
+            for n in (c.hidden_size, c.intermediate_size, head_dim):
+                exact.hadamard_factors(n)
+        except ValueError:
+            return None
         return cls(
             layers=c.num_hidden_layers,
             hidden=c.hidden_size,
+            intermediate=c.intermediate_size,
             heads=c.num_attention_heads,
             kv_heads=c.num_key_value_heads,
             head_dim=head_dim,
             rms_eps=c.rms_norm_eps,
             rope_theta=float(rope["rope_theta"]),
+            vocab=model.get_output_embeddings().weight.shape[0],
         )
-
-
-class PackedLinear:
-    """y = x @ weight.T with the weight prepared once for `rows` rows. fp32 and bf16: reordered
-    into oneDNN's blocked layout (1.3x faster than F.linear in float32, 1.6x in bfloat16 with
-    AMX), or plain F.linear where oneDNN is missing. int8: torch's dynamic quantization (weights
-    per output channel, activations per call over the whole batch; x stays float32)."""
-
-    def __init__(self, weight: torch.Tensor, rows: int, precision: str) -> None:
-        self.kind = "int8" if precision == "int8" else "mkldnn" if torch.backends.mkldnn.is_available() else "plain"
-        if self.kind == "int8":
-            scales = (weight.float().abs().amax(1).clamp(min=1e-12) / 127).double()
-            with warnings.catch_warnings():  # quantized tensors are deprecated, the op is not
-                warnings.simplefilter("ignore", UserWarning)
-                zeros = torch.zeros_like(scales, dtype=torch.int64)
-                quantized = torch.quantize_per_channel(weight.float(), scales, zeros, 0, torch.qint8)
-            self.weight = torch.ops.quantized.linear_prepack(quantized, None)
-        else:
-            weight = weight.to(PRECISIONS[precision]).contiguous()
-            self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, rows) if self.kind == "mkldnn" else weight
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kind == "int8":
-            return torch.ops.quantized.linear_dynamic(x, self.weight, False)
-        if self.kind == "mkldnn":
-            return torch.ops.mkldnn._linear_pointwise(x, self.weight, None, "none", [], "")
-        return F.linear(x, self.weight)
 
 
 @dataclass
 class Block:
-    attn_norm: torch.Tensor
-    qkv: PackedLinear
-    out: PackedLinear
-    mlp_norm: torch.Tensor
-    gate_up: PackedLinear
-    down: PackedLinear
+    qkv: ExactLinear
+    out: ExactLinear
+    gate_up: ExactLinear
+    down: ExactLinear
 
 
-class LlamaStep:
-    """Advances `rows` sequences by one token each per call, all at the same position."""
+class KVCache:
+    """Integer keys and values with their scales, per layer, for `rows` sequences."""
 
-    NAME = "llmzip-llama-2"  # bump when the order of arithmetic changes: archives record it
+    def __init__(self, config: LlamaConfig, rows: int, capacity: int, device: torch.device) -> None:
+        shape = (config.layers, rows, config.kv_heads, capacity)
+        self.keys = torch.zeros(*shape, config.head_dim, device=device)
+        self.values = torch.zeros(*shape, config.head_dim, device=device)
+        self.key_scales = torch.zeros(*shape, device=device)
+        self.value_scales = torch.zeros(*shape, device=device)
+        self.rows, self.capacity = rows, capacity
 
-    def __init__(self, model: PreTrainedModel, config: LlamaConfig, rows: int, precision: str) -> None:
-        self.config, self.rows = config, rows
-        self.dtype = PRECISIONS[precision]  # of activations and KV cache
-        weights = {name: w.detach() for name, w in model.state_dict().items()}
+    def write(self, layer: int, start: int, k, k_scale, v, v_scale) -> None:
+        """Store positions start.. of k, v [rows, kv_heads, T, head_dim] and scales [rows, kv_heads, T]."""
+        end = start + k.shape[2]
+        self.keys[layer, :, :, start:end] = k
+        self.key_scales[layer, :, :, start:end] = k_scale
+        self.values[layer, :, :, start:end] = v
+        self.value_scales[layer, :, :, start:end] = v_scale
 
-        def linear(*names: str) -> PackedLinear:  # several names: one fused projection
-            return PackedLinear(torch.cat([weights[n] for n in names]), rows, precision)
+    def read(self, layer: int, end: int):
+        """Keys and values of positions 0..end-1, scales shaped [rows, kv_heads, 1, end]."""
+        return (
+            self.keys[layer, :, :, :end],
+            self.key_scales[layer, :, :, None, :end],
+            self.values[layer, :, :, :end],
+            self.value_scales[layer, :, :, None, :end],
+        )
 
-        def norm(name: str) -> torch.Tensor:  # norms run in float32 on the float32 residual stream
-            return weights[name].float().contiguous()
 
-        self.embed = weights["model.embed_tokens.weight"].float()
+class ExactLlama:
+    """The prepared model: call `forward` with input embeddings and the position of the first."""
+
+    def __init__(self, model: PreTrainedModel, config: LlamaConfig, device: torch.device | str = "cpu") -> None:
+        self.config, self.device = config, torch.device(device)
+        c = config
+        w = {name: t.detach().double() for name, t in model.state_dict().items()}
+        self.residual = exact.hadamard_factors(c.hidden)
+        self.value_rotation = exact.hadamard_factors(c.head_dim)
+        self.down_rotation = exact.hadamard_factors(c.intermediate)
+        into = 1 / math.sqrt(c.hidden)  # exact for 576 = 24**2; any rounding is the same everywhere
+
+        def reads_residual(weight: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+            """A projection reading RMSNorm(x) * gain, made to read the rotated stream's norm."""
+            return exact.rotate_weights(weight * gain, self.residual, into)
+
+        def writes_residual(weight: torch.Tensor) -> torch.Tensor:
+            """A projection whose output is added to the residual stream, made to write it rotated."""
+            return exact.rotate_weights(weight.T, self.residual, into).T
+
+        def per_head(weight: torch.Tensor, heads: int) -> torch.Tensor:
+            """Rotate each head's slice of the last axis by the value rotation (orthogonal: H/8)."""
+            scale = 1 / math.sqrt(c.head_dim)
+            parts = weight.reshape(*weight.shape[:-1], heads, c.head_dim)
+            return exact.rotate_weights(parts, self.value_rotation, scale).reshape(weight.shape)
+
+        self.embed = exact.rotate_weights(w["model.embed_tokens.weight"], self.residual, into).float()
         self.blocks = []
-        for i in range(config.layers):
+        for i in range(c.layers):
             p = f"model.layers.{i}."
             attn, mlp = p + "self_attn.", p + "mlp."
+            values = per_head(w[attn + "v_proj.weight"].T, c.kv_heads).T  # values come out rotated
+            qkv = torch.cat([w[attn + "q_proj.weight"], w[attn + "k_proj.weight"], values])
+            gate_up = torch.cat([w[mlp + "gate_proj.weight"], w[mlp + "up_proj.weight"]])
+            down = exact.rotate_weights(w[mlp + "down_proj.weight"], self.down_rotation, 1 / c.intermediate)
             self.blocks.append(
                 Block(
-                    attn_norm=norm(p + "input_layernorm.weight"),
-                    qkv=linear(attn + "q_proj.weight", attn + "k_proj.weight", attn + "v_proj.weight"),
-                    out=linear(attn + "o_proj.weight"),
-                    mlp_norm=norm(p + "post_attention_layernorm.weight"),
-                    gate_up=linear(mlp + "gate_proj.weight", mlp + "up_proj.weight"),
-                    down=linear(mlp + "down_proj.weight"),
+                    qkv=ExactLinear(reads_residual(qkv, w[p + "input_layernorm.weight"])),
+                    out=ExactLinear(writes_residual(per_head(w[attn + "o_proj.weight"], c.heads))),
+                    gate_up=ExactLinear(reads_residual(gate_up, w[p + "post_attention_layernorm.weight"])),
+                    down=ExactLinear(writes_residual(down)),
                 )
             )
-        self.final_norm = norm("model.norm.weight")
-        tied = "lm_head.weight" not in weights  # small models share the embedding
-        self.head = linear("model.embed_tokens.weight" if tied else "lm_head.weight")
-        self.capacity = 0
-        self.position = 0
+        head = w.get("lm_head.weight", w["model.embed_tokens.weight"])  # small models tie them
+        self.head = ExactLinear(reads_residual(head, w["model.norm.weight"]))
+        self.cos, self.sin = torch.empty(0), torch.empty(0)
+        self.to(self.device)
 
-    def reset(self, steps: int) -> None:
-        """Start new sequences that will run at most `steps` tokens (the cache is reused when large enough)."""
-        c = self.config
-        if steps > self.capacity:
-            shape = (c.layers, self.rows, c.kv_heads, steps, c.head_dim)
-            self.keys = torch.empty(shape, dtype=self.dtype)
-            self.values = torch.empty(shape, dtype=self.dtype)
-            self.rotations = rotary_matrices(steps, c.head_dim, c.rope_theta).to(self.dtype)
-            self.capacity = steps
-        self.position = 0
+    def to(self, device: torch.device) -> ExactLlama:
+        self.device = device
+        self.embed = self.embed.to(device)
+        for block in self.blocks:
+            for linear in (block.qkv, block.out, block.gate_up, block.down):
+                linear.to(device)
+        self.head.to(device)
+        return self
+
+    def new_cache(self, rows: int, capacity: int) -> KVCache:
+        if self.cos.shape[0] < capacity:
+            cos, sin = exact.rotary_table(capacity, self.config.head_dim, self.config.rope_theta)
+            self.cos, self.sin = cos.to(self.device), sin.to(self.device)
+        return KVCache(self.config, rows, capacity, self.device)
+
+    def embed_vectors(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Input embeddings given as vectors (steering) in the model's own basis, rotated."""
+        return exact.rotate_weights(vectors, self.residual, 1 / math.sqrt(self.config.hidden)).float()
 
     @torch.inference_mode()
-    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Feed row r token `inputs[r]` (or, for float inputs [rows, hidden], that input embedding);
-        return float32 logits [rows, vocab] for the next token."""
-        if self.position >= self.capacity:
-            raise ValueError("more steps than reset() allowed")
-        x = inputs.float() if inputs.is_floating_point() else self.embed[inputs]
-        logits = self.forward(x, self.position)
-        self.position += 1
-        return logits
-
-    def forward(self, x: torch.Tensor, t: int) -> torch.Tensor:
-        """The step at position t from the input embeddings x [rows, hidden], float32 (the residual
-        stream); a plain function of its arguments, so torch.compile can take it."""
-        c, rows = self.config, self.rows
-        rotation = self.rotations[t : t + 1].squeeze(0)  # slices, not indices, keep t symbolic for torch.compile
+    def forward(self, x: torch.Tensor, start: int, cache: KVCache) -> torch.Tensor:
+        """Input embeddings x [rows, T, hidden] (rows of `self.embed`, or `embed_vectors`) at
+        positions start..start+T-1 -> float32 logits [rows, T, vocab]; fills the cache."""
+        c = self.config
+        rows, length, _ = x.shape
+        end = start + length
+        groups = c.heads // c.kv_heads
+        cos, sin = self.cos[start:end, None], self.sin[start:end, None]
+        positions = torch.arange(start, end).repeat(groups)  # of each query row: keys after it are not attended
+        key_scale = exact.LOG2E / math.sqrt(c.head_dim)  # scores in log2 units
         for i, block in enumerate(self.blocks):
-            h = F.rms_norm(x, (c.hidden,), block.attn_norm, c.rms_eps).to(self.dtype)
-            qkv = block.qkv(h).view(rows, c.heads + 2 * c.kv_heads, c.head_dim)
-            qk = qkv[:, : c.heads + c.kv_heads] @ rotation  # queries and keys rotated in one product
-            self.keys[i, :, :, t : t + 1] = qk[:, c.heads :, None]
-            self.values[i, :, :, t : t + 1] = qkv[:, c.heads + c.kv_heads :, None]
-            # One query per head ([rows, heads, 1, head_dim]): the CPU flash kernel's decode path, 25%
-            # faster than folding each group of query heads into a query length of its key/value head.
-            q = qk[:, : c.heads, None]
-            keys, values = self.keys[i, :, :, : t + 1], self.values[i, :, :, : t + 1]
-            attended = F.scaled_dot_product_attention(q, keys, values, enable_gqa=True)
-            x = x + block.out(attended.reshape(rows, c.heads * c.head_dim))
-            h = F.rms_norm(x, (c.hidden,), block.mlp_norm, c.rms_eps).to(self.dtype)
-            gate, up = block.gate_up(h).chunk(2, dim=-1)
-            x = x + block.down(F.silu(gate) * up)
-        h = F.rms_norm(x, (c.hidden,), self.final_norm, c.rms_eps).to(self.dtype)
-        return self.head(h).float()
+            h, h_scale = quantize_normed(x, c.rms_eps)
+            qkv = block.qkv(h, h_scale).view(rows, length, c.heads + 2 * c.kv_heads, c.head_dim)
+            q = rotary(qkv[:, :, : c.heads], cos, sin)
+            k = rotary(qkv[:, :, c.heads : c.heads + c.kv_heads], cos, sin)
+            v = qkv[:, :, c.heads + c.kv_heads :]
+            k, k_scale = quantize(k.transpose(1, 2), QK_LEVELS)
+            v, v_scale = quantize(v.transpose(1, 2), V_LEVELS)
+            cache.write(i, start, k, (k_scale * key_scale).squeeze(-1), v, v_scale.squeeze(-1))
+            # [rows, kv_heads, groups * T, head_dim]: each key/value head with all its queries
+            q = q.view(rows, length, c.kv_heads, groups, c.head_dim).permute(0, 2, 3, 1, 4)
+            q, q_scale = quantize(q.reshape(rows, c.kv_heads, groups * length, c.head_dim), QK_LEVELS)
+            o = attention(q, q_scale, *cache.read(i, end), positions.to(self.device))
+            o = o.view(rows, c.kv_heads, groups, length, c.head_dim).permute(0, 3, 1, 2, 4)
+            o, o_scale = quantize(o.reshape(rows, length, c.heads * c.head_dim), exact.ACTIVATION_LEVELS)
+            x = x + block.out(o, o_scale)
+            h, h_scale = quantize_normed(x, c.rms_eps)
+            gate, up = block.gate_up(h, h_scale).chunk(2, dim=-1)
+            a, a_scale = quantize(exact.silu_mul(gate, up), DOWN_LEVELS)
+            a, a_rotated_scale = quantize(hadamard(a, self.down_rotation), exact.ACTIVATION_LEVELS)
+            x = x + block.down(a, a_rotated_scale * a_scale)
+        h, h_scale = quantize_normed(x, c.rms_eps)
+        return self.head(h, h_scale)
 
 
-def rotary_matrices(steps: int, head_dim: int, theta: float) -> torch.Tensor:
-    """[steps, head_dim, head_dim]: x @ m[t] rotates x to position t, i.e. Hugging Face's
-    x * cos + rotate_half(x) * sin, with the angles computed as it does (float32)."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim)
-    angles = torch.outer(torch.arange(steps, dtype=torch.float32), inv_freq).repeat(1, 2)
-    cos, sin = angles.cos(), angles.sin()
-    half, j = head_dim // 2, torch.arange(head_dim)
-    m = torch.zeros(steps, head_dim, head_dim)
-    m[:, j, j] = cos
-    m[:, j[half:], j[:half]] = -sin[:, :half]  # out[j] -= x[j + half] * sin[j], j < half
-    m[:, j[:half], j[half:]] = sin[:, half:]  # out[j] += x[j - half] * sin[j], j >= half
-    return m
+def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Hugging Face's rotate_half rotary embedding, x [rows, T, heads, head_dim]."""
+    half = x.shape[-1] // 2
+    turned = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + turned * sin

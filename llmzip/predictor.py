@@ -1,11 +1,14 @@
-"""The language model as a next-token predictor, stepped one token at a time over a batch of rows.
+"""The language model as a next-token predictor: token ids in, probabilities over the coder's
+alphabet out (unnormalized, float64: the coder normalizes them, and in float32 its sum times
+its scale can round past 2**24 and leave the last symbol no probability).
 
-Encoder and decoder both call `step` with the same rows in the same order, so they see the
-same floats. Teacher forcing is not used for encoding: on torch CPU it gives different floats
-from KV-cache steps, and the decoder can only run KV-cache steps.
-
-Llama-family models run through `llama.LlamaStep` (plain torch, several times faster); any
-other causal LM runs through its Hugging Face forward (`HFStep`).
+- `ExactPredictor` (Llama models, `llama.ExactLlama`): probabilities are a function of the
+  weights and the token history alone. The encoder teacher-forces whole chunks, the decoder
+  steps any number of chunks in lockstep, on any CPU or GPU, with any thread count.
+- `FloatPredictor` (any other causal LM, through its Hugging Face forward): the floats depend
+  on the CPU's kernels, the thread count and the batch shape, so its archives are
+  machine-bound: the decoder must run the encoder's rows, threads and precision, on the same
+  kind of machine.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import copy
 import os
 import warnings
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -20,24 +24,108 @@ import transformers
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicLayer
 
+from . import exact, llama
 from .errors import LlmzipError
-from .llama import PRECISIONS, LlamaConfig, LlamaStep
+from .llama import ExactLlama, LlamaConfig
 
-# With 1 or 2-3 rows torch picks other kernels, whose row results depend on the batch size and
-# thread count; from 4 rows on each row's result is independent of the others (shared/FACTS.md).
+EXACT = "exact"
+# Float precisions: dtype of the Hugging Face forward (int8: torch's dynamic quantization).
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32}
+# With 1 or 2-3 rows torch picks other float kernels, whose row results depend on the batch size
+# and thread count; from 4 rows on each row's result is independent of the others (shared/FACTS.md).
 MIN_ROWS = 4
+FORCED_BLOCK = 128  # positions per teacher-forced forward
 Prefix = np.ndarray | torch.Tensor  # a steering prefix: token ids (int64 [N]) or input embeddings (float32 [N, hidden])
 
 
-def default_precision() -> str:
-    """bf16 where oneDNN has native bfloat16 kernels (AVX512-BF16 or AMX), else fp32. On enwik5,
-    bf16 archives are within 0.05% of fp32's size and coded 1.5-1.9x faster (README)."""
-    return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+def has_exact(model: PreTrainedModel) -> bool:
+    return LlamaConfig.of(model) is not None
 
 
-def step_name(model: PreTrainedModel) -> str:
-    """Which forward implementation computes `model`: archives record it, since the two give different floats."""
-    return LlamaStep.NAME if LlamaConfig.of(model) else f"transformers-{transformers.__version__}"
+def default_precision(model: PreTrainedModel | None) -> str:
+    """`exact` where llmzip implements the architecture; else the float forward, in bf16 where
+    oneDNN has native bfloat16 kernels (AVX512-BF16 or AMX), else fp32 (also for model None)."""
+    if model is not None and has_exact(model):
+        return EXACT
+    bf16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return "bf16" if bf16 else "fp32"
+
+
+def forward_name(model: PreTrainedModel, precision: str) -> str:
+    """Which implementation computes the probabilities: archives record it."""
+    return llama.NAME if precision == EXACT else f"transformers-{transformers.__version__}"
+
+
+def physical_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _check_memory(need: int, rows: int, positions: int) -> None:
+    """Refuse before allocating, whatever a header asked for."""
+    if need > physical_memory():
+        raise LlmzipError(
+            f"{rows} rows x {positions} positions need {need / 2**30:.1f} GiB of KV cache, more than "
+            f"this machine's {physical_memory() / 2**30:.1f} GiB; use fewer rows (--batch-size) or shorter chunks"
+        )
+
+
+class ExactPredictor:
+    """The exact model's probabilities, after a steering prefix that every sequence reads first."""
+
+    exact = True
+
+    def __init__(self, model: ExactLlama, alphabet_size: int, prefix: Prefix | None = None) -> None:
+        self.model, self.alphabet_size = model, alphabet_size
+        self.vocab = model.config.vocab
+        self.prefix = None if prefix is None else self._embed(torch.as_tensor(prefix))
+        self.cache: llama.KVCache | None = None
+        self.rows = self.position = 0
+
+    def _embed(self, items: torch.Tensor) -> torch.Tensor:
+        """Token ids or vectors -> rotated input embeddings [N, hidden]."""
+        if items.is_floating_point():
+            return self.model.embed_vectors(items)
+        return self.model.embed[items.to(self.model.device)]
+
+    @property
+    def prefix_length(self) -> int:
+        return 0 if self.prefix is None else len(self.prefix)
+
+    def start(self, rows: int, steps: int) -> None:
+        """Start `rows` new sequences of at most `steps` tokens after the prefix. The prefix's
+        cache is computed once and kept while the cache is reused."""
+        positions = self.prefix_length + steps
+        if self.cache is None or self.cache.rows != rows or self.cache.capacity < positions:
+            c = self.model.config
+            _check_memory(rows * positions * c.layers * c.kv_heads * (2 * c.head_dim + 2) * 4, rows, positions)
+            self.cache = self.model.new_cache(rows, positions)
+            if self.prefix is not None:
+                self.model.forward(self.prefix.expand(rows, -1, -1), 0, self.cache)
+        self.rows, self.position = rows, self.prefix_length
+
+    def step(self, input_ids: np.ndarray) -> np.ndarray:
+        """Feed one token per row; return each row's next-token weights over the alphabet."""
+        x = self.model.embed[torch.from_numpy(input_ids).to(self.model.device)][:, None]
+        logits = self.model.forward(x, self.position, self.cache)[:, 0]
+        self.position += 1
+        return self._weights(logits)
+
+    def forced(self, input_ids: np.ndarray) -> Iterator[np.ndarray]:
+        """Teacher forcing of one sequence (call `start(1, len(input_ids))` first): the weights
+        after each input, FORCED_BLOCK positions at a time; the same numbers `step` gives."""
+        ids = torch.from_numpy(input_ids).to(self.model.device)
+        for first in range(0, len(ids), FORCED_BLOCK):
+            x = self.model.embed[ids[None, first : first + FORCED_BLOCK]]
+            logits = self.model.forward(x, self.position, self.cache)[0]
+            self.position += len(logits)
+            yield self._weights(logits)
+
+    def _weights(self, logits: torch.Tensor) -> np.ndarray:
+        # Escape symbols beyond the vocabulary get weight 0; the coder lifts every symbol to its
+        # smallest representable probability.
+        weights = np.zeros((len(logits), self.alphabet_size), dtype=np.float64)
+        weights[:, : self.vocab] = exact.softmax_weights(logits).cpu().numpy()
+        return weights
 
 
 class PreallocatedLayer(DynamicLayer):
@@ -67,11 +155,18 @@ class PreallocatedLayer(DynamicLayer):
         return self.keys, self.values
 
 
-class HFStep:
-    """Any causal LM through its Hugging Face forward, with a preallocated cache for models whose
-    layers all attend to the full context (sliding-window models keep the stock cache)."""
+class FloatPredictor:
+    """Any causal LM through its Hugging Face forward, stepped over a fixed number of rows (at
+    least MIN_ROWS), with a preallocated cache for models whose layers all attend to the full
+    context (sliding-window models keep the stock cache)."""
 
-    def __init__(self, model: PreTrainedModel, precision: str) -> None:
+    exact = False
+
+    def __init__(
+        self, model: PreTrainedModel, rows: int, alphabet_size: int, precision: str, prefix: Prefix | None = None
+    ) -> None:
+        if rows < MIN_ROWS:
+            raise ValueError(f"rows must be at least {MIN_ROWS}")
         if precision == "int8":
             with warnings.catch_warnings():  # torch.ao.quantization is deprecated; still the int8 path torch ships
                 warnings.simplefilter("ignore", DeprecationWarning)
@@ -80,20 +175,34 @@ class HFStep:
         else:
             dtype = PRECISIONS[precision]
             self.model = model if model.dtype == dtype else copy.deepcopy(model).to(dtype)
+        self.rows, self.precision = rows, precision
+        self.prefix = [] if prefix is None else list(prefix)  # ids or vectors, fed to every row in turn
+        self.vocab = model.get_output_embeddings().weight.shape[0]
+        self.probs = np.zeros((rows, alphabet_size), dtype=np.float64)
         config = model.config
         layer_types = getattr(config, "layer_types", None) or ["full_attention"]
         self.preallocate = getattr(config, "sliding_window", None) is None and set(layer_types) == {"full_attention"}
         self.cache: Cache | None = None
 
-    def reset(self, steps: int) -> None:
+    def start(self, rows: int, steps: int) -> None:
+        """Start new sequences (`rows` must be the predictor's), to be advanced at most `steps`
+        tokens after the steering prefix, which is fed to all rows at once."""
+        if rows != self.rows:
+            raise ValueError(f"this predictor runs {self.rows} rows")
+        positions = len(self.prefix) + steps
+        _check_memory(state_bytes(self.model, rows, positions, self.probs.shape[1], self.precision), rows, positions)
         if self.preallocate:
-            self.cache = Cache(layers=[PreallocatedLayer(steps) for _ in range(self.model.config.num_hidden_layers)])
+            layers = self.model.config.num_hidden_layers
+            self.cache = Cache(layers=[PreallocatedLayer(positions) for _ in range(layers)])
         else:
             self.cache = DynamicCache()
+        for item in self.prefix:
+            item = torch.as_tensor(item)
+            self._forward(item.expand(self.rows, *item.shape).contiguous())
 
     @torch.inference_mode()
-    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
-        """As LlamaStep: token ids [rows], or input embeddings [rows, hidden]."""
+    def _forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Token ids [rows], or input embeddings [rows, hidden] -> float32 logits [rows, vocab]."""
         if inputs.is_floating_point():
             feed = {"inputs_embeds": inputs.to(self.model.dtype)[:, None]}
         else:
@@ -102,9 +211,14 @@ class HFStep:
         self.cache = out.past_key_values
         return out.logits[:, -1, :].float()
 
+    def step(self, input_ids: np.ndarray) -> np.ndarray:
+        logits = self._forward(torch.from_numpy(input_ids.astype(np.int64)))
+        self.probs[:, : self.vocab] = torch.softmax(logits, dim=-1).numpy()
+        return self.probs
+
 
 def state_bytes(model: PreTrainedModel, rows: int, positions: int, alphabet_size: int, precision: str) -> int:
-    """Memory the predictor's state takes: every row's KV cache over `positions`, and its probabilities."""
+    """Memory the float predictor's state takes: every row's KV cache over `positions`, and its probabilities."""
     c = model.config
     heads = getattr(c, "num_attention_heads", 0) or 1
     head_dim = getattr(c, "head_dim", None) or getattr(c, "hidden_size", 0) // heads
@@ -113,49 +227,4 @@ def state_bytes(model: PreTrainedModel, rows: int, positions: int, alphabet_size
     return rows * (positions * per_position + 4 * alphabet_size)
 
 
-def physical_memory() -> int:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-class Predictor:
-    """Holds the model state for `rows` sequences advanced in lockstep."""
-
-    def __init__(
-        self,
-        model: PreTrainedModel,
-        rows: int,
-        alphabet_size: int,
-        precision: str = "fp32",
-        prefix: Prefix | None = None,
-    ) -> None:
-        if rows < MIN_ROWS:
-            raise ValueError(f"rows must be at least {MIN_ROWS}")
-        self.model, self.rows, self.precision = model, rows, precision
-        self.prefix = [] if prefix is None else list(prefix)  # ids or vectors, fed to every row in turn
-        self.vocab = model.get_output_embeddings().weight.shape[0]
-        config = LlamaConfig.of(model)
-        self.forward = LlamaStep(model, config, rows, precision) if config else HFStep(model, precision)
-        # Escape symbols beyond the vocabulary get probability 0 here; the coder lifts every
-        # symbol to its smallest representable probability.
-        self.probs = np.zeros((rows, alphabet_size), dtype=np.float32)
-
-    def reset(self, steps: int) -> None:
-        """Start new sequences, to be advanced at most `steps` tokens after the steering prefix.
-        The prefix is fed to all rows at once, so its cache is computed once per batch."""
-        positions = len(self.prefix) + steps
-        need = state_bytes(self.model, self.rows, positions, self.probs.shape[1], self.precision)
-        if need > physical_memory():  # refuse before allocating, whatever the header asked for
-            raise LlmzipError(
-                f"{self.rows} rows x {positions} positions need {need / 2**30:.1f} GiB of KV cache, more than "
-                f"this machine's {physical_memory() / 2**30:.1f} GiB; use fewer rows (--batch-size) or shorter chunks"
-            )
-        self.forward.reset(positions)
-        for item in self.prefix:
-            item = torch.as_tensor(item)
-            self.forward(item.expand(self.rows, *item.shape).contiguous())
-
-    def step(self, input_ids: np.ndarray) -> np.ndarray:
-        """Feed one token per row; return each row's next-token probabilities over the alphabet."""
-        logits = self.forward(torch.from_numpy(input_ids.astype(np.int64)))
-        self.probs[:, : self.vocab] = torch.softmax(logits, dim=-1).numpy()
-        return self.probs
+Predictor = ExactPredictor | FloatPredictor

@@ -97,9 +97,11 @@ class Steering:
 
 
 def random_vectors(seed: int, count: int, hidden: int, scale: float) -> np.ndarray:
-    """Static random vectors: numpy's legacy generator, whose stream numpy keeps fixed forever."""
-    normal = np.random.RandomState(seed).standard_normal((count, hidden))
-    return (normal * np.float64(np.float32(scale))).astype(np.float32)
+    """Static random vectors, uniform with standard deviation `scale`: integers from numpy's
+    legacy generator (a stream numpy keeps fixed forever), scaled by one correctly rounded
+    product each. (Its normal variates go through libm's log, which may differ by CPU.)"""
+    integers = np.random.RandomState(seed).randint(-(2**15), 2**15, (count, hidden))
+    return (integers * (float(np.float32(scale)) * math.sqrt(3) / 2**15)).astype(np.float32)
 
 
 def embedding_scale(model: PreTrainedModel) -> float:

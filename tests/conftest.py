@@ -9,6 +9,7 @@ os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
@@ -72,18 +73,28 @@ TINY_SIZES = {
 }
 
 
+def seeded(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Every weight but the norms from numpy's frozen legacy integer stream: the same floats on
+    every machine (torch's normal_ has vectorised variants per CPU), so golden archives of the
+    tiny model decode anywhere."""
+    rng = np.random.RandomState(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" not in name:
+                param.copy_(torch.from_numpy(rng.randint(-1000, 1001, tuple(param.shape)) * 2.0**-14))
+    return model
+
+
 def tiny_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0, name: str = "tiny") -> LoadedModel:
-    torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(tokenizer), tie_word_embeddings=True, **TINY_SIZES)
-    return LoadedModel.from_hf(name, LlamaForCausalLM(config), tokenizer)
+    return LoadedModel.from_hf(name, seeded(LlamaForCausalLM(config), seed), tokenizer)
 
 
 def tiny_gemma(tokenizer: PreTrainedTokenizerFast) -> LoadedModel:
     """A non-Llama architecture with sliding-window layers: it runs through the Hugging Face forward."""
-    torch.manual_seed(0)
     layers = {"head_dim": 16, "sliding_window": 16, "layer_types": ["sliding_attention", "full_attention"]}
     config = Gemma3TextConfig(vocab_size=len(tokenizer), **TINY_SIZES, **layers)
-    return LoadedModel.from_hf("tiny-gemma", Gemma3ForCausalLM(config), tokenizer)
+    return LoadedModel.from_hf("tiny-gemma", seeded(Gemma3ForCausalLM(config), 0), tokenizer)
 
 
 @pytest.fixture(scope="session")

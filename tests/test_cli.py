@@ -93,17 +93,23 @@ def test_real_pipes(tiny_dir):
     assert failed.returncode == 1 and failed.stderr.decode().strip().splitlines()[-1].startswith("llmzip: error:")
 
 
-def test_geometry_flags_do_not_change_decoding(run, sample, tmp_path):
-    """Compressed with 8 chunks a batch on 2 threads in fp32, decompressed asking for 1, 1 and bf16."""
-    args = ("compress", str(sample), "-q", "--chunk-size", "16", "--batch-size", "8", "--threads", "2")
-    assert run(*args, "--precision", "fp32").exit_code == 0
+@pytest.mark.parametrize("precision", ["exact", "fp32"])
+def test_geometry_flags_and_decoding(run, sample, tmp_path, precision):
+    """Compressed with 8 chunks a batch on 2 threads, decompressed asking for 1 chunk and 1 thread:
+    an exact archive decodes as asked, a machine-bound (fp32) one in its own geometry."""
+    args = ("compress", str(sample), "--chunk-size", "16", "--batch-size", "8", "--threads", "2")
+    compressed = run(*args, "--precision", precision)
+    assert compressed.exit_code == 0
+    assert ("warning: model" in compressed.stderr) == (precision != "exact")
     out = tmp_path / "out"
-    flags = ("--batch-size", "1", "--threads", "1", "--precision", "bf16")
-    result = run("decompress", str(sample) + ".lz", "-o", str(out), *flags, "-v")
+    result = run("decompress", str(sample) + ".lz", "-o", str(out), "--batch-size", "1", "--threads", "1", "-v")
     assert result.exit_code == 0, result.output
     header, _ = container.unpack((tmp_path / "sample.txt.lz").read_bytes())
-    assert 1 < header.batch_size <= 8 and header.threads == 2 and header.precision == "fp32"
-    assert f"batch {header.batch_size}, {header.rows} rows, 2 threads, fp32" in result.stderr
+    assert 1 < header.batch_size <= 8 and header.threads == 2 and header.precision == precision
+    if precision == "exact":
+        assert "exact archive: batch 1, 1 threads, device cpu" in result.stderr
+    else:
+        assert f"machine-bound archive: batch {header.batch_size}, {header.rows} rows, 2 threads, fp32" in result.stderr
     assert out.read_bytes() == TEXT
 
 
@@ -111,7 +117,7 @@ def test_info_and_test(run, sample):
     run("compress", str(sample), "-q")
     info = run("info", str(sample) + ".lz")
     assert info.exit_code == 0
-    for field in ("original size", f"{len(TEXT)} bytes", "bits/byte", "header", "model", "chunks", "geometry"):
+    for field in ("original size", f"{len(TEXT)} bytes", "bits/byte", "header", "model", "chunks", "exact: opens"):
         assert field in info.stdout
     tested = run("test", str(sample) + ".lz")
     assert tested.exit_code == 0 and "OK" in tested.stderr

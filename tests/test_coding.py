@@ -1,4 +1,4 @@
-"""The decoder sees bit-identical probabilities to the encoder's, step by step."""
+"""The decoder sees bit-identical probabilities to the encoder's, position by position."""
 
 import numpy as np
 import pytest
@@ -6,33 +6,60 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llmzip.coding import decode_batch, encode_batch
-from llmzip.predictor import Predictor
+from llmzip.llama import ExactLlama, LlamaConfig
+from llmzip.predictor import ExactPredictor, FloatPredictor
+
+TEXTS = (b"the rain and the sun", b"\xff\x04 bytes", "мир".encode(), b"")
 
 
-class RecordingPredictor(Predictor):
-    def __init__(self, *args):
-        super().__init__(*args)
-        self.seen: list[np.ndarray] = []
+class Recording:
+    """Records every probability row a predictor hands out, per row."""
+
+    def __init__(self, predictor):
+        self.predictor, self.seen = predictor, {}
+        self.exact, self.rows = predictor.exact, getattr(predictor, "rows", 0)
+
+    def start(self, rows, steps):
+        self.predictor.start(rows, steps)
+        self.live = list(range(rows)) if rows > 1 or not self.seen else [len(self.seen)]
 
     def step(self, input_ids):
-        probs = super().step(input_ids)
-        self.seen.append(probs.copy())
+        probs = self.predictor.step(input_ids)
+        for row, p in zip(self.live, probs, strict=False):
+            self.seen.setdefault(row, []).append(p.copy())
         return probs
 
+    def forced(self, input_ids):  # one chunk per call, in order: row k is the k-th chunk
+        row = len(self.seen)
+        for probs in self.predictor.forced(input_ids):
+            self.seen.setdefault(row, []).extend(p.copy() for p in probs)
+            yield probs
 
-@pytest.mark.parametrize("model", ["tiny", "tiny_hf"])
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_decoder_probabilities_equal_encoders(request, model, precision):
+
+def predictors(loaded, kind):
+    alphabet = loaded.tokenizer.alphabet_size
+    if kind == "exact":
+        model = ExactLlama(loaded.model, LlamaConfig.of(loaded.model))
+        return Recording(ExactPredictor(model, alphabet)), Recording(ExactPredictor(model, alphabet))
+    return tuple(Recording(FloatPredictor(loaded.model, 5, alphabet, kind)) for _ in range(2))
+
+
+@pytest.mark.parametrize(
+    ("model", "kind"), [("tiny", "exact"), ("tiny", "fp32"), ("tiny_hf", "fp32"), ("tiny_hf", "bf16")]
+)
+def test_decoder_probabilities_equal_encoders(request, model, kind):
+    """Exact: the encoder teacher-forces each chunk alone, the decoder steps all of them together."""
     loaded = request.getfixturevalue(model)
     tokenizer = loaded.tokenizer
-    chunks = [tokenizer.encode(t) for t in (b"the rain and the sun", b"\xff\x04 bytes", "мир".encode(), b"")]
-    encoder = RecordingPredictor(loaded.model, 5, tokenizer.alphabet_size, precision)
+    chunks = [tokenizer.encode(t) for t in TEXTS]
+    encoder, decoder = predictors(loaded, kind)
     payloads, ideal_bits = encode_batch(encoder, chunks, tokenizer.roles)
-    decoder = RecordingPredictor(loaded.model, 5, tokenizer.alphabet_size, precision)
     decoded = decode_batch(decoder, payloads, [len(c) for c in chunks], tokenizer.roles)
     assert [list(d) for d in decoded] == [list(c) for c in chunks]
-    assert len(encoder.seen) == len(decoder.seen) == max(len(c) for c in chunks)
-    assert all(np.array_equal(a, b) for a, b in zip(encoder.seen, decoder.seen, strict=True))
+    for row, chunk in enumerate(chunks):
+        if len(chunk):
+            seen = encoder.seen[row][: len(chunk)], decoder.seen[row][: len(chunk)]
+            assert all(np.array_equal(a, b) for a, b in zip(*seen, strict=True))
     assert ideal_bits > 0 and payloads[3] == b""
 
 

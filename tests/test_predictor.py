@@ -1,67 +1,115 @@
-"""The two forward implementations: llmzip's Llama step and the Hugging Face forward."""
+"""The two predictors: the exact Llama (any rows, threads, teacher forcing or KV steps give the
+same bits) and the Hugging Face float forward (machine-bound)."""
 
 import numpy as np
 import pytest
 import torch
 
-from llmzip import Compressor, DecodeMismatchError, LlmzipError, UnsupportedVersionError, container
-from llmzip.llama import LlamaConfig, LlamaStep
-from llmzip.predictor import MIN_ROWS, HFStep, Predictor, step_name
+from llmzip import Compressor, DecodeMismatchError, LlmzipError, UnsupportedVersionError, container, llama
+from llmzip.llama import ExactLlama, LlamaConfig
+from llmzip.predictor import MIN_ROWS, ExactPredictor, FloatPredictor, forward_name
 
 TEXT = b"the rain and the sun in the morning, \xd0\x9f\xd1\x80\xd0\xb8\xd0\xb2\xd0\xb5\xd1\x82 and the " * 3
 
 
-def test_llama_step_computes_the_hugging_face_model(tiny):
-    """Same log-probabilities as a teacher-forced Hugging Face forward, within float32 noise;
-    bf16 within bf16 noise."""
-    ids = torch.from_numpy(tiny.tokenizer.encode(TEXT)[:40].astype(np.int64)).view(1, -1).repeat(4, 1)
-    ids[1:, 5:] = ids[0, :-5].flip(0)  # rows that differ
+@pytest.fixture(scope="module")
+def exact_tiny(tiny):
+    return ExactLlama(tiny.model, LlamaConfig.of(tiny.model))
+
+
+def test_exact_llama_computes_the_hugging_face_model(tiny, exact_tiny):
+    """Quantized, rotated and in integers, but the same function: log-probabilities within 0.02
+    nats of the float32 Hugging Face forward (their spread here is 0.17)."""
+    ids = torch.from_numpy(tiny.tokenizer.encode(TEXT)[:40].astype(np.int64)).view(1, -1)
     with torch.inference_mode():
         reference = torch.log_softmax(tiny.model(input_ids=ids).logits.float(), -1)
-    for precision, tolerance in [("fp32", 1e-4), ("bf16", 0.15)]:
-        predictor = Predictor(tiny.model, 4, tiny.tokenizer.alphabet_size, precision)
-        assert type(predictor.forward).__name__ == "LlamaStep"
-        predictor.reset(ids.shape[1])
-        stepped = torch.stack([torch.log_softmax(predictor.forward(ids[:, t]), -1) for t in range(ids.shape[1])], 1)
-        assert (stepped - reference).abs().max() < tolerance
+    logits = exact_tiny.forward(exact_tiny.embed[ids], 0, exact_tiny.new_cache(1, 40))
+    assert (torch.log_softmax(logits.double(), -1) - reference).abs().max() < 0.02
 
 
-def test_llama_step_only_claims_plain_llamas(tiny, tiny_hf):
-    assert LlamaConfig.of(tiny.model) is not None and step_name(tiny.model) == LlamaStep.NAME
-    assert LlamaConfig.of(tiny_hf.model) is None and step_name(tiny_hf.model).startswith("transformers-")
+def test_llama_config_only_claims_plain_llamas(tiny, tiny_hf):
+    assert LlamaConfig.of(tiny.model) is not None and forward_name(tiny.model, "exact") == llama.NAME
+    assert LlamaConfig.of(tiny_hf.model) is None and forward_name(tiny_hf.model, "fp32").startswith("transformers-")
     biased = type(tiny.model)(type(tiny.model.config)(**(tiny.model.config.to_dict() | {"attention_bias": True})))
     assert LlamaConfig.of(biased) is None
+
+
+def _stepped(predictor, rows, chunk, row, start_id):
+    """Weights for `chunk` in row `row` of `rows`, the other rows fed other tokens."""
+    predictor.start(rows, len(chunk))
+    rng = np.random.default_rng(rows)
+    inputs = np.concatenate([[start_id], chunk[:-1]])
+    out = []
+    for token in inputs:
+        ids = rng.integers(0, predictor.vocab, rows)
+        ids[row] = token
+        out.append(predictor.step(ids)[row].copy())
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_exact_weights_do_not_depend_on_forcing_rows_or_threads(tiny, exact_tiny, threads):
+    """Teacher forcing one chunk = KV steps of it in row 0 of 1, row 2 of 3, row 6 of 7, with a
+    steering prefix of vectors, at 1 and 2 threads: bit for bit."""
+    tokenizer = tiny.tokenizer
+    chunk = tokenizer.encode(TEXT)[:50]
+    prefix = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 64)).astype(np.float32))
+    predictor = ExactPredictor(exact_tiny, tokenizer.alphabet_size, prefix)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        predictor.start(1, len(chunk))
+        forced = np.concatenate(list(predictor.forced(np.concatenate([[tokenizer.roles.start_id], chunk[:-1]]))))
+        for rows, row in [(1, 0), (3, 2), (7, 6)]:
+            assert np.array_equal(_stepped(predictor, rows, chunk, row, tokenizer.roles.start_id), forced)
+    finally:
+        torch.set_num_threads(old)
 
 
 def test_preallocated_cache_gives_the_stock_caches_floats(tiny):
     ids = tiny.tokenizer.encode(TEXT)
     runs = []
     for preallocate in (True, False):
-        step = HFStep(tiny.model, "fp32")
-        step.preallocate = preallocate
-        step.reset(len(ids))
-        runs.append([step(torch.full((4,), int(i))) for i in ids])
-    assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
+        predictor = FloatPredictor(tiny.model, 4, tiny.tokenizer.alphabet_size, "fp32")
+        predictor.preallocate = preallocate
+        predictor.start(4, len(ids))
+        runs.append([predictor.step(np.full(4, i)).copy() for i in ids])
+    assert all(np.array_equal(a, b) for a, b in zip(*runs, strict=True))
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
-@pytest.mark.parametrize("model", ["tiny", "tiny_hf"])
+@pytest.mark.parametrize(
+    ("model", "precision"),
+    [
+        ("tiny", "exact"),
+        ("tiny", "fp32"),
+        ("tiny", "bf16"),
+        ("tiny_hf", "fp32"),
+        ("tiny_hf", "bf16"),
+        ("tiny_hf", "int8"),
+    ],
+)
 def test_round_trip_each_forward_and_precision(request, model, precision):
     loaded = request.getfixturevalue(model)
     compressor = Compressor(loaded, chunk_size=48, batch_size=3, threads=1, precision=precision)
     archive = compressor.compress(TEXT)
     header, _ = container.unpack(archive)
-    assert (header.precision, header.step) == (precision, step_name(loaded.model))
+    assert (header.precision, header.step) == (precision, forward_name(loaded.model, precision))
+    assert header.machine_bound == (precision != "exact")
     assert compressor.stats.raw_chunks == 0
     assert compressor.decompress(archive) == TEXT
 
 
+def test_a_model_without_exact_predictor_is_refused_exact(tiny_hf):
+    with pytest.raises(LlmzipError, match="no exact predictor"):
+        Compressor(tiny_hf, precision="exact")
+
+
 def test_precision_changes_the_archive(tiny):
-    archives = {p: Compressor(tiny, chunk_size=48, precision=p).compress(TEXT) for p in ("fp32", "bf16")}
-    assert container.unpack(archives["fp32"])[1] != container.unpack(archives["bf16"])[1]
+    archives = {p: Compressor(tiny, chunk_size=48, precision=p).compress(TEXT) for p in ("exact", "fp32")}
+    assert container.unpack(archives["exact"])[1] != container.unpack(archives["fp32"])[1]
 
 
-@pytest.mark.parametrize("field, value", [("step", "llmzip-llama-0"), ("precision", "fp8")])
+@pytest.mark.parametrize("field, value", [("step", "llmzip-exact-llama-0"), ("precision", "fp8")])
 def test_decoder_refuses_a_forward_it_does_not_run(compressor, field, value):
     header, payloads = container.unpack(compressor.compress(TEXT))
     setattr(header, field, value)
@@ -69,19 +117,34 @@ def test_decoder_refuses_a_forward_it_does_not_run(compressor, field, value):
         compressor.decompress(container.pack(header, payloads))
 
 
-@pytest.mark.parametrize("cpu, expected", [(None, "damaged"), ("AVX2", "AVX2.*probabilities differ")])
-def test_decoder_with_other_floats_names_the_runtime(compressor, monkeypatch, cpu, expected):
-    """Probabilities that differ by one ulp (as on another CPU) fail the chunk CRC, never pass silently."""
+@pytest.mark.parametrize(
+    ("precision", "cpu", "expected"),
+    [("exact", "NEON", "damaged"), ("fp32", None, "damaged"), ("fp32", "NEON", "NEON.*probabilities differ")],
+)
+def test_decoder_with_other_floats_names_the_cause(tiny, monkeypatch, precision, cpu, expected):
+    """Probabilities that differ in the 20th bit fail the chunk CRC, never pass silently. For an
+    exact archive the runtime cannot be the cause; for a float one a differing CPU is named."""
+    compressor = Compressor(tiny, chunk_size=64, batch_size=4, threads=1, precision=precision)
     header, payloads = container.unpack(compressor.compress(TEXT))
     header.cpu_capability = cpu or header.cpu_capability
     archive = container.pack(header, payloads)
-    step = Predictor.step
-    monkeypatch.setattr(Predictor, "step", lambda self, ids: np.nextafter(step(self, ids), 1, dtype=np.float32))
+    kind = ExactPredictor if precision == "exact" else FloatPredictor
+    step = kind.step
+
+    def perturbed(self, ids):
+        probs = step(self, ids).copy()
+        probs[:, ::2] *= 1 + 2**-20
+        return probs
+
+    monkeypatch.setattr(kind, "step", perturbed)
     with pytest.raises(DecodeMismatchError, match=expected):
         compressor.decompress(archive)
 
 
-def test_a_cache_larger_than_memory_is_refused_before_allocating(tiny):
-    predictor = Predictor(tiny.model, MIN_ROWS, tiny.tokenizer.alphabet_size)
-    with pytest.raises(LlmzipError, match="GiB of KV cache"):
-        predictor.reset(10**12)
+def test_a_cache_larger_than_memory_is_refused_before_allocating(tiny, exact_tiny):
+    for predictor in (
+        FloatPredictor(tiny.model, MIN_ROWS, tiny.tokenizer.alphabet_size, "fp32"),
+        ExactPredictor(exact_tiny, tiny.tokenizer.alphabet_size),
+    ):
+        with pytest.raises(LlmzipError, match="GiB of KV cache"):
+            predictor.start(MIN_ROWS, 10**12)

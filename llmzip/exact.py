@@ -1,0 +1,293 @@
+"""Arithmetic whose results are the same bits on every CPU, GPU, thread count and batch shape.
+
+Floating-point kernels sum in orders that depend on the instruction set, the blocking, the
+thread count and the batch shape, and torch's exp/sin/cos are vectorised approximations that
+differ between instruction sets; a range decoder needs the encoder's probabilities to the
+last bit. Everything the exact models compute is built from two kinds of operation:
+
+- Reductions over integers. A float32 sum of integers is exact, in any order, while every
+  partial sum stays below 2**24: products of `levels`-bounded integers are summed only where
+  K * max|a| * max|b| < 2**24 (K is split otherwise), integer sums that may pass 2**24 are
+  taken in float64 (exact below 2**53), and max is exact in any order.
+- Elementwise IEEE operations (+ - * / sqrt, round, floor), each one torch op in a fixed
+  order, which are correctly rounded everywhere; exp and sin/cos are polynomials written with
+  them, never torch's. No op may fuse a multiply and an add (no addcmul, no torch.compile).
+
+The model code (`llama.py`) is written in these terms and nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from decimal import Decimal, localcontext
+from functools import cache
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+EXACT_SUM = 2**24  # float32 represents every integer up to this
+ACTIVATION_LEVELS = 127  # linear inputs are quantized per row to integers in [-127, 127]
+TINY = 2.0**-100  # smallest quantization scale: keeps an all-zero row finite
+LOG2E = 1.4426950408889634
+MAX_PIECE = (EXACT_SUM - 1) // (ACTIVATION_LEVELS * 127)  # longest dot product kept with >= 127 weight levels
+
+# 2**-f on [0, 1]: degree 5, least squares at Chebyshev nodes, relative error 2.7e-7, constant
+# term 1 so that 2**-0 is exactly 1. The float32 literals are the definition, not the fit.
+EXP2_POLY = (
+    1.0, -0.6931435465812683, 0.2401788979768753, -0.05529404059052467, 0.009202176705002785, -0.0009435108513571322
+)  # fmt: skip
+
+
+def weight_levels(k: int) -> int:
+    """The largest weight integer for a K-long dot product with activations of ±127 that no
+    summation order can round: K * 127 * levels < 2**24 (K = 576: 229 levels, 8.8 bits)."""
+    return (EXACT_SUM - 1) // (k * ACTIVATION_LEVELS)
+
+
+def quantize(x: torch.Tensor, levels: int, dim: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Integers q in [-levels, levels] (float32) and scales s with x ≈ q * s, one scale per
+    slice along `dim` taken from max|x| (exact: max does not depend on the order)."""
+    scale = torch.clamp(x.abs().amax(dim, keepdim=True), min=TINY) / levels
+    return torch.round(x / scale), scale
+
+
+def quantize_normed(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """RMSNorm (without gain: the gain is folded into the next weights) and quantization in one:
+    q * s ≈ x / rms(x). The sum of squares is taken over the integers q, so it is exact."""
+    q, scale = quantize(x, ACTIVATION_LEVELS)
+    squares = (q * q).sum(-1, keepdim=True)  # <= hidden * 127**2 < 2**24 for hidden < 1040
+    mean = squares / x.shape[-1]
+    return q, 1.0 / torch.sqrt(mean + eps / (scale * scale))
+
+
+class ExactLinear:
+    """y = x @ W.T with W as integers per output channel and x as integers per row: each
+    K-piece of the product is an exact integer, and scaling happens after it. On the CPU the
+    pieces are reordered once into oneDNN's blocked layout (1.4x faster than F.linear here);
+    any kernel sums integers exactly."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        """`weight` [N, K] float64 (already rotated and gain-folded)."""
+        k = weight.shape[1]
+        pieces = -(-k // MAX_PIECE)
+        self.bounds = [(k * i // pieces, k * (i + 1) // pieces) for i in range(pieces)]
+        longest = max(b - a for a, b in self.bounds)
+        int_weight, scale = quantize(weight, weight_levels(longest))
+        self.int_weight, self.scale = int_weight.float(), scale.float().view(-1)
+        self.to(torch.device("cpu"))
+
+    def to(self, device: torch.device) -> ExactLinear:
+        self.int_weight, self.scale = self.int_weight.to(device), self.scale.to(device)
+        self.packed = device.type == "cpu" and torch.backends.mkldnn.is_available()
+        pieces = [self.int_weight[:, a:b].contiguous() for a, b in self.bounds]
+        self.pieces = [torch.ops.mkldnn._reorder_linear_weight(w, 256) for w in pieces] if self.packed else pieces
+        return self
+
+    def __call__(self, q: torch.Tensor, row_scale: torch.Tensor) -> torch.Tensor:
+        """q [..., K] integers, row_scale [..., 1] -> float32 [..., N]."""
+        if len(self.bounds) == 1:
+            acc = self._product(q, self.pieces[0])
+        else:  # each piece exact; their sum may pass 2**24, so it is taken in float64
+            pieces = zip(self.bounds, self.pieces, strict=True)
+            acc = sum(self._product(q[..., a:b].contiguous(), w).double() for (a, b), w in pieces).float()
+        return acc * self.scale * row_scale
+
+    def _product(self, q: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if self.packed:
+            return torch.ops.mkldnn._linear_pointwise(q, weight, None, "none", [], "")
+        return torch.nn.functional.linear(q, weight)
+
+
+@cache
+def kernels() -> ModuleType | None:
+    """The fused CPU kernels of kernels.cpp, compiled on first use (about a minute, then cached
+    by torch under ~/.cache/torch_extensions), or None where they cannot be built (no compiler,
+    no ninja) or LLMZIP_KERNELS=0: then the torch code below runs, with the same results."""
+    if os.environ.get("LLMZIP_KERNELS") == "0":
+        return None
+    try:
+        from torch.utils import cpp_extension
+
+        poly = ",".join(f"{float.hex(c)}f" for c in EXP2_POLY)
+        return cpp_extension.load(
+            name="llmzip_kernels",
+            sources=[str(Path(__file__).with_name("kernels.cpp"))],
+            extra_cflags=[
+                "-O3",
+                "-march=native",
+                "-ffp-contract=off",
+                "-fno-trapping-math",
+                f"-DLLMZIP_EXP2_POLY={poly}",
+            ],
+        )
+    except Exception:  # a missing compiler or ninja shows up as many exception types
+        return None
+
+
+def _fused(*tensors: torch.Tensor) -> ModuleType | None:
+    """The kernels, if they apply: float32 CPU tensors."""
+    if all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors):
+        return kernels()
+    return None
+
+
+def exp2_neg(d: torch.Tensor) -> torch.Tensor:
+    """2**-d for d >= 0 (inf allowed), float32; exactly 0 from d = 127 on, exactly 1 at d = 0."""
+    d = torch.clamp(d, max=127.0)
+    n = torch.floor(d)
+    f = d - n  # exact
+    p = torch.full_like(f, EXP2_POLY[-1])
+    for c in EXP2_POLY[-2::-1]:
+        p = p * f + c  # two ops, each rounded: no fused multiply-add
+    power = torch.bitwise_left_shift(127 - n.to(torch.int32), 23).view(torch.float32)  # 2**-n; n = 127 -> 0
+    return p * power
+
+
+def silu_mul(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """x * sigmoid(x) * y, with exp from `exp2_neg`: t = e**-|x|, sigmoid = 1/(1+t) or t/(1+t)."""
+    if fused := _fused(x, y):
+        return fused.silu_mul(x, y, LOG2E)
+    t = exp2_neg(x.abs() * LOG2E)
+    numerator = torch.where(x >= 0, 1.0, t)
+    return x * (numerator / (1.0 + t)) * y
+
+
+def softmax_weights(logits: torch.Tensor) -> torch.Tensor:
+    """Unnormalized probabilities e**(z - max z), float32, the largest exactly 1."""
+    if fused := _fused(logits):
+        return fused.softmax_weights(logits, LOG2E)
+    top = logits.amax(-1, keepdim=True)
+    return exp2_neg((top - logits) * LOG2E)
+
+
+def attention(
+    q: torch.Tensor,
+    q_scale: torch.Tensor,
+    k: torch.Tensor,
+    k_scale: torch.Tensor,
+    v: torch.Tensor,
+    v_scale: torch.Tensor,
+    positions: torch.Tensor,
+) -> torch.Tensor:
+    """softmax(q·k) · v over integer q, k, v, with scores in log2 units (k_scale includes
+    log2(e)/sqrt(head_dim)). Shapes: q [..., Q, D], q_scale [..., Q, 1], k and v [..., T, D],
+    k_scale and v_scale [..., 1, T]; positions [Q] (int64): query i attends keys 0..positions[i].
+
+    The weights p_j * v_scale_j are rounded to integers W_j that sum to about 2**16, so
+    sum_j W_j * v_j (|v| <= 127) stays below 2**24: an exact product. The softmax's
+    normalizer and the weights' sum are integer sums too. A key outside the mask gets weight
+    exactly 0, so a query sees the same numbers whether later keys exist (teacher forcing) or
+    not (one step with a KV cache)."""
+    scores = q @ k.transpose(-1, -2)  # exact integer dot products
+    if fused := _fused(scores, k_scale, q_scale, v_scale):
+        shape = scores.shape
+        flat = [t.reshape(-1, *t.shape[-2:]) for t in (scores, k_scale, q_scale, v_scale)]
+        weights, factor = fused.attention_weights(*flat, positions)
+        return (weights.view(shape) @ v) * factor.view(*shape[:-1], 1)
+    scores = scores * k_scale
+    mask = torch.arange(scores.shape[-1], device=scores.device) > positions[:, None]
+    scores = scores.masked_fill(mask, -math.inf)
+    e = exp2_neg((scores.amax(-1, keepdim=True) - scores) * q_scale)
+    ev = e * v_scale
+    top = ev.amax(-1, keepdim=True)
+    fixed = torch.round(ev * (2.0**20 / top))  # integers <= 2**20
+    fixed_sum = fixed.sum(-1, keepdim=True, dtype=torch.float64)  # exact
+    weights = torch.round(fixed * (2.0**16 / fixed_sum).float())
+    normalizer = torch.round(e * 2.0**20).sum(-1, keepdim=True, dtype=torch.float64)  # exact
+    factor = (fixed_sum * top.double() / (2.0**16 * normalizer)).float()
+    return (weights @ v) * factor
+
+
+def hadamard_factors(n: int) -> list[torch.Tensor]:
+    """±1 matrices whose Kronecker product is a Hadamard matrix of order n (H Hᵀ = n I):
+    Paley factors of order q + 1 (q prime, q = 3 mod 4) until a power of two is left, then
+    one Sylvester factor. 576 = 12·12·4, 1536 = 12·128, 640 = 20·32."""
+    factors = []
+    while n & (n - 1):
+        q = next((q for q in _PALEY_PRIMES if n % (q + 1) == 0), None)
+        if q is None:
+            raise ValueError(f"no Hadamard matrix of order {n} built here")
+        factors.append(_paley(q))
+        n //= q + 1
+    if n > 1:
+        factors.append(_sylvester(n))
+    return factors
+
+
+_PALEY_PRIMES = (11, 19, 23, 31, 43, 47, 59, 67, 71, 79, 83)
+
+
+def _sylvester(n: int) -> torch.Tensor:
+    h = torch.ones(1, 1, dtype=torch.float64)
+    while h.shape[0] < n:
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)])
+    return h
+
+
+def _paley(q: int) -> torch.Tensor:
+    """Paley construction I, order q + 1: I + [[0, 1ᵀ], [-1, Q]], Q the Jacobsthal matrix of GF(q)."""
+    squares = {(i * i) % q for i in range(1, q)}
+    chi = torch.tensor([0] + [1 if a in squares else -1 for a in range(1, q)], dtype=torch.float64)
+    i = torch.arange(q)
+    s = torch.zeros(q + 1, q + 1, dtype=torch.float64)
+    s[0, 1:], s[1:, 0] = 1, -1
+    s[1:, 1:] = chi[(i[None, :] - i[:, None]) % q]
+    return s + torch.eye(q + 1, dtype=torch.float64)
+
+
+def hadamard(x: torch.Tensor, factors: list[torch.Tensor]) -> torch.Tensor:
+    """x @ (F1 ⊗ F2 ⊗ ...) over the last axis, for integer-valued x: every sum is of integers,
+    exact while n * max|x| stays below 2**24 (float32) or 2**53 (float64)."""
+    shape, after = x.shape, x.shape[-1]
+    for f in factors:
+        f = f.to(x.dtype)
+        after //= f.shape[0]
+        # The last factor is a plain product; the others contract the middle axis of [before, m, after].
+        x = x.reshape(-1, f.shape[0]) @ f if after == 1 else torch.matmul(f.T, x.reshape(-1, f.shape[0], after))
+    return x.reshape(shape)
+
+
+def rotate_weights(w: torch.Tensor, factors: list[torch.Tensor], scale: float) -> torch.Tensor:
+    """(w @ H) * scale over the last axis, in float64, for any float weights: w is first put
+    on a 40-bit fixed-point grid (one power-of-two step for the whole matrix), so the
+    product is exact and the only roundings are that grid and the final scaling."""
+    w = w.double()
+    step = 2.0 ** (math.frexp(float(w.abs().max()))[1] - 40)
+    return hadamard(torch.round(w / step), factors) * (step * scale)
+
+
+def rotary_table(positions: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin [positions, head_dim] (float32) of t * theta**(-2i/head_dim), as Hugging
+    Face's rotate_half convention pairs them, from correctly rounded frequencies (Python's
+    decimal) and llmzip's own float64 sine and cosine."""
+    with localcontext() as ctx:
+        ctx.prec = 40
+        log_theta = Decimal(theta).ln()
+        freqs = [float((-(2 * i) * log_theta / head_dim).exp()) for i in range(head_dim // 2)]
+    angles = torch.arange(positions, dtype=torch.float64)[:, None] * torch.tensor(freqs, dtype=torch.float64)
+    cos, sin = _cos_sin(angles)
+    return cos.repeat(1, 2).float(), sin.repeat(1, 2).float()
+
+
+_HALF_PI = (1.5707963267341256, 6.077100506303966e-11, 2.0222662487959506e-21)  # pi/2 in 33 + 33 + 53 bits
+_SIN = [(-1) ** k / math.factorial(2 * k + 1) for k in range(10)]  # Taylor, |r| <= pi/4: error < 1e-20
+_COS = [(-1) ** k / math.factorial(2 * k) for k in range(10)]
+
+
+def _cos_sin(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of float64 angles 0 <= a < 2**20: Cody-Waite reduction by pi/2, Taylor."""
+    k = torch.round(a * (2 / math.pi))
+    r = a - k * _HALF_PI[0]  # k * part is exact: each part has at most 33 significant bits
+    r = r - k * _HALF_PI[1]
+    r = r - k * _HALF_PI[2]
+    r2 = r * r
+    s, c = torch.full_like(r, _SIN[-1]), torch.full_like(r, _COS[-1])
+    for sc, cc in zip(_SIN[-2::-1], _COS[-2::-1], strict=True):
+        s, c = s * r2 + sc, c * r2 + cc
+    s = s * r
+    quadrant = torch.remainder(k, 4)
+    cos = torch.where(quadrant == 0, c, torch.where(quadrant == 1, -s, torch.where(quadrant == 2, -c, s)))
+    sin = torch.where(quadrant == 0, s, torch.where(quadrant == 1, c, torch.where(quadrant == 2, -s, -c)))
+    return cos, sin

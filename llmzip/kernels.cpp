@@ -1,0 +1,157 @@
+// Fused CPU versions of exact.py's elementwise pipelines: the same IEEE operations in the same
+// order, so the same bits, in one pass over memory instead of one pass per torch op. Compiled
+// with -ffp-contract=off (no fused multiply-add) and without -ffast-math; exact.py's torch code
+// is the definition and the fallback, and tests/test_exact.py checks that both agree bit for bit.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#ifndef LLMZIP_EXP2_POLY
+#error "compile through exact.kernels(), which passes the polynomial"
+#endif
+
+namespace {
+
+// exact.EXP2_POLY, lowest degree first, passed by exact.py as exact hexadecimal literals.
+constexpr float kPoly[] = {LLMZIP_EXP2_POLY};
+constexpr int kDegree = sizeof(kPoly) / sizeof(kPoly[0]) - 1;
+constexpr int kLanes = 16;  // independent partial maxima, so that max over a row vectorises
+
+inline float exp2_neg(float d) {
+  d = std::min(d, 127.0f);
+  const float n = std::floor(d);
+  const float f = d - n;
+  float p = kPoly[kDegree];
+  for (int k = kDegree - 1; k >= 0; --k) {
+    p = p * f;
+    p = p + kPoly[k];
+  }
+  const int32_t bits = (127 - static_cast<int32_t>(n)) << 23;
+  float power;
+  std::memcpy(&power, &bits, sizeof power);
+  return p * power;
+}
+
+// max over x[0..n): exact in any order, so lanes may take it apart.
+inline float row_max(const float* x, int64_t n) {
+  float lanes[kLanes];
+  for (int l = 0; l < kLanes; ++l) lanes[l] = -std::numeric_limits<float>::infinity();
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) lanes[l] = std::max(lanes[l], x[j + l]);
+  float top = -std::numeric_limits<float>::infinity();
+  for (int l = 0; l < kLanes; ++l) top = std::max(top, lanes[l]);
+  for (; j < n; ++j) top = std::max(top, x[j]);
+  return top;
+}
+
+// sum of nearbyint(x[j] * scale): integers, summed exactly in float64 lanes (any order is exact).
+inline double rounded_sum(const float* x, int64_t n, float scale) {
+  double lanes[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) lanes[l] += std::nearbyint(x[j + l] * scale);
+  double sum = 0.0;
+  for (int l = 0; l < kLanes; ++l) sum += lanes[l];
+  for (; j < n; ++j) sum += std::nearbyint(x[j] * scale);
+  return sum;
+}
+
+// exact.softmax_weights: exp(z - max z) per row of a [rows, n] tensor.
+torch::Tensor softmax_weights(torch::Tensor logits, double log2e) {
+  auto z = logits.contiguous();
+  const int64_t n = z.size(-1), rows = z.numel() / n;
+  auto out = torch::empty_like(z);
+  const float* in = z.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  const float c = static_cast<float>(log2e);
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float* x = in + r * n;
+      const float top = row_max(x, n);
+      float* out_row = o + r * n;
+      for (int64_t j = 0; j < n; ++j) out_row[j] = exp2_neg((top - x[j]) * c);
+    }
+  });
+  return out;
+}
+
+// exact.silu(gate) * up.
+torch::Tensor silu_mul(torch::Tensor gate, torch::Tensor up, double log2e) {
+  auto g = gate.contiguous(), u = up.contiguous();
+  auto out = torch::empty_like(g);
+  const float* gp = g.data_ptr<float>();
+  const float* up_ = u.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  const float c = static_cast<float>(log2e);
+  at::parallel_for(0, g.numel(), 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const float x = gp[i];
+      const float t = exp2_neg(std::fabs(x) * c);
+      const float numerator = x >= 0 ? 1.0f : t;
+      o[i] = (x * (numerator / (1.0f + t))) * up_[i];
+    }
+  });
+  return out;
+}
+
+// exact.attention's weights: from integer scores [B, Q, T] (B = rows * kv heads), key and value
+// scales [B, 1, T], query scales [B, Q, 1] and each query's position [Q] (keys after it are not
+// attended), the integer weights [B, Q, T] and the output factor [B, Q, 1].
+std::vector<torch::Tensor> attention_weights(torch::Tensor scores, torch::Tensor k_scale, torch::Tensor q_scale,
+                                             torch::Tensor v_scale, torch::Tensor positions) {
+  auto s = scores.contiguous(), ks = k_scale.contiguous(), qs = q_scale.contiguous(), vs = v_scale.contiguous();
+  auto pos = positions.contiguous();
+  const int64_t batch = s.size(0), queries = s.size(1), keys = s.size(2);
+  auto weights = torch::empty_like(s);
+  auto factor = torch::empty({batch, queries, 1}, s.options());
+  const float* sp = s.data_ptr<float>();
+  const float* ksp = ks.data_ptr<float>();
+  const float* qsp = qs.data_ptr<float>();
+  const float* vsp = vs.data_ptr<float>();
+  const int64_t* pp = pos.data_ptr<int64_t>();
+  float* wp = weights.data_ptr<float>();
+  float* fp = factor.data_ptr<float>();
+  at::parallel_for(0, batch * queries, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scaled(keys), e(keys);
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / queries, i = row % queries;
+      const int64_t n = std::min(pp[i], keys - 1) + 1;  // keys 0..n-1 are attended
+      const float* acc = sp + row * keys;
+      const float* kscale = ksp + b * keys;
+      const float* vscale = vsp + b * keys;
+      float* w = wp + row * keys;
+      for (int64_t j = 0; j < n; ++j) scaled[j] = acc[j] * kscale[j];
+      const float top = row_max(scaled.data(), n);
+      const float qscale = qsp[row];
+      for (int64_t j = 0; j < n; ++j) {
+        e[j] = exp2_neg((top - scaled[j]) * qscale);
+        w[j] = e[j] * vscale[j];
+      }
+      const double normalizer = rounded_sum(e.data(), n, 1048576.0f);
+      const float top_ev = row_max(w, n);
+      const float to_fixed = 1048576.0f / top_ev;
+      for (int64_t j = 0; j < n; ++j) w[j] = std::nearbyint(w[j] * to_fixed);
+      const double sum = rounded_sum(w, n, 1.0f);
+      const float to_weights = static_cast<float>(65536.0 / sum);
+      for (int64_t j = 0; j < n; ++j) w[j] = std::nearbyint(w[j] * to_weights);
+      for (int64_t j = n; j < keys; ++j) w[j] = 0.0f;
+      fp[row] = static_cast<float>(sum * static_cast<double>(top_ev) / (65536.0 * normalizer));
+    }
+  });
+  return {weights, factor};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("softmax_weights", &softmax_weights);
+  m.def("silu_mul", &silu_mul);
+  m.def("attention_weights", &attention_weights);
+}

@@ -1,0 +1,117 @@
+"""exact.py: the arithmetic is exact where it claims to be, accurate where it approximates, and
+the fused C++ kernels give the torch code's bits."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from llmzip import exact
+
+
+@pytest.fixture
+def torch_only(monkeypatch):
+    """Run exact.py's torch code (the definition) instead of the fused kernels."""
+    monkeypatch.setattr(exact, "_fused", lambda *tensors: None)
+
+
+def test_kernels_build_here():
+    """CI's machines have a compiler: the fast path must not silently fall back there."""
+    assert exact.kernels() is not None
+
+
+def test_exp2_neg_is_accurate_and_exact_at_the_ends():
+    d = torch.cat([torch.linspace(0, 30, 100_001), torch.tensor([0.0, 126.5, 127, 200, math.inf])])
+    got = exact.exp2_neg(d)
+    assert (got[:100_001].double() / 2.0 ** -d[:100_001].double() - 1).abs().max() < 5e-7
+    assert got[-5] == 1 and abs(got[-4] / 2**-126.5 - 1) < 1e-6 and got[-3:].tolist() == [0.0, 0.0, 0.0]
+
+
+def test_silu_and_softmax_weights_are_accurate():
+    x = torch.linspace(-90, 90, 200_001)
+    assert (exact.silu_mul(x, torch.ones_like(x)) - torch.nn.functional.silu(x)).abs().max() < 2e-6
+    logits = torch.randn(3, 1000) * 5
+    weights = exact.softmax_weights(logits)
+    assert (weights / weights.sum(-1, keepdim=True) - torch.softmax(logits, -1)).abs().max() < 1e-6
+    assert (weights.amax(-1) == 1).all()
+
+
+def test_kernels_give_the_torch_codes_bits(torch_only, monkeypatch):
+    """Random inputs, edge values and masked keys: fused and torch paths agree bit for bit."""
+    rng = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(4096, generator=rng) * 30, torch.tensor([0.0, -0.0, 88.0, -88.0, 1e-30, -1e30])])
+    y = torch.randn(x.shape, generator=rng)
+    logits = torch.randn(5, 3000, generator=rng) * 8
+    q = torch.randint(-511, 512, (2, 3, 12, 64), generator=rng).float()
+    k = torch.randint(-511, 512, (2, 3, 40, 64), generator=rng).float()
+    v = torch.randint(-127, 128, (2, 3, 40, 64), generator=rng).float()
+    scales = [
+        torch.rand(*shape, generator=rng) * 1e-3 + 1e-5 for shape in ((2, 3, 12, 1), (2, 3, 1, 40), (2, 3, 1, 40))
+    ]
+    positions = torch.tensor([5, 17, 39, 0] * 3)
+    calls = lambda: [  # noqa: E731
+        exact.silu_mul(x, y),
+        exact.softmax_weights(logits),
+        exact.attention(q, scales[0], k, scales[1], v, scales[2], positions),
+    ]
+    reference = calls()
+    monkeypatch.undo()
+    assert all(torch.equal(a, b) for a, b in zip(reference, calls(), strict=True))
+
+
+def test_masked_keys_change_nothing(torch_only):
+    """A query attends keys up to its position: extra later keys do not move a bit."""
+    rng = torch.Generator().manual_seed(1)
+    q = torch.randint(-511, 512, (1, 1, 4, 16), generator=rng).float()
+    k = torch.randint(-511, 512, (1, 1, 30, 16), generator=rng).float()
+    v = torch.randint(-127, 128, (1, 1, 30, 16), generator=rng).float()
+    ks, vs = torch.rand(1, 1, 1, 30, generator=rng) + 0.1, torch.rand(1, 1, 1, 30, generator=rng) + 0.1
+    qs = torch.rand(1, 1, 4, 1, generator=rng) * 1e-4
+    positions = torch.tensor([3, 9, 19, 29])
+    full = exact.attention(q, qs, k, ks, v, vs, positions)
+    for i, p in enumerate(positions.tolist()):
+        end = p + 1
+        alone = exact.attention(q[..., i : i + 1, :], qs[..., i : i + 1, :], k[..., :end, :], ks[..., :end],
+                                v[..., :end, :], vs[..., :end], positions[i : i + 1])  # fmt: skip
+        assert torch.equal(alone, full[..., i : i + 1, :])
+
+
+@pytest.mark.parametrize("k", [64, 576, 1040, 1536, 3072])
+def test_linear_is_the_exact_integer_product(k):
+    """Largest-magnitude integers of both signs, summed in float32, equal int64 arithmetic."""
+    rng = np.random.default_rng(k)
+    weight = torch.from_numpy(rng.standard_normal((48, k)))
+    weight[:, 0] = 100.0  # each row's maximum is its first column: those entries quantize to +-levels
+    linear = exact.ExactLinear(weight)
+    x = torch.from_numpy(rng.choice([-127.0, 127.0], (5, k))).float()
+    expected = (x.long() @ linear.int_weight.long().T).double()
+    got = linear(x, torch.ones(5, 1)) / linear.scale
+    assert torch.equal(got.double(), (expected.float() * linear.scale / linear.scale).double())
+    assert max(b - a for a, b in linear.bounds) * 127 * linear.int_weight.abs().max() < 2**24
+
+
+@pytest.mark.parametrize("n", [4, 12, 64, 576, 640, 1536])
+def test_hadamard_matrices_are_hadamard_and_applied_exactly(n):
+    factors = exact.hadamard_factors(n)
+    h = torch.ones(1, 1, dtype=torch.float64)
+    for f in factors:
+        h = torch.kron(h, f)
+    assert torch.equal(h @ h.T, n * torch.eye(n, dtype=torch.float64))
+    x = torch.randint(-8191, 8192, (3, n)).double()
+    assert torch.equal(exact.hadamard(x, factors), x @ h)
+    assert torch.equal(exact.hadamard(x.float(), factors), (x @ h).float())
+
+
+def test_rotary_table_matches_the_float64_reference():
+    cos, sin = exact.rotary_table(8192, 64, 100000.0)
+    angles = np.arange(8192)[:, None] * 100000.0 ** (-np.arange(0, 64, 2) / 64)
+    assert np.abs(cos[:, :32].double().numpy() - np.cos(angles)).max() < 1e-7
+    assert np.abs(sin[:, 32:].double().numpy() - np.sin(angles)).max() < 1e-7
+
+
+def test_quantize_stays_in_range_and_keeps_zero_rows_finite():
+    x = torch.cat([torch.randn(6, 100) * 1e4, torch.zeros(1, 100)])
+    q, scale = exact.quantize(x, 127)
+    assert q.abs().max() == 127 and torch.isfinite(scale).all() and (q[-1] == 0).all()
+    assert torch.equal(q, torch.round(q))
