@@ -20,7 +20,7 @@ import json
 from common import load_input, machine, save
 
 from llmzip import Compressor, container, load_model
-from llmzip.predictor import default_precision, state_bytes
+from llmzip.predictor import cache_bytes, default_precision
 
 
 def main() -> None:
@@ -30,13 +30,14 @@ def main() -> None:
     parser.add_argument("--bytes", type=int, default=None, help="code only this prefix of the file")
     parser.add_argument("--chunks", default="128,256,512,1024,2048,4096,max", help="chunk sizes in tokens, or max")
     parser.add_argument("--batches", default="64", help="batch sizes (most chunks per batch)")
-    parser.add_argument("--precisions", default=default_precision())
+    parser.add_argument("--precisions", help="default: exact where the model has it, else its float default")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="8 KB, chunks of 128, 512 and 1024 tokens")
     args = parser.parse_args()
     if args.quick:
         args.bytes, args.chunks = 8000, "128,512,1024"
     loaded = load_model(args.model)
+    args.precisions = args.precisions or default_precision(loaded.model)
     name, data = load_input(args.file, args.bytes)
     context = getattr(loaded.model.config, "max_position_embeddings", None) or container.MAX_CHUNK_TOKENS + 1
     longest = min(context - 1, container.MAX_CHUNK_TOKENS)  # the start token takes one position
@@ -56,7 +57,7 @@ def main() -> None:
             "chunks": len(header.chunks),
             "bits_per_byte": round(8 * len(archive) / len(data), 4),
             "compress_bytes_per_s": round(len(data) / compressor.stats.seconds, 1),
-            "kv_cache_mb": round(state_bytes(loaded.model, header.rows, chunk, 0, precision) / 1e6),
+            "kv_cache_mb": round(cache_bytes(loaded.model, precision, header.rows, chunk) / 1e6),
         }
         report["runs"].append(run)
         print(json.dumps(run), flush=True)

@@ -35,7 +35,7 @@ from common import RESULTS, command_line, load_input, machine, markdown_table, s
 from llmzip import LoadedModel, load_model
 from llmzip.chunking import TokenChunks
 from llmzip.compressor import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, balanced_batch_size
-from llmzip.predictor import MIN_ROWS, default_precision, state_bytes
+from llmzip.predictor import MIN_ROWS, cache_bytes, default_precision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # conftest's tiny model
 
@@ -56,7 +56,7 @@ def geometry(loaded: LoadedModel, data: bytes) -> dict[str, int]:
     should depend on (computed, not measured)."""
     with closing(TokenChunks(io.BytesIO(data), loaded.tokenizer, DEFAULT_CHUNK_SIZE)) as chunks:
         rows = max(MIN_ROWS, balanced_batch_size(len(chunks), DEFAULT_BATCH_SIZE))
-    kv = state_bytes(loaded.model, rows, DEFAULT_CHUNK_SIZE, loaded.tokenizer.alphabet_size, default_precision())
+    kv = cache_bytes(loaded.model, default_precision(loaded.model), rows, DEFAULT_CHUNK_SIZE)
     return {"rows": rows, "kv_cache_mb": round(kv / 1e6)}
 
 

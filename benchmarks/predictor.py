@@ -1,5 +1,6 @@
-"""The predictor compressed: one model in fp32, bf16 and int8 (torch dynamic quantization) —
-bits per byte, compress and decompress bytes/s, peak RSS and the predictor's weight memory.
+"""The predictor: one model exact (machine-independent integers) and as float forwards in fp32,
+bf16 and int8 (torch dynamic quantization) — bits per byte, compress and decompress bytes/s,
+peak RSS and the predictor's weight memory.
 
     python benchmarks/predictor.py ../shared/corpus/enwik5
     python benchmarks/predictor.py --quick                # 4 KB of enwik5
@@ -36,14 +37,14 @@ def rss_mb() -> float:
     return pages * resource.getpagesize() / 2**20
 
 
-def one(model: str, file: str, nbytes: int | None, precision: str, chunk_size: int) -> dict[str, object]:
+def one(model: str, file: str, nbytes: int | None, precision: str, chunk_size: int, verify: bool) -> dict[str, object]:
     """Measure one precision in this process."""
     _, data = load_input(file, nbytes)
     loaded = load_model(model)
     gc.collect()
     before = rss_mb()
     if precision == EXACT:
-        predictor = ExactLlama(loaded.model, LlamaConfig.of(loaded.model))
+        predictor = ExactLlama.prepare(loaded.model, LlamaConfig.of(loaded.model))
     else:
         predictor = FloatPredictor(loaded.model, 4, loaded.tokenizer.alphabet_size, precision)
     weight_mb = rss_mb() - before
@@ -52,7 +53,7 @@ def one(model: str, file: str, nbytes: int | None, precision: str, chunk_size: i
     compressor = Compressor(loaded, chunk_size=chunk_size, precision=precision)
     return (
         {"precision": precision}
-        | round_trip(compressor, data)
+        | round_trip(compressor, data, verify)
         | {
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             "weight_mb": round(weight_mb),
@@ -68,17 +69,19 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
     parser.add_argument("--precisions", default=",".join([EXACT, *PRECISIONS]))
     parser.add_argument("--quick", action="store_true", help="4 KB of the file")
+    parser.add_argument("--no-verify", action="store_true", help="compress only (no decompress speed)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure this precision, print JSON
     args = parser.parse_args()
     nbytes = 4000 if args.quick else args.bytes or None
     if args.one:
-        print(json.dumps(one(args.model, args.file, nbytes, args.one, args.chunk_size)))
+        print(json.dumps(one(args.model, args.file, nbytes, args.one, args.chunk_size, not args.no_verify)))
         return
     name, data = load_input(args.file, nbytes)
     rows = []
     for precision in args.precisions.split(","):
         command = [sys.executable, __file__, args.file, "--model", args.model, "--chunk-size", str(args.chunk_size),
                    "--bytes", str(nbytes or 0), "--one", precision]  # fmt: skip
+        command += ["--no-verify"] if args.no_verify else []
         out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
         rows.append(json.loads(out.splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)

@@ -95,16 +95,23 @@ def _source(found: list[tuple[str, dict]]) -> str:
         {r["command"] for r in reports if "command" in r}
         | {row["command"] for r in reports for row in r.get("rows", []) + r.get("runs", []) if "command" in row}
     )
-    machine = reports[0].get("machine", {}) if reports else {}
-    where = f"{machine.get('cpus', '?')}-core {machine.get('cpu', 'CPU')}".strip()
-    if machine.get("torch"):
-        where += f", torch {machine['torch']} ({machine.get('cpu_capability', '')})"
-    text = f"Measured on {where}. Data: {', '.join(f'benchmarks/results/{f}' for f in files)}"
+    machines: dict[str, list[str]] = {}  # where -> the files measured there
+    for name, report in found:
+        machine = report.get("machine", {})
+        where = f"{machine.get('cpus', '?')}-core {machine.get('cpu', 'CPU')}".strip()
+        if machine.get("torch"):
+            where += f", torch {machine['torch']} ({machine.get('cpu_capability', '')})"
+        machines.setdefault(where, []).append(name)
+    if len(machines) == 1:
+        text = f"Measured on {next(iter(machines))}. Data: {', '.join(f'benchmarks/results/{f}' for f in files)}"
+    else:
+        text = "Measured on " + "; ".join(f"{where} ({', '.join(names)})" for where, names in machines.items())
+        text += f". Data: {', '.join(f'benchmarks/results/{f}' for f in files)}"
     return text + (". Command: " + "; ".join(f"`{c}`" for c in commands) if commands else "") + "."
 
 
-def _n(x: float, digits: int = 0) -> str:
-    return f"{x:,.{digits}f}".replace(",", " ")
+def _n(x: float | None, digits: int = 0) -> str:
+    return "not measured" if x is None else f"{x:,.{digits}f}".replace(",", " ")
 
 
 def _label(file: str, nbytes: int, full: dict[str, int]) -> str:
@@ -344,7 +351,7 @@ def predictor_tables() -> list[Table]:
     return [
         Table(
             "predictor",
-            "The predictor compressed: precision against ratio, speed and memory",
+            "The predictor: exact (machine-independent) against float forwards (machine-bound)",
             [
                 "input",
                 "precision",
@@ -432,7 +439,8 @@ def speed_tables() -> list[Table]:
             r["settings"]["precision"],
             _n(r["compress"]["bytes_per_s"]),
             _n(r["decompress"]["bytes_per_s"]),
-            _n(r["teacher_forced"]["tokens_per_s"]),
+            f"{_n(r['teacher_forced']['tokens_per_s'])} "
+            f"({r['teacher_forced'].get('precision', r['settings']['precision'])})",
             f"{r['efficiency']['compress']:.2f} / {r['efficiency']['decompress']:.2f}",
             _n(r["peak_rss_mb"]),
             f"{r['bits_per_byte']:.4f}",
@@ -452,7 +460,7 @@ def speed_tables() -> list[Table]:
                 "precision",
                 "compress B/s",
                 "decompress B/s",
-                "teacher-forced tok/s",
+                "HF teacher-forced tok/s",
                 "efficiency c / d",
                 "peak RSS MB",
                 "bits/byte",

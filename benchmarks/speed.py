@@ -72,7 +72,7 @@ def teacher_forced_seconds(model, chunks: list[np.ndarray], start_id: int, batch
             ids[r, 1 : len(c) + 1] = c
         cache = DynamicCache()
         for s in range(0, width, SLICE):
-            out = model(input_ids=torch.from_numpy(ids[:, s : s + SLICE]), past_key_values=cache, use_cache=True)
+            out = model(input_ids=torch.from_numpy(ids[:, s : s + SLICE]), cache=cache, use_cache=True)
             torch.softmax(out.logits.float(), -1)
     return time.perf_counter() - started
 

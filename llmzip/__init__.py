@@ -9,7 +9,7 @@ import os
 # speed alone and 156 ms shared. Users may still set either variable.
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
-from .compressor import CodingStats, Compressor, compress, decompress
+from .compressor import CodingStats, Compressor, MachineBoundWarning, compress, decompress
 from .errors import (
     CorruptArchiveError,
     DecodeMismatchError,
@@ -32,6 +32,7 @@ __all__ = [
     "InvalidOptionError",
     "LlmzipError",
     "LoadedModel",
+    "MachineBoundWarning",
     "ModelLoadError",
     "TruncatedArchiveError",
     "UnsupportedVersionError",

@@ -282,12 +282,6 @@ def compress(
             model, chunk_size=chunk_size, batch_size=batch_size, threads=threads, precision=precision, device=device,
             steer=steer, prior=prior, prior_bins=prior_bins, prior_clip=prior_clip, training=training, quiet=quiet,
         )  # fmt: skip
-        if compressor.precision != EXACT:
-            warnings.warn(
-                f"model {compressor.model.name!r} runs a float forward ({compressor.precision}): the archive opens "
-                "only on a machine with the same kind of CPU, torch version and kernels",
-                stacklevel=1,
-            )
         size = _stream_size(stream)
         trains = steer.startswith(("trained", "auto")) and size != 0
         with (

@@ -8,6 +8,7 @@ import io
 import os
 import tempfile
 import time
+import warnings
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
@@ -28,8 +29,8 @@ from .errors import (
     UnsupportedVersionError,
     WrongModelError,
 )
-from .llama import ExactLlama, LlamaConfig
-from .models import DEFAULT_MODEL, LoadedModel, load_model
+from .llama import ExactLlama
+from .models import DEFAULT_MODEL, LoadedModel, exact_model, load_model
 from .predictor import (
     EXACT,
     MIN_ROWS,
@@ -181,6 +182,14 @@ class Compressor:
         is kept (so progress runs twice). A `steer` given here (e.g. vectors trained once, coded
         under several priors) replaces the option's. `on_train_step` gets the loss after each
         training step of trained steering."""
+        if self.precision != EXACT:
+            warnings.warn(
+                MachineBoundWarning(
+                    f"model {self.model.name!r} runs a float forward ({self.precision}): the archive opens only "
+                    "on a machine with the same kind of CPU, torch version and kernels"
+                ),
+                stacklevel=2,
+            )
         started = time.perf_counter()
         with closing(TokenChunks(stream, self.model.tokenizer, self.chunk_size)) as chunks:
             auto = steer is None and self.steer[0] == "auto"
@@ -297,7 +306,7 @@ class Compressor:
         if precision != EXACT:
             return FloatPredictor(self.model.model, rows, alphabet_size, precision, prefix)
         if self._exact_model is None:
-            self._exact_model = ExactLlama(self.model.model, LlamaConfig.of(self.model.model), self.device)
+            self._exact_model = exact_model(self.model, self.device)
         return ExactPredictor(self._exact_model, alphabet_size, prefix)
 
     def _encode_batch(

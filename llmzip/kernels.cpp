@@ -101,6 +101,27 @@ torch::Tensor silu_mul(torch::Tensor gate, torch::Tensor up, double log2e) {
   return out;
 }
 
+// exact.attention's weights for one query: from its integer scores acc[0..n) (keys 0..n-1
+// attended), the keys' and values' scales and the query's scale, the integer weights w[0..n)
+// and the returned output factor. scaled and e are scratch of n floats.
+float query_weights(const float* acc, const float* kscale, const float* vscale, float qscale, int64_t n, float* w,
+                    float* scaled, float* e) {
+  for (int64_t j = 0; j < n; ++j) scaled[j] = acc[j] * kscale[j];
+  const float top = row_max(scaled, n);
+  for (int64_t j = 0; j < n; ++j) {
+    e[j] = exp2_neg((top - scaled[j]) * qscale);
+    w[j] = e[j] * vscale[j];
+  }
+  const double normalizer = rounded_sum(e, n, 1048576.0f);
+  const float top_ev = row_max(w, n);
+  const float to_fixed = 1048576.0f / top_ev;
+  for (int64_t j = 0; j < n; ++j) w[j] = std::nearbyint(w[j] * to_fixed);
+  const double sum = rounded_sum(w, n, 1.0f);
+  const float to_weights = static_cast<float>(65536.0 / sum);
+  for (int64_t j = 0; j < n; ++j) w[j] = std::nearbyint(w[j] * to_weights);
+  return static_cast<float>(sum * static_cast<double>(top_ev) / (65536.0 * normalizer));
+}
+
 // exact.attention's weights: from integer scores [B, Q, T] (B = rows * kv heads), key and value
 // scales [B, 1, T], query scales [B, Q, 1] and each query's position [Q] (keys after it are not
 // attended), the integer weights [B, Q, T] and the output factor [B, Q, 1].
@@ -122,30 +143,62 @@ std::vector<torch::Tensor> attention_weights(torch::Tensor scores, torch::Tensor
     std::vector<float> scaled(keys), e(keys);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / queries, i = row % queries;
-      const int64_t n = std::min(pp[i], keys - 1) + 1;  // keys 0..n-1 are attended
-      const float* acc = sp + row * keys;
-      const float* kscale = ksp + b * keys;
-      const float* vscale = vsp + b * keys;
+      const int64_t n = std::min(pp[i], keys - 1) + 1;
       float* w = wp + row * keys;
-      for (int64_t j = 0; j < n; ++j) scaled[j] = acc[j] * kscale[j];
-      const float top = row_max(scaled.data(), n);
-      const float qscale = qsp[row];
-      for (int64_t j = 0; j < n; ++j) {
-        e[j] = exp2_neg((top - scaled[j]) * qscale);
-        w[j] = e[j] * vscale[j];
-      }
-      const double normalizer = rounded_sum(e.data(), n, 1048576.0f);
-      const float top_ev = row_max(w, n);
-      const float to_fixed = 1048576.0f / top_ev;
-      for (int64_t j = 0; j < n; ++j) w[j] = std::nearbyint(w[j] * to_fixed);
-      const double sum = rounded_sum(w, n, 1.0f);
-      const float to_weights = static_cast<float>(65536.0 / sum);
-      for (int64_t j = 0; j < n; ++j) w[j] = std::nearbyint(w[j] * to_weights);
+      fp[row] = query_weights(sp + row * keys, ksp + b * keys, vsp + b * keys, qsp[row], n, w, scaled.data(), e.data());
       for (int64_t j = n; j < keys; ++j) w[j] = 0.0f;
-      fp[row] = static_cast<float>(sum * static_cast<double>(top_ev) / (65536.0 * normalizer));
     }
   });
   return {weights, factor};
+}
+
+// exact.attention with the integer cache read directly (int16 keys, int8 values: a quarter and
+// an eighth of float32's memory traffic, which bounds a decoding step): q [B, Q, D] integers,
+// q_scale [B, Q, 1], k [B, T, D] int16, k_scale [B, 1, T], v [B, T, D] int8, v_scale [B, 1, T]
+// (B may be strided: rows of a larger cache), positions [Q]. Integer dot products and weighted
+// sums in int32 are the same integers the float32 products give, so the output has their bits.
+torch::Tensor attention_cached(torch::Tensor q, torch::Tensor q_scale, torch::Tensor k, torch::Tensor k_scale,
+                               torch::Tensor v, torch::Tensor v_scale, torch::Tensor positions) {
+  auto qc = q.contiguous(), qs = q_scale.contiguous(), pos = positions.contiguous();
+  const int64_t batch = qc.size(0), queries = qc.size(1), dim = qc.size(2), keys = k.size(1);
+  TORCH_CHECK(k.stride(2) == 1 && v.stride(2) == 1 && k.stride(1) == dim && v.stride(1) == dim);
+  TORCH_CHECK(k_scale.stride(2) == 1 && v_scale.stride(2) == 1);
+  auto out = torch::empty_like(qc);
+  const float* qp = qc.data_ptr<float>();
+  const float* qsp = qs.data_ptr<float>();
+  const int16_t* kp = k.data_ptr<int16_t>();
+  const int8_t* vp = v.data_ptr<int8_t>();
+  const float* ksp = k_scale.data_ptr<float>();
+  const float* vsp = v_scale.data_ptr<float>();
+  const int64_t* pp = pos.data_ptr<int64_t>();
+  float* op = out.data_ptr<float>();
+  const int64_t k_stride = k.stride(0), v_stride = v.stride(0), ks_stride = k_scale.stride(0),
+                vs_stride = v_scale.stride(0);
+  at::parallel_for(0, batch * queries, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> acc(keys), w(keys), scaled(keys), e(keys);
+    std::vector<int32_t> qi(dim), sums(dim);
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / queries, i = row % queries;
+      const int64_t n = std::min(pp[i], keys - 1) + 1;
+      for (int64_t d = 0; d < dim; ++d) qi[d] = static_cast<int32_t>(qp[row * dim + d]);
+      const int16_t* kb = kp + b * k_stride;
+      for (int64_t j = 0; j < n; ++j) {
+        int32_t dot = 0;  // |dot| <= dim * 511 * 511 < 2**24: exact, and what float32 gives
+        for (int64_t d = 0; d < dim; ++d) dot += qi[d] * static_cast<int32_t>(kb[j * dim + d]);
+        acc[j] = static_cast<float>(dot);
+      }
+      const float factor = query_weights(acc.data(), ksp + b * ks_stride, vsp + b * vs_stride, qsp[row], n, w.data(),
+                                         scaled.data(), e.data());
+      std::fill(sums.begin(), sums.end(), 0);
+      const int8_t* vb = vp + b * v_stride;
+      for (int64_t j = 0; j < n; ++j) {
+        const int32_t wj = static_cast<int32_t>(w[j]);
+        for (int64_t d = 0; d < dim; ++d) sums[d] += wj * static_cast<int32_t>(vb[j * dim + d]);
+      }
+      for (int64_t d = 0; d < dim; ++d) op[row * dim + d] = static_cast<float>(sums[d]) * factor;
+    }
+  });
+  return out;
 }
 
 }  // namespace
@@ -154,4 +207,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("softmax_weights", &softmax_weights);
   m.def("silu_mul", &silu_mul);
   m.def("attention_weights", &attention_weights);
+  m.def("attention_cached", &attention_cached);
 }

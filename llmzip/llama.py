@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 from transformers import PreTrainedModel
 
 from . import exact
@@ -88,25 +89,30 @@ class Block:
 
 
 class KVCache:
-    """Integer keys and values with their scales, per layer, for `rows` sequences."""
+    """Integer keys (int16, |k| <= 511) and values (int8) with their float32 scales, per layer,
+    for `rows` sequences."""
 
     def __init__(self, config: LlamaConfig, rows: int, capacity: int, device: torch.device) -> None:
         shape = (config.layers, rows, config.kv_heads, capacity)
-        self.keys = torch.zeros(*shape, config.head_dim, device=device)
-        self.values = torch.zeros(*shape, config.head_dim, device=device)
+        self.keys = torch.zeros(*shape, config.head_dim, dtype=torch.int16, device=device)
+        self.values = torch.zeros(*shape, config.head_dim, dtype=torch.int8, device=device)
         self.key_scales = torch.zeros(*shape, device=device)
         self.value_scales = torch.zeros(*shape, device=device)
         self.rows, self.capacity = rows, capacity
 
-    def write(self, layer: int, start: int, k, k_scale, v, v_scale) -> None:
-        """Store positions start.. of k, v [rows, kv_heads, T, head_dim] and scales [rows, kv_heads, T]."""
+    @staticmethod
+    def bytes_per_position(config: LlamaConfig) -> int:
+        return config.layers * config.kv_heads * (3 * config.head_dim + 8)
+
+    def write(self, layer: int, start: int, k: Tensor, k_scale: Tensor, v: Tensor, v_scale: Tensor) -> None:
+        """Store positions start.. of integer k, v [rows, kv_heads, T, head_dim] and scales [rows, kv_heads, T]."""
         end = start + k.shape[2]
-        self.keys[layer, :, :, start:end] = k
+        self.keys[layer, :, :, start:end] = k.to(torch.int16)
         self.key_scales[layer, :, :, start:end] = k_scale
-        self.values[layer, :, :, start:end] = v
+        self.values[layer, :, :, start:end] = v.to(torch.int8)
         self.value_scales[layer, :, :, start:end] = v_scale
 
-    def read(self, layer: int, end: int):
+    def read(self, layer: int, end: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Keys and values of positions 0..end-1, scales shaped [rows, kv_heads, 1, end]."""
         return (
             self.keys[layer, :, :, :end],
@@ -119,57 +125,82 @@ class KVCache:
 class ExactLlama:
     """The prepared model: call `forward` with input embeddings and the position of the first."""
 
-    def __init__(self, model: PreTrainedModel, config: LlamaConfig, device: torch.device | str = "cpu") -> None:
-        self.config, self.device = config, torch.device(device)
+    LINEARS = ("qkv", "out", "gate_up", "down")
+
+    def __init__(self, config: LlamaConfig, embed: Tensor, blocks: list[Block], head: ExactLinear) -> None:
+        self.config, self.embed, self.blocks, self.head = config, embed, blocks, head
+        self.residual = exact.hadamard_factors(config.hidden)
+        self.down_rotation = exact.hadamard_factors(config.intermediate)
+        self.cos, self.sin = torch.empty(0), torch.empty(0)
+        self.device = torch.device("cpu")
+
+    @classmethod
+    def prepare(cls, model: PreTrainedModel, config: LlamaConfig) -> ExactLlama:
+        """Fold, rotate and quantize a Hugging Face Llama's weights (seconds: in float64, with
+        every sum exact, so that every machine gets the same integers)."""
         c = config
         w = {name: t.detach().double() for name, t in model.state_dict().items()}
-        self.residual = exact.hadamard_factors(c.hidden)
-        self.value_rotation = exact.hadamard_factors(c.head_dim)
-        self.down_rotation = exact.hadamard_factors(c.intermediate)
+        residual, value_rotation = exact.hadamard_factors(c.hidden), exact.hadamard_factors(c.head_dim)
         into = 1 / math.sqrt(c.hidden)  # exact for 576 = 24**2; any rounding is the same everywhere
 
-        def reads_residual(weight: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+        def reads_residual(weight: Tensor, gain: Tensor) -> Tensor:
             """A projection reading RMSNorm(x) * gain, made to read the rotated stream's norm."""
-            return exact.rotate_weights(weight * gain, self.residual, into)
+            return exact.rotate_weights(weight * gain, residual, into)
 
-        def writes_residual(weight: torch.Tensor) -> torch.Tensor:
+        def writes_residual(weight: Tensor) -> Tensor:
             """A projection whose output is added to the residual stream, made to write it rotated."""
-            return exact.rotate_weights(weight.T, self.residual, into).T
+            return exact.rotate_weights(weight.T, residual, into).T
 
-        def per_head(weight: torch.Tensor, heads: int) -> torch.Tensor:
+        def per_head(weight: Tensor, heads: int) -> Tensor:
             """Rotate each head's slice of the last axis by the value rotation (orthogonal: H/8)."""
-            scale = 1 / math.sqrt(c.head_dim)
             parts = weight.reshape(*weight.shape[:-1], heads, c.head_dim)
-            return exact.rotate_weights(parts, self.value_rotation, scale).reshape(weight.shape)
+            return exact.rotate_weights(parts, value_rotation, 1 / math.sqrt(c.head_dim)).reshape(weight.shape)
 
-        self.embed = exact.rotate_weights(w["model.embed_tokens.weight"], self.residual, into).float()
-        self.blocks = []
+        blocks = []
         for i in range(c.layers):
             p = f"model.layers.{i}."
             attn, mlp = p + "self_attn.", p + "mlp."
             values = per_head(w[attn + "v_proj.weight"].T, c.kv_heads).T  # values come out rotated
             qkv = torch.cat([w[attn + "q_proj.weight"], w[attn + "k_proj.weight"], values])
             gate_up = torch.cat([w[mlp + "gate_proj.weight"], w[mlp + "up_proj.weight"]])
-            down = exact.rotate_weights(w[mlp + "down_proj.weight"], self.down_rotation, 1 / c.intermediate)
-            self.blocks.append(
+            down = exact.rotate_weights(w[mlp + "down_proj.weight"], exact.hadamard_factors(c.intermediate),
+                                        1 / c.intermediate)  # fmt: skip
+            blocks.append(
                 Block(
-                    qkv=ExactLinear(reads_residual(qkv, w[p + "input_layernorm.weight"])),
-                    out=ExactLinear(writes_residual(per_head(w[attn + "o_proj.weight"], c.heads))),
-                    gate_up=ExactLinear(reads_residual(gate_up, w[p + "post_attention_layernorm.weight"])),
-                    down=ExactLinear(writes_residual(down)),
+                    qkv=ExactLinear.of(reads_residual(qkv, w[p + "input_layernorm.weight"])),
+                    out=ExactLinear.of(writes_residual(per_head(w[attn + "o_proj.weight"], c.heads))),
+                    gate_up=ExactLinear.of(reads_residual(gate_up, w[p + "post_attention_layernorm.weight"])),
+                    down=ExactLinear.of(writes_residual(down)),
                 )
             )
         head = w.get("lm_head.weight", w["model.embed_tokens.weight"])  # small models tie them
-        self.head = ExactLinear(reads_residual(head, w["model.norm.weight"]))
-        self.cos, self.sin = torch.empty(0), torch.empty(0)
-        self.to(self.device)
+        embed = exact.rotate_weights(w["model.embed_tokens.weight"], residual, into).float()
+        return cls(config, embed, blocks, ExactLinear.of(reads_residual(head, w["model.norm.weight"])))
+
+    def state(self) -> dict[str, Tensor]:
+        """The prepared numbers (integer weights as int16), to save and load instead of preparing."""
+        linears = {f"{i}.{n}": getattr(b, n) for i, b in enumerate(self.blocks) for n in self.LINEARS}
+        linears["head"] = self.head
+        state = {"embed": self.embed.cpu()}
+        for name, linear in linears.items():
+            state[f"{name}.weight"] = linear.int_weight.cpu()
+            state[f"{name}.scale"] = linear.scale.cpu()
+        return state
+
+    @classmethod
+    def from_state(cls, config: LlamaConfig, state: dict[str, Tensor]) -> ExactLlama:
+        def linear(name: str) -> ExactLinear:
+            return ExactLinear(state[f"{name}.weight"], state[f"{name}.scale"])
+
+        blocks = [Block(*(linear(f"{i}.{n}") for n in cls.LINEARS)) for i in range(config.layers)]
+        return cls(config, state["embed"], blocks, linear("head"))
 
     def to(self, device: torch.device) -> ExactLlama:
         self.device = device
         self.embed = self.embed.to(device)
         for block in self.blocks:
-            for linear in (block.qkv, block.out, block.gate_up, block.down):
-                linear.to(device)
+            for name in self.LINEARS:
+                getattr(block, name).to(device)
         self.head.to(device)
         return self
 
@@ -181,7 +212,8 @@ class ExactLlama:
 
     def embed_vectors(self, vectors: torch.Tensor) -> torch.Tensor:
         """Input embeddings given as vectors (steering) in the model's own basis, rotated."""
-        return exact.rotate_weights(vectors, self.residual, 1 / math.sqrt(self.config.hidden)).float()
+        rotated = exact.rotate_weights(vectors.cpu(), self.residual, 1 / math.sqrt(self.config.hidden))
+        return rotated.float().to(self.device)
 
     @torch.inference_mode()
     def forward(self, x: torch.Tensor, start: int, cache: KVCache) -> torch.Tensor:

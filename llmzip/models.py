@@ -22,7 +22,9 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from . import llama
 from .errors import ModelLoadError
+from .llama import ExactLlama, LlamaConfig
 from .tokenization import ByteTokenizer
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -146,6 +148,35 @@ class LoadedModel:
         for piece in self.tokenizer.id_bytes:
             digest.update(len(piece).to_bytes(4, "little") + piece)
         return digest.digest()[:FINGERPRINT_BYTES]
+
+
+def exact_model(loaded: LoadedModel, device: torch.device) -> ExactLlama:
+    """The exact Llama prepared from `loaded`: for a built-in alias, from the cache when a copy
+    is there and its digest checks out (a second), else prepared (seconds) and cached."""
+    config = LlamaConfig.of(loaded.model)
+    path = cache_dir() / "prepared" / f"{llama.NAME}-{loaded.fingerprint.hex()}.pt"
+    if loaded.name in ALIASES and path.exists():
+        with contextlib.suppress(Exception):  # unreadable or damaged: prepare it again
+            saved = torch.load(path, weights_only=True)
+            if saved["digest"] == _digest(saved["state"]):
+                return ExactLlama.from_state(config, saved["state"]).to(device)
+    model = ExactLlama.prepare(loaded.model, config)
+    if loaded.name in ALIASES:
+        with contextlib.suppress(OSError):  # no space or no permission: preparing again next time works
+            path.parent.mkdir(parents=True, exist_ok=True)
+            state = model.state()
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            torch.save({"digest": _digest(state), "state": state}, tmp)
+            os.replace(tmp, path)
+    return model.to(device)
+
+
+def _digest(state: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        digest.update(name.encode())
+        digest.update(state[name].contiguous().view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 def load_model(spec: str = DEFAULT_MODEL, quiet: bool = True) -> LoadedModel:

@@ -39,7 +39,7 @@ class Recording:
 def predictors(loaded, kind):
     alphabet = loaded.tokenizer.alphabet_size
     if kind == "exact":
-        model = ExactLlama(loaded.model, LlamaConfig.of(loaded.model))
+        model = ExactLlama.prepare(loaded.model, LlamaConfig.of(loaded.model))
         return Recording(ExactPredictor(model, alphabet)), Recording(ExactPredictor(model, alphabet))
     return tuple(Recording(FloatPredictor(loaded.model, 5, alphabet, kind)) for _ in range(2))
 

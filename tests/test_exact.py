@@ -50,11 +50,16 @@ def test_kernels_give_the_torch_codes_bits(torch_only, monkeypatch):
         torch.rand(*shape, generator=rng) * 1e-3 + 1e-5 for shape in ((2, 3, 12, 1), (2, 3, 1, 40), (2, 3, 1, 40))
     ]
     positions = torch.tensor([5, 17, 39, 0] * 3)
-    calls = lambda: [  # noqa: E731
-        exact.silu_mul(x, y),
-        exact.softmax_weights(logits),
-        exact.attention(q, scales[0], k, scales[1], v, scales[2], positions),
-    ]
+    step = torch.tensor([39, 20, 7])  # three queries: a decoding step reads the integer cache directly
+
+    def calls() -> list[torch.Tensor]:
+        return [
+            exact.silu_mul(x, y),
+            exact.softmax_weights(logits),
+            exact.attention(q, scales[0], k, scales[1], v, scales[2], positions),
+            exact.attention(q[..., :3, :], scales[0][..., :3, :], k.short(), scales[1], v.char(), scales[2], step),
+        ]
+
     reference = calls()
     monkeypatch.undo()
     assert all(torch.equal(a, b) for a, b in zip(reference, calls(), strict=True))
@@ -83,11 +88,10 @@ def test_linear_is_the_exact_integer_product(k):
     rng = np.random.default_rng(k)
     weight = torch.from_numpy(rng.standard_normal((48, k)))
     weight[:, 0] = 100.0  # each row's maximum is its first column: those entries quantize to +-levels
-    linear = exact.ExactLinear(weight)
+    linear = exact.ExactLinear.of(weight)
     x = torch.from_numpy(rng.choice([-127.0, 127.0], (5, k))).float()
-    expected = (x.long() @ linear.int_weight.long().T).double()
-    got = linear(x, torch.ones(5, 1)) / linear.scale
-    assert torch.equal(got.double(), (expected.float() * linear.scale / linear.scale).double())
+    expected = x.long() @ linear.int_weight.long().T
+    assert torch.equal(linear(x, torch.ones(5, 1)), expected.float() * linear.scale)
     assert max(b - a for a, b in linear.bounds) * 127 * linear.int_weight.abs().max() < 2**24
 
 

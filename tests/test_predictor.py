@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from llmzip import Compressor, DecodeMismatchError, LlmzipError, UnsupportedVersionError, container, llama
+from llmzip import Compressor, DecodeMismatchError, LlmzipError, UnsupportedVersionError, container, llama, models
 from llmzip.llama import ExactLlama, LlamaConfig
 from llmzip.predictor import MIN_ROWS, ExactPredictor, FloatPredictor, forward_name
 
@@ -14,7 +14,7 @@ TEXT = b"the rain and the sun in the morning, \xd0\x9f\xd1\x80\xd0\xb8\xd0\xb2\x
 
 @pytest.fixture(scope="module")
 def exact_tiny(tiny):
-    return ExactLlama(tiny.model, LlamaConfig.of(tiny.model))
+    return ExactLlama.prepare(tiny.model, LlamaConfig.of(tiny.model))
 
 
 def test_exact_llama_computes_the_hugging_face_model(tiny, exact_tiny):
@@ -148,3 +148,23 @@ def test_a_cache_larger_than_memory_is_refused_before_allocating(tiny, exact_tin
     ):
         with pytest.raises(LlmzipError, match="GiB of KV cache"):
             predictor.start(MIN_ROWS, 10**12)
+
+
+def test_prepared_weights_are_cached_and_a_damaged_copy_is_prepared_again(tiny, monkeypatch, tmp_path):
+    """The prepared integers of a built-in model are kept on disk with a digest; a copy that
+    fails it is never used."""
+    monkeypatch.setenv("LLMZIP_CACHE_DIR", str(tmp_path))
+    monkeypatch.setitem(models.ALIASES, tiny.name, None)  # cached like a built-in alias
+    ids = torch.from_numpy(tiny.tokenizer.encode(TEXT)[:30].astype(np.int64))[None]
+
+    def logits(model):
+        return model.forward(model.embed[ids], 0, model.new_cache(1, 30))
+
+    reference = logits(models.exact_model(tiny, torch.device("cpu")))
+    (saved,) = (tmp_path / "prepared").iterdir()
+    assert torch.equal(logits(models.exact_model(tiny, torch.device("cpu"))), reference)
+    damaged = bytearray(saved.read_bytes())
+    damaged[len(damaged) // 2] ^= 1  # inside the tensors
+    saved.write_bytes(bytes(damaged))
+    assert torch.equal(logits(models.exact_model(tiny, torch.device("cpu"))), reference)
+    assert saved.read_bytes() != bytes(damaged)  # prepared again and saved over the damaged copy
