@@ -17,7 +17,7 @@ import click
 from tqdm import tqdm
 
 from . import __version__, container, hyperprior
-from .compressor import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, Compressor, decoding_threads
+from .compressor import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, Compressor, MachineBoundWarning, decoding_threads
 from .container import Header
 from .errors import LlmzipError
 from .models import ALIASES, DEFAULT_MODEL, alias_path
@@ -39,7 +39,6 @@ class _Cli(click.Group):
     def main(self, args: list[str] | None = None, *a: Any, **kw: Any) -> Any:
         args = list(sys.argv[1:] if args is None else args)
         kw["standalone_mode"] = False
-        warnings.formatwarning = lambda message, *_, **__: f"llmzip: warning: {message}\n"
         for signum in (signal.SIGTERM, signal.SIGHUP):  # exit through `finally` blocks, which remove temp files
             signal.signal(signum, _exit_on_signal)
         try:
@@ -295,7 +294,12 @@ def compress(
                 if training_bar.n == training_bar.total:
                     coding_bar.reset()  # so the coding ETA does not count the training time
 
-            archive = compressor.compress_stream(stream, coding_bar.update, on_train_step=on_train_step)
+            with warnings.catch_warnings(record=True) as caught:  # printed here, whatever the warning filters say
+                warnings.simplefilter("always", MachineBoundWarning)
+                archive = compressor.compress_stream(stream, coding_bar.update, on_train_step=on_train_step)
+    for warning in caught:
+        if not quiet:
+            click.echo(f"llmzip: warning: {warning.message}", err=True)
     with closing(archive):
         write_atomically(target, archive.blocks(), _input_mode(file))
     _finish(file, target, remove)
