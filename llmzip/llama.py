@@ -141,6 +141,7 @@ class ExactLlama:
         c = config
         w = {name: t.detach().double() for name, t in model.state_dict().items()}
         residual, value_rotation = exact.hadamard_factors(c.hidden), exact.hadamard_factors(c.head_dim)
+        down_rotation = exact.hadamard_factors(c.intermediate)
         into = 1 / math.sqrt(c.hidden)  # exact for 576 = 24**2; any rounding is the same everywhere
 
         def reads_residual(weight: Tensor, gain: Tensor) -> Tensor:
@@ -163,8 +164,7 @@ class ExactLlama:
             values = per_head(w[attn + "v_proj.weight"].T, c.kv_heads).T  # values come out rotated
             qkv = torch.cat([w[attn + "q_proj.weight"], w[attn + "k_proj.weight"], values])
             gate_up = torch.cat([w[mlp + "gate_proj.weight"], w[mlp + "up_proj.weight"]])
-            down = exact.rotate_weights(w[mlp + "down_proj.weight"], exact.hadamard_factors(c.intermediate),
-                                        1 / c.intermediate)  # fmt: skip
+            down = exact.rotate_weights(w[mlp + "down_proj.weight"], down_rotation, 1 / c.intermediate)
             blocks.append(
                 Block(
                     qkv=ExactLinear.of(reads_residual(qkv, w[p + "input_layernorm.weight"])),
@@ -224,7 +224,8 @@ class ExactLlama:
         end = start + length
         groups = c.heads // c.kv_heads
         cos, sin = self.cos[start:end, None], self.sin[start:end, None]
-        positions = torch.arange(start, end).repeat(groups)  # of each query row: keys after it are not attended
+        # Of each query row: keys after it are not attended.
+        positions = torch.arange(start, end).repeat(groups).to(self.device)
         key_scale = exact.LOG2E / math.sqrt(c.head_dim)  # scores in log2 units
         for i, block in enumerate(self.blocks):
             h, h_scale = quantize_normed(x, c.rms_eps)
@@ -238,7 +239,7 @@ class ExactLlama:
             # [rows, kv_heads, groups * T, head_dim]: each key/value head with all its queries
             q = q.view(rows, length, c.kv_heads, groups, c.head_dim).permute(0, 2, 3, 1, 4)
             q, q_scale = quantize(q.reshape(rows, c.kv_heads, groups * length, c.head_dim), QK_LEVELS)
-            o = attention(q, q_scale, *cache.read(i, end), positions.to(self.device))
+            o = attention(q, q_scale, *cache.read(i, end), positions)
             o = o.view(rows, c.kv_heads, groups, length, c.head_dim).permute(0, 3, 1, 2, 4)
             o, o_scale = quantize(o.reshape(rows, length, c.heads * c.head_dim), exact.ACTIVATION_LEVELS)
             x = x + block.out(o, o_scale)
