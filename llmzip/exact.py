@@ -50,6 +50,8 @@ def weight_levels(k: int) -> int:
 def quantize(x: torch.Tensor, levels: int, dim: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
     """Integers q in [-levels, levels] (float32) and scales s with x ≈ q * s, one scale per
     slice along `dim` taken from max|x| (exact: max does not depend on the order)."""
+    if dim in (-1, x.dim() - 1) and (fused := _fused(x)):
+        return tuple(fused.quantize(x, levels, TINY))
     scale = torch.clamp(x.abs().amax(dim, keepdim=True), min=TINY) / levels
     return torch.round(x / scale), scale
 
@@ -161,12 +163,18 @@ def silu_mul(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return x * (numerator / (1.0 + t)) * y
 
 
-def softmax_weights(logits: torch.Tensor) -> torch.Tensor:
-    """Unnormalized probabilities e**(z - max z), float32, the largest exactly 1."""
-    if fused := _fused(logits):
-        return fused.softmax_weights(logits, LOG2E)
+def softmax_weights(logits: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Unnormalized probabilities e**(z - max z), the largest exactly 1: float32 [rows, n], or
+    written into the first n columns of `out` (float64 [rows, >= n], what the coder reads)."""
+    if out is not None and out.device.type == "cpu" and (fused := _fused(logits)):
+        fused.softmax_weights_into(logits, out, LOG2E)
+        return out
     top = logits.amax(-1, keepdim=True)
-    return exp2_neg((top - logits) * LOG2E)
+    weights = exp2_neg((top - logits) * LOG2E)
+    if out is None:
+        return weights
+    out[:, : weights.shape[-1]] = weights
+    return out
 
 
 def attention(

@@ -22,6 +22,7 @@ namespace {
 constexpr float kPoly[] = {LLMZIP_EXP2_POLY};
 constexpr int kDegree = sizeof(kPoly) / sizeof(kPoly[0]) - 1;
 constexpr int kLanes = 16;  // independent partial maxima, so that max over a row vectorises
+constexpr int64_t kSlice = 32;  // value dimensions summed at once in attention_cached
 
 inline float exp2_neg(float d) {
   d = std::min(d, 127.0f);
@@ -63,23 +64,52 @@ inline double rounded_sum(const float* x, int64_t n, float scale) {
   return sum;
 }
 
-// exact.softmax_weights: exp(z - max z) per row of a [rows, n] tensor.
-torch::Tensor softmax_weights(torch::Tensor logits, double log2e) {
+// exact.quantize over the last axis: per row, scale = max(max|x|, tiny) / levels and q = round(x / scale).
+std::vector<torch::Tensor> quantize(torch::Tensor x, double levels, double tiny) {
+  auto xc = x.contiguous();
+  const int64_t n = xc.size(-1), rows = xc.numel() / n;
+  auto q = torch::empty_like(xc);
+  auto sizes = xc.sizes().vec();
+  sizes.back() = 1;
+  auto scale = torch::empty(sizes, xc.options());
+  const float* in = xc.data_ptr<float>();
+  float* qp = q.data_ptr<float>();
+  float* sp = scale.data_ptr<float>();
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float* xr = in + r * n;
+      float lanes[kLanes] = {};
+      int64_t j = 0;
+      for (; j + kLanes <= n; j += kLanes)
+        for (int l = 0; l < kLanes; ++l) lanes[l] = std::max(lanes[l], std::fabs(xr[j + l]));
+      float top = 0.0f;
+      for (int l = 0; l < kLanes; ++l) top = std::max(top, lanes[l]);
+      for (; j < n; ++j) top = std::max(top, std::fabs(xr[j]));
+      const float s = std::max(top, static_cast<float>(tiny)) / static_cast<float>(levels);
+      sp[r] = s;
+      float* out = qp + r * n;
+      for (j = 0; j < n; ++j) out[j] = std::nearbyint(xr[j] / s);
+    }
+  });
+  return {q, scale};
+}
+
+// exact.softmax_weights written as float64 into out[:, :n] (the coder reads float64 rows).
+void softmax_weights_into(torch::Tensor logits, torch::Tensor out, double log2e) {
   auto z = logits.contiguous();
-  const int64_t n = z.size(-1), rows = z.numel() / n;
-  auto out = torch::empty_like(z);
+  const int64_t n = z.size(-1), rows = z.numel() / n, stride = out.stride(0);
+  TORCH_CHECK(out.dim() == 2 && out.size(0) == rows && out.size(1) >= n && out.stride(1) == 1);
   const float* in = z.data_ptr<float>();
-  float* o = out.data_ptr<float>();
+  double* o = out.data_ptr<double>();
   const float c = static_cast<float>(log2e);
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const float* x = in + r * n;
       const float top = row_max(x, n);
-      float* out_row = o + r * n;
-      for (int64_t j = 0; j < n; ++j) out_row[j] = exp2_neg((top - x[j]) * c);
+      double* out_row = o + r * stride;
+      for (int64_t j = 0; j < n; ++j) out_row[j] = static_cast<double>(exp2_neg((top - x[j]) * c));
     }
   });
-  return out;
 }
 
 // exact.silu(gate) * up.
@@ -152,11 +182,31 @@ std::vector<torch::Tensor> attention_weights(torch::Tensor scores, torch::Tensor
   return {weights, factor};
 }
 
+// sum of a[d] * b[d] over d < dim, unrolled when Dim gives it: with |a|, |b| <= 511 and
+// dim <= 64, |sum| < 2**24 is exact, and the integer float32 products would give.
+template <int64_t Dim>
+inline int32_t dot(const int16_t* a, const int16_t* b, int64_t dim) {
+  int32_t sum = 0;
+  for (int64_t d = 0; d < (Dim ? Dim : dim); ++d) sum += static_cast<int32_t>(a[d]) * static_cast<int32_t>(b[d]);
+  return sum;
+}
+
+// out[d] = factor * sum_j w[j] * v[j * dim + d] for d < Width, the sums held in registers. The
+// weights are integers summing to about 2**16 and |v| <= 127: every partial sum is an integer
+// below 2**24, exact in float32.
+template <int64_t Width>
+inline void weighted_slice(const float* w, const int8_t* v, int64_t n, int64_t dim, float factor, float* out) {
+  float sums[Width] = {};
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t d = 0; d < Width; ++d) sums[d] += w[j] * static_cast<float>(v[j * dim + d]);
+  for (int64_t d = 0; d < Width; ++d) out[d] = sums[d] * factor;
+}
+
 // exact.attention with the integer cache read directly (int16 keys, int8 values: a quarter and
 // an eighth of float32's memory traffic, which bounds a decoding step): q [B, Q, D] integers,
 // q_scale [B, Q, 1], k [B, T, D] int16, k_scale [B, 1, T], v [B, T, D] int8, v_scale [B, 1, T]
-// (B may be strided: rows of a larger cache), positions [Q]. Integer dot products and weighted
-// sums in int32 are the same integers the float32 products give, so the output has their bits.
+// (B may be strided: rows of a larger cache), positions [Q]. The dot products in int32 and the
+// weighted sums are the integers the float32 products give, so the output has their bits.
 torch::Tensor attention_cached(torch::Tensor q, torch::Tensor q_scale, torch::Tensor k, torch::Tensor k_scale,
                                torch::Tensor v, torch::Tensor v_scale, torch::Tensor positions) {
   auto qc = q.contiguous(), qs = q_scale.contiguous(), pos = positions.contiguous();
@@ -174,28 +224,32 @@ torch::Tensor attention_cached(torch::Tensor q, torch::Tensor q_scale, torch::Te
   float* op = out.data_ptr<float>();
   const int64_t k_stride = k.stride(0), v_stride = v.stride(0), ks_stride = k_scale.stride(0),
                 vs_stride = v_scale.stride(0);
-  at::parallel_for(0, batch * queries, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> acc(keys), w(keys), scaled(keys), e(keys);
-    std::vector<int32_t> qi(dim), sums(dim);
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t b = row / queries, i = row % queries;
-      const int64_t n = std::min(pp[i], keys - 1) + 1;
-      for (int64_t d = 0; d < dim; ++d) qi[d] = static_cast<int32_t>(qp[row * dim + d]);
+  // One (row, key/value head) at a time, with all its queries: each key is read once for all.
+  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> acc(queries * keys), w(keys), scaled(keys), e(keys);
+    std::vector<int16_t> qi(queries * dim);  // |q| <= 511: int16 products summed in int32
+    int64_t longest = 0;
+    for (int64_t i = 0; i < queries; ++i) longest = std::max(longest, std::min(pp[i], keys - 1) + 1);
+    for (int64_t b = begin; b < end; ++b) {
+      for (int64_t d = 0; d < queries * dim; ++d) qi[d] = static_cast<int16_t>(qp[b * queries * dim + d]);
       const int16_t* kb = kp + b * k_stride;
-      for (int64_t j = 0; j < n; ++j) {
-        int32_t dot = 0;  // |dot| <= dim * 511 * 511 < 2**24: exact, and what float32 gives
-        for (int64_t d = 0; d < dim; ++d) dot += qi[d] * static_cast<int32_t>(kb[j * dim + d]);
-        acc[j] = static_cast<float>(dot);
+      for (int64_t j = 0; j < longest; ++j) {
+        const int16_t* kr = kb + j * dim;
+        for (int64_t i = 0; i < queries; ++i) {
+          const int16_t* qr = qi.data() + i * dim;
+          acc[i * keys + j] = static_cast<float>(dim == 64 ? dot<64>(qr, kr, dim) : dot<0>(qr, kr, dim));
+        }
       }
-      const float factor = query_weights(acc.data(), ksp + b * ks_stride, vsp + b * vs_stride, qsp[row], n, w.data(),
-                                         scaled.data(), e.data());
-      std::fill(sums.begin(), sums.end(), 0);
       const int8_t* vb = vp + b * v_stride;
-      for (int64_t j = 0; j < n; ++j) {
-        const int32_t wj = static_cast<int32_t>(w[j]);
-        for (int64_t d = 0; d < dim; ++d) sums[d] += wj * static_cast<int32_t>(vb[j * dim + d]);
+      for (int64_t i = 0; i < queries; ++i) {
+        const int64_t row = b * queries + i, n = std::min(pp[i], keys - 1) + 1;
+        const float factor = query_weights(acc.data() + i * keys, ksp + b * ks_stride, vsp + b * vs_stride, qsp[row],
+                                           n, w.data(), scaled.data(), e.data());
+        float* o = op + row * dim;
+        int64_t d0 = 0;
+        for (; d0 + kSlice <= dim; d0 += kSlice) weighted_slice<kSlice>(w.data(), vb + d0, n, dim, factor, o + d0);
+        for (; d0 < dim; ++d0) weighted_slice<1>(w.data(), vb + d0, n, dim, factor, o + d0);
       }
-      for (int64_t d = 0; d < dim; ++d) op[row * dim + d] = static_cast<float>(sums[d]) * factor;
     }
   });
   return out;
@@ -204,7 +258,8 @@ torch::Tensor attention_cached(torch::Tensor q, torch::Tensor q_scale, torch::Te
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("softmax_weights", &softmax_weights);
+  m.def("quantize", &quantize);
+  m.def("softmax_weights_into", &softmax_weights_into);
   m.def("silu_mul", &silu_mul);
   m.def("attention_weights", &attention_weights);
   m.def("attention_cached", &attention_cached);

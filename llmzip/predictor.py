@@ -80,6 +80,7 @@ class ExactPredictor:
         self.prefix = None if prefix is None else self._embed(torch.as_tensor(prefix))
         self.cache: llama.KVCache | None = None
         self.rows = self.position = 0
+        self.weights = torch.zeros(0, alphabet_size, dtype=torch.float64)
 
     def _embed(self, items: torch.Tensor) -> torch.Tensor:
         """Token ids or vectors -> rotated input embeddings [N, hidden]."""
@@ -103,7 +104,8 @@ class ExactPredictor:
         self.rows, self.position = rows, self.prefix_length
 
     def step(self, input_ids: np.ndarray) -> np.ndarray:
-        """Feed one token per row; return each row's next-token weights over the alphabet."""
+        """Feed one token per row; return each row's next-token weights over the alphabet (an
+        array reused by the next call)."""
         x = self.model.embed[torch.from_numpy(input_ids).to(self.model.device)][:, None]
         logits = self.model.forward(x, self.position, self.cache)[:, 0]
         self.position += 1
@@ -111,7 +113,8 @@ class ExactPredictor:
 
     def forced(self, input_ids: np.ndarray) -> Iterator[np.ndarray]:
         """Teacher forcing of one sequence (call `start(1, len(input_ids))` first): the weights
-        after each input, FORCED_BLOCK positions at a time; the same numbers `step` gives."""
+        after each input, FORCED_BLOCK positions at a time (each array valid until the next); the
+        same numbers `step` gives."""
         ids = torch.from_numpy(input_ids).to(self.model.device)
         for first in range(0, len(ids), FORCED_BLOCK):
             x = self.model.embed[ids[None, first : first + FORCED_BLOCK]]
@@ -122,9 +125,9 @@ class ExactPredictor:
     def _weights(self, logits: torch.Tensor) -> np.ndarray:
         # Escape symbols beyond the vocabulary get weight 0; the coder lifts every symbol to its
         # smallest representable probability.
-        weights = np.zeros((len(logits), self.alphabet_size), dtype=np.float64)
-        weights[:, : self.vocab] = exact.softmax_weights(logits).cpu().numpy()
-        return weights
+        if self.weights.shape[0] != len(logits):
+            self.weights = torch.zeros(len(logits), self.alphabet_size, dtype=torch.float64)
+        return exact.softmax_weights(logits.cpu(), self.weights).numpy()
 
 
 class PreallocatedLayer(DynamicLayer):

@@ -56,8 +56,20 @@ def test_kernels_give_the_torch_codes_bits(torch_only, monkeypatch):
         return [
             exact.silu_mul(x, y),
             exact.softmax_weights(logits),
+            exact.softmax_weights(logits, torch.zeros(5, 3010, dtype=torch.float64)),
+            *exact.quantize(x[:4096].view(64, 64), 127),
+            *exact.quantize(torch.cat([x[:4096].view(64, 64).T, torch.zeros(1, 64)]), 511),  # strided, a zero row
             exact.attention(q, scales[0], k, scales[1], v, scales[2], positions),
             exact.attention(q[..., :3, :], scales[0][..., :3, :], k.short(), scales[1], v.char(), scales[2], step),
+            exact.attention(
+                q[..., :3, :40],
+                scales[0][..., :3, :],
+                k[..., :40].short(),
+                scales[1],
+                v[..., :40].char(),
+                scales[2],
+                step,
+            ),  # head_dim 40: the kernel's general loops
         ]
 
     reference = calls()

@@ -59,7 +59,8 @@ def test_exact_weights_do_not_depend_on_forcing_rows_or_threads(tiny, exact_tiny
     torch.set_num_threads(threads)
     try:
         predictor.start(1, len(chunk))
-        forced = np.concatenate(list(predictor.forced(np.concatenate([[tokenizer.roles.start_id], chunk[:-1]]))))
+        inputs = np.concatenate([[tokenizer.roles.start_id], chunk[:-1]])
+        forced = np.concatenate([w.copy() for w in predictor.forced(inputs)])  # each valid until the next
         for rows, row in [(1, 0), (3, 2), (7, 6)]:
             assert np.array_equal(_stepped(predictor, rows, chunk, row, tokenizer.roles.start_id), forced)
     finally:
