@@ -7,8 +7,9 @@ peak RSS and the predictor's weight memory.
 
 Each precision runs in a process of its own, so its peak RSS is its own. `weight_mb` is how
 much the resident set grows while the predictor builds its weights (converted and packed from
-the float32 model, which stays loaded), allocator slack included. torch.compile of the step is measured apart, by
-compile_step.py. Results: benchmarks/results/predictor_<file>_<bytes>.json.
+the float32 model, which stays loaded), allocator slack included. Results:
+benchmarks/results/predictor_<file>_<bytes>.json (predictor_<model>_<file>_<bytes>.json for
+another model than the default).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from common import load_input, machine, markdown_table, round_trip, save
 
 from llmzip import Compressor, load_model
 from llmzip.compressor import DEFAULT_CHUNK_SIZE
-from llmzip.llama import ExactLlama, LlamaConfig
-from llmzip.predictor import EXACT, PRECISIONS, FloatPredictor
+from llmzip.models import DEFAULT_MODEL
+from llmzip.predictor import EXACT, PRECISIONS, FloatPredictor, exact_architecture
 
 COLUMNS = ["precision", "bits_per_byte", "vs_fp32", "compress_bytes_per_s", "decompress_bytes_per_s",
            "peak_rss_mb", "weight_mb"]  # fmt: skip
@@ -44,7 +45,8 @@ def one(model: str, file: str, nbytes: int | None, precision: str, chunk_size: i
     gc.collect()
     before = rss_mb()
     if precision == EXACT:
-        predictor = ExactLlama.prepare(loaded.model, LlamaConfig.of(loaded.model))
+        architecture = exact_architecture(loaded.model)
+        predictor = architecture.prepare(loaded.model, architecture.config_of(loaded.model))
     else:
         predictor = FloatPredictor(loaded.model, 4, loaded.tokenizer.alphabet_size, precision)
     weight_mb = rss_mb() - before
@@ -64,7 +66,7 @@ def one(model: str, file: str, nbytes: int | None, precision: str, chunk_size: i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("file", nargs="?", default="enwik5")
-    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--bytes", type=int, default=0, help="code only this prefix of the file (0: all)")
     parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
     parser.add_argument("--precisions", default=",".join([EXACT, *PRECISIONS]))
@@ -91,7 +93,8 @@ def main() -> None:
     report = {"machine": machine(), "model": args.model, "file": name, "bytes": len(data),
               "chunk_size": args.chunk_size, "rows": rows}  # fmt: skip
     suffix = "_quick" if args.quick else ""
-    print(f"\nwritten to {save(f'predictor_{name}_{len(data)}{suffix}.json', report)}\n")
+    model = "" if args.model == DEFAULT_MODEL else f"{Path(args.model).name}_"
+    print(f"\nwritten to {save(f'predictor_{model}{name}_{len(data)}{suffix}.json', report)}\n")
     print(markdown_table(rows, COLUMNS))
 
 

@@ -334,6 +334,7 @@ def predictor_tables() -> list[Table]:
     found = [(n, r) for n, r in _load("predictor_*.json") if "quick" not in n]
     rows = [
         [
+            r.get("model", "smollm2-135m"),
             _label(r["file"], r["bytes"], FULL_SIZES),
             row["precision"],
             f"{row['bits_per_byte']:.4f}",
@@ -353,6 +354,7 @@ def predictor_tables() -> list[Table]:
             "predictor",
             "The predictor: exact (machine-independent) against float forwards (machine-bound)",
             [
+                "model",
                 "input",
                 "precision",
                 "bits/byte",
@@ -434,6 +436,7 @@ def speed_tables() -> list[Table]:
     found = _load("speed_*.json")
     rows = [
         [
+            r["settings"]["model"],
             _label(r["settings"]["file"], r["bytes"], FULL_SIZES),
             _n(r["tokens"]),
             r["settings"]["precision"],
@@ -455,6 +458,7 @@ def speed_tables() -> list[Table]:
             "speed",
             "Speed against teacher forcing (efficiency = coding tokens/s over teacher-forced tokens/s)",
             [
+                "model",
                 "input",
                 "tokens",
                 "precision",

@@ -6,7 +6,8 @@ Reports tokens/s and bytes/s of compress and decompress (model already loaded), 
 teacher-forced forward over the same chunks at the same rows and threads (the practical upper
 bound), their ratio ("efficiency"), peak RSS, and a cProfile breakdown of each direction:
 model forward, probabilities (softmax and copy), range coding, and the rest (Python).
-Results go to benchmarks/results/speed_<file>_<bytes>.json.
+Results go to benchmarks/results/speed_<file>_<bytes>.json (speed_<model>_<file>_<bytes>.json
+for another model than the default).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from transformers import DynamicCache
 
 from llmzip import Compressor, container, load_model
 from llmzip.compressor import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, torch_threads
+from llmzip.models import DEFAULT_MODEL
 from llmzip.predictor import EXACT, PRECISIONS, FloatPredictor, default_precision
 
 SLICE = 256  # teacher-forced positions per forward: 26 rows x 256 x 49152 float32 logits = 1.3 GB
@@ -44,9 +46,8 @@ def profile(fn) -> tuple[object, float, dict[str, float]]:
 
     def forward(k: tuple) -> bool:  # the exact model's forward, or the float predictor's
         file, _, name = k
-        return (file, name) in (("llama.py", "forward"), ("predictor.py", "_forward")) or any(
-            file.endswith(f"/{f}") and name == n for f, n in (("llama.py", "forward"), ("predictor.py", "_forward"))
-        )
+        forwards = (("llama.py", "forward"), ("gemma3.py", "forward"), ("predictor.py", "_forward"))
+        return (file, name) in forwards or any(file.endswith(f"/{f}") and name == n for f, n in forwards)
 
     def probabilities(k: tuple) -> bool:  # logits -> weights over the alphabet, into numpy
         return k[2] in ("_weights", "softmax_weights") or "softmax" in k[2] or "'numpy' of 'torch" in k[2]
@@ -80,7 +81,7 @@ def teacher_forced_seconds(model, chunks: list[np.ndarray], start_id: int, batch
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("file", type=Path)
-    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--bytes", type=int, default=None, help="code only this prefix of the file")
     parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
@@ -122,7 +123,8 @@ def main() -> None:
         "peak_rss_mb": coding_peak_rss_mb,
     }
     print(json.dumps(report, indent=2))
-    save(f"speed_{args.file.name}_{len(data)}.json", report)
+    model = "" if args.model == DEFAULT_MODEL else f"{Path(args.model).name}_"
+    save(f"speed_{model}{args.file.name}_{len(data)}.json", report)
 
 
 if __name__ == "__main__":

@@ -29,12 +29,12 @@ from .errors import (
     UnsupportedVersionError,
     WrongModelError,
 )
-from .llama import ExactLlama
 from .models import DEFAULT_MODEL, LoadedModel, exact_model, load_model
 from .predictor import (
     EXACT,
     MIN_ROWS,
     PRECISIONS,
+    ExactModel,
     ExactPredictor,
     FloatPredictor,
     Predictor,
@@ -150,7 +150,7 @@ class Compressor:
         self.threads = threads or torch.get_num_threads()
         self.precision = precision or default_precision(self.model.model)
         self.device = resolve_device(device)
-        self._exact_model: ExactLlama | None = None  # prepared once, on first use
+        self._exact_model: ExactModel | None = None  # prepared once, on first use
         self.steer = steering.parse_spec(steer)
         hyperprior.check_options(prior, prior_bins, prior_clip)
         self.prior, self.prior_bins, self.prior_clip = prior, prior_bins, prior_clip

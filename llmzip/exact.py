@@ -13,7 +13,7 @@ last bit. Everything the exact models compute is built from two kinds of operati
   order, which are correctly rounded everywhere; exp and sin/cos are polynomials written with
   them, never torch's. No op may fuse a multiply and an add (no addcmul, no torch.compile).
 
-The model code (`llama.py`) is written in these terms and nothing else.
+The model code (`llama.py`, `gemma3.py`) is written in these terms and nothing else.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ EXACT_SUM = 2**24  # float32 represents every integer up to this
 ACTIVATION_LEVELS = 127  # linear inputs are quantized per row to integers in [-127, 127]
 TINY = 2.0**-100  # smallest quantization scale: keeps an all-zero row finite
 LOG2E = 1.4426950408889634
+GELU_SCALE = 1.5957691216057308  # 2 * sqrt(2 / pi)
+NO_WINDOW = 2**62  # attention without a sliding window
 CACHED_QUERIES = 16  # at most this many queries per key/value head read an integer cache directly
 MAX_PIECE = (EXACT_SUM - 1) // (ACTIVATION_LEVELS * 127)  # longest dot product kept with >= 127 weight levels
 
@@ -56,13 +58,17 @@ def quantize(x: torch.Tensor, levels: int, dim: int = -1) -> tuple[torch.Tensor,
     return torch.round(x / scale), scale
 
 
-def quantize_normed(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_normed(x: torch.Tensor, eps: float, levels: int = ACTIVATION_LEVELS) -> tuple[torch.Tensor, torch.Tensor]:
     """RMSNorm (without gain: the gain is folded into the next weights) and quantization in one:
-    q * s ≈ x / rms(x). The sum of squares is taken over the integers q, so it is exact."""
-    q, scale = quantize(x, ACTIVATION_LEVELS)
-    squares = (q * q).sum(-1, keepdim=True)  # <= hidden * 127**2 < 2**24 for hidden < 1040
+    q * s ≈ x / rms(x). The sum of squares is taken over the integers q, so it is exact (in
+    float64 where it may pass 2**24)."""
+    q, scale = quantize(x, levels)
+    if x.shape[-1] * levels**2 < EXACT_SUM:
+        squares = (q * q).sum(-1, keepdim=True)
+    else:
+        squares = (q.double() * q.double()).sum(-1, keepdim=True)
     mean = squares / x.shape[-1]
-    return q, 1.0 / torch.sqrt(mean + eps / (scale * scale))
+    return q, (1.0 / torch.sqrt(mean + eps / (scale * scale))).float()
 
 
 class ExactLinear:
@@ -163,6 +169,18 @@ def silu_mul(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return x * (numerator / (1.0 + t)) * y
 
 
+def gelu_tanh_mul(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """gelu(x) * y with the tanh approximation (Gemma's gelu_pytorch_tanh): gelu(x) = x * sigmoid(z)
+    with z = 2 * sqrt(2/pi) * (x + 0.044715 x**3), and sigmoid as in `silu_mul`."""
+    z = x * x
+    z = z * x
+    z = z * 0.044715
+    z = (x + z) * GELU_SCALE
+    t = exp2_neg(z.abs() * LOG2E)
+    numerator = torch.where(z >= 0, 1.0, t)
+    return x * (numerator / (1.0 + t)) * y
+
+
 def softmax_weights(logits: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """Unnormalized probabilities e**(z - max z), the largest exactly 1: float32 [rows, n], or
     written into the first n columns of `out` (float64 [rows, >= n], what the coder reads)."""
@@ -185,10 +203,12 @@ def attention(
     v: torch.Tensor,
     v_scale: torch.Tensor,
     positions: torch.Tensor,
+    window: int | None = None,
 ) -> torch.Tensor:
     """softmax(q·k) · v over integer q, k, v, with scores in log2 units (k_scale includes
-    log2(e)/sqrt(head_dim)). Shapes: q [..., Q, D], q_scale [..., Q, 1], k and v [..., T, D],
-    k_scale and v_scale [..., 1, T]; positions [Q] (int64): query i attends keys 0..positions[i].
+    log2(e) times the attention's scaling). Shapes: q [..., Q, D], q_scale [..., Q, 1], k and v
+    [..., T, D], k_scale and v_scale [..., 1, T]; positions [Q] (int64): query i attends keys
+    0..positions[i], or only the last `window` of them.
 
     The weights p_j * v_scale_j are rounded to integers W_j that sum to about 2**16, so
     sum_j W_j * v_j (|v| <= 127) stays below 2**24: an exact product. The softmax's
@@ -198,19 +218,21 @@ def attention(
 
     k and v may be a cache's int16 and int8 tensors: a few queries (a decoding step) then read
     them directly in the fused kernel, a quarter and an eighth of float32's memory traffic."""
+    window = window or NO_WINDOW
     fused = _fused(q, q_scale, k_scale, v_scale)
     if fused and k.dtype == torch.int16 and v.dtype == torch.int8 and q.shape[-2] <= CACHED_QUERIES:
         flat = [t.reshape(-1, *t.shape[-2:]) for t in (q, q_scale, k, k_scale, v, v_scale)]
-        return fused.attention_cached(*flat, positions).view(q.shape)
+        return fused.attention_cached(*flat, positions, window).view(q.shape)
     k, v = k.float(), v.float()
     scores = q @ k.transpose(-1, -2)  # exact integer dot products
     if fused:
         shape = scores.shape
         flat = [t.reshape(-1, *t.shape[-2:]) for t in (scores, k_scale, q_scale, v_scale)]
-        weights, factor = fused.attention_weights(*flat, positions)
+        weights, factor = fused.attention_weights(*flat, positions, window)
         return (weights.view(shape) @ v) * factor.view(*shape[:-1], 1)
     scores = scores * k_scale
-    mask = torch.arange(scores.shape[-1], device=scores.device) > positions[:, None]
+    keys = torch.arange(scores.shape[-1], device=scores.device)
+    mask = (keys > positions[:, None]) | (keys <= positions[:, None] - window)
     scores = scores.masked_fill(mask, -math.inf)
     e = exp2_neg((scores.amax(-1, keepdim=True) - scores) * q_scale)
     ev = e * v_scale
@@ -314,3 +336,11 @@ def _cos_sin(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     cos = torch.where(quadrant == 0, c, torch.where(quadrant == 1, -s, torch.where(quadrant == 2, -c, s)))
     sin = torch.where(quadrant == 0, s, torch.where(quadrant == 1, c, torch.where(quadrant == 2, -s, -c)))
     return cos, sin
+
+
+def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Hugging Face's rotate_half rotary embedding of x [rows, T, heads, head_dim] with tables
+    [T, 1, head_dim] from `rotary_table`."""
+    half = x.shape[-1] // 2
+    turned = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + turned * sin

@@ -153,10 +153,11 @@ float query_weights(const float* acc, const float* kscale, const float* vscale, 
 }
 
 // exact.attention's weights: from integer scores [B, Q, T] (B = rows * kv heads), key and value
-// scales [B, 1, T], query scales [B, Q, 1] and each query's position [Q] (keys after it are not
-// attended), the integer weights [B, Q, T] and the output factor [B, Q, 1].
+// scales [B, 1, T], query scales [B, Q, 1] and each query's position [Q] (keys after it, and
+// `window` or more before it, are not attended), the integer weights [B, Q, T] and the output
+// factor [B, Q, 1].
 std::vector<torch::Tensor> attention_weights(torch::Tensor scores, torch::Tensor k_scale, torch::Tensor q_scale,
-                                             torch::Tensor v_scale, torch::Tensor positions) {
+                                             torch::Tensor v_scale, torch::Tensor positions, int64_t window) {
   auto s = scores.contiguous(), ks = k_scale.contiguous(), qs = q_scale.contiguous(), vs = v_scale.contiguous();
   auto pos = positions.contiguous();
   const int64_t batch = s.size(0), queries = s.size(1), keys = s.size(2);
@@ -173,10 +174,12 @@ std::vector<torch::Tensor> attention_weights(torch::Tensor scores, torch::Tensor
     std::vector<float> scaled(keys), e(keys);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / queries, i = row % queries;
-      const int64_t n = std::min(pp[i], keys - 1) + 1;
+      const int64_t n = std::min(pp[i], keys - 1) + 1, first = std::clamp(pp[i] - window + 1, int64_t{0}, n);
       float* w = wp + row * keys;
-      fp[row] = query_weights(sp + row * keys, ksp + b * keys, vsp + b * keys, qsp[row], n, w, scaled.data(), e.data());
-      for (int64_t j = n; j < keys; ++j) w[j] = 0.0f;
+      fp[row] = query_weights(sp + row * keys + first, ksp + b * keys + first, vsp + b * keys + first, qsp[row],
+                              n - first, w + first, scaled.data(), e.data());
+      std::fill(w, w + first, 0.0f);
+      std::fill(w + n, w + keys, 0.0f);
     }
   });
   return {weights, factor};
@@ -205,10 +208,11 @@ inline void weighted_slice(const float* w, const int8_t* v, int64_t n, int64_t d
 // exact.attention with the integer cache read directly (int16 keys, int8 values: a quarter and
 // an eighth of float32's memory traffic, which bounds a decoding step): q [B, Q, D] integers,
 // q_scale [B, Q, 1], k [B, T, D] int16, k_scale [B, 1, T], v [B, T, D] int8, v_scale [B, 1, T]
-// (B may be strided: rows of a larger cache), positions [Q]. The dot products in int32 and the
-// weighted sums are the integers the float32 products give, so the output has their bits.
+// (B may be strided: rows of a larger cache), positions [Q] and window as in attention_weights.
+// The dot products in int32 and the weighted sums are the integers the float32 products give,
+// so the output has their bits.
 torch::Tensor attention_cached(torch::Tensor q, torch::Tensor q_scale, torch::Tensor k, torch::Tensor k_scale,
-                               torch::Tensor v, torch::Tensor v_scale, torch::Tensor positions) {
+                               torch::Tensor v, torch::Tensor v_scale, torch::Tensor positions, int64_t window) {
   auto qc = q.contiguous(), qs = q_scale.contiguous(), pos = positions.contiguous();
   const int64_t batch = qc.size(0), queries = qc.size(1), dim = qc.size(2), keys = k.size(1);
   TORCH_CHECK(k.stride(2) == 1 && v.stride(2) == 1 && k.stride(1) == dim && v.stride(1) == dim);
@@ -243,12 +247,14 @@ torch::Tensor attention_cached(torch::Tensor q, torch::Tensor q_scale, torch::Te
       const int8_t* vb = vp + b * v_stride;
       for (int64_t i = 0; i < queries; ++i) {
         const int64_t row = b * queries + i, n = std::min(pp[i], keys - 1) + 1;
-        const float factor = query_weights(acc.data() + i * keys, ksp + b * ks_stride, vsp + b * vs_stride, qsp[row],
-                                           n, w.data(), scaled.data(), e.data());
+        const int64_t first = std::clamp(pp[i] - window + 1, int64_t{0}, n), m = n - first;
+        const float factor = query_weights(acc.data() + i * keys + first, ksp + b * ks_stride + first,
+                                           vsp + b * vs_stride + first, qsp[row], m, w.data(), scaled.data(), e.data());
+        const int8_t* vf = vb + first * dim;
         float* o = op + row * dim;
         int64_t d0 = 0;
-        for (; d0 + kSlice <= dim; d0 += kSlice) weighted_slice<kSlice>(w.data(), vb + d0, n, dim, factor, o + d0);
-        for (; d0 < dim; ++d0) weighted_slice<1>(w.data(), vb + d0, n, dim, factor, o + d0);
+        for (; d0 + kSlice <= dim; d0 += kSlice) weighted_slice<kSlice>(w.data(), vf + d0, m, dim, factor, o + d0);
+        for (; d0 < dim; ++d0) weighted_slice<1>(w.data(), vf + d0, m, dim, factor, o + d0);
       }
     }
   });

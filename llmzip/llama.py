@@ -24,7 +24,8 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from . import exact
-from .exact import ExactLinear, attention, hadamard, quantize, quantize_normed
+from .exact import ExactLinear, attention, hadamard, quantize, quantize_normed, rotary
+from .kvcache import KVCache
 
 NAME = "llmzip-exact-llama-1"  # archives record it: bump whenever any number computed here changes
 QK_LEVELS = 511  # head_dim * 511**2 < 2**24 for head_dim <= 64: exact scores with 10-bit q and k
@@ -88,43 +89,10 @@ class Block:
     down: ExactLinear
 
 
-class KVCache:
-    """Integer keys (int16, |k| <= 511) and values (int8) with their float32 scales, per layer,
-    for `rows` sequences."""
-
-    def __init__(self, config: LlamaConfig, rows: int, capacity: int, device: torch.device) -> None:
-        shape = (config.layers, rows, config.kv_heads, capacity)
-        self.keys = torch.zeros(*shape, config.head_dim, dtype=torch.int16, device=device)
-        self.values = torch.zeros(*shape, config.head_dim, dtype=torch.int8, device=device)
-        self.key_scales = torch.zeros(*shape, device=device)
-        self.value_scales = torch.zeros(*shape, device=device)
-        self.rows, self.capacity = rows, capacity
-
-    @staticmethod
-    def bytes_per_position(config: LlamaConfig) -> int:
-        return config.layers * config.kv_heads * (3 * config.head_dim + 8)
-
-    def write(self, layer: int, start: int, k: Tensor, k_scale: Tensor, v: Tensor, v_scale: Tensor) -> None:
-        """Store positions start.. of integer k, v [rows, kv_heads, T, head_dim] and scales [rows, kv_heads, T]."""
-        end = start + k.shape[2]
-        self.keys[layer, :, :, start:end] = k.to(torch.int16)
-        self.key_scales[layer, :, :, start:end] = k_scale
-        self.values[layer, :, :, start:end] = v.to(torch.int8)
-        self.value_scales[layer, :, :, start:end] = v_scale
-
-    def read(self, layer: int, end: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Keys and values of positions 0..end-1, scales shaped [rows, kv_heads, 1, end]."""
-        return (
-            self.keys[layer, :, :, :end],
-            self.key_scales[layer, :, :, None, :end],
-            self.values[layer, :, :, :end],
-            self.value_scales[layer, :, :, None, :end],
-        )
-
-
 class ExactLlama:
     """The prepared model: call `forward` with input embeddings and the position of the first."""
 
+    NAME = NAME
     LINEARS = ("qkv", "out", "gate_up", "down")
 
     def __init__(self, config: LlamaConfig, embed: Tensor, blocks: list[Block], head: ExactLinear) -> None:
@@ -133,6 +101,8 @@ class ExactLlama:
         self.down_rotation = exact.hadamard_factors(config.intermediate)
         self.cos, self.sin = torch.empty(0), torch.empty(0)
         self.device = torch.device("cpu")
+
+    config_of = staticmethod(LlamaConfig.of)
 
     @classmethod
     def prepare(cls, model: PreTrainedModel, config: LlamaConfig) -> ExactLlama:
@@ -250,10 +220,3 @@ class ExactLlama:
             x = x + block.down(a, a_rotated_scale * a_scale)
         h, h_scale = quantize_normed(x, c.rms_eps)
         return self.head(h, h_scale)
-
-
-def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Hugging Face's rotate_half rotary embedding, x [rows, T, heads, head_dim]."""
-    half = x.shape[-1] // 2
-    turned = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + turned * sin

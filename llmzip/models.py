@@ -22,9 +22,8 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from . import llama
 from .errors import ModelLoadError
-from .llama import ExactLlama, LlamaConfig
+from .predictor import ExactModel, exact_architecture
 from .tokenization import ByteTokenizer
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -150,17 +149,18 @@ class LoadedModel:
         return digest.digest()[:FINGERPRINT_BYTES]
 
 
-def exact_model(loaded: LoadedModel, device: torch.device) -> ExactLlama:
-    """The exact Llama prepared from `loaded`: for a built-in alias, from the cache when a copy
+def exact_model(loaded: LoadedModel, device: torch.device) -> ExactModel:
+    """The exact model prepared from `loaded`: for a built-in alias, from the cache when a copy
     is there and its digest checks out (a second), else prepared (seconds) and cached."""
-    config = LlamaConfig.of(loaded.model)
-    path = cache_dir() / "prepared" / f"{llama.NAME}-{loaded.fingerprint.hex()}.pt"
+    architecture = exact_architecture(loaded.model)
+    config = architecture.config_of(loaded.model)
+    path = cache_dir() / "prepared" / f"{architecture.NAME}-{loaded.fingerprint.hex()}.pt"
     if loaded.name in ALIASES and path.exists():
         with contextlib.suppress(Exception):  # unreadable or damaged: prepare it again
             saved = torch.load(path, weights_only=True)
             if saved["digest"] == _digest(saved["state"]):
-                return ExactLlama.from_state(config, saved["state"]).to(device)
-    model = ExactLlama.prepare(loaded.model, config)
+                return architecture.from_state(config, saved["state"]).to(device)
+    model = architecture.prepare(loaded.model, config)
     if loaded.name in ALIASES:
         with contextlib.suppress(OSError):  # no space or no permission: preparing again next time works
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 alphabet out (unnormalized, float64: the coder normalizes them, and in float32 its sum times
 its scale can round past 2**24 and leave the last symbol no probability).
 
-- `ExactPredictor` (Llama models, `llama.ExactLlama`): probabilities are a function of the
+- `ExactPredictor` (Llama and Gemma 3 models, `llama.py`, `gemma3.py`): probabilities are a function of the
   weights and the token history alone. The encoder teacher-forces whole chunks, the decoder
   steps any number of chunks in lockstep, on any CPU or GPU, with any thread count.
 - `FloatPredictor` (any other causal LM, through its Hugging Face forward): the floats depend
@@ -24,9 +24,11 @@ import transformers
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicLayer
 
-from . import exact, llama
+from . import exact
 from .errors import LlmzipError
-from .llama import ExactLlama, LlamaConfig
+from .gemma3 import ExactGemma3
+from .kvcache import KVCache
+from .llama import ExactLlama
 
 EXACT = "exact"
 # Float precisions: dtype of the Hugging Face forward (int8: torch's dynamic quantization).
@@ -35,11 +37,18 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float
 # and thread count; from 4 rows on each row's result is independent of the others (shared/FACTS.md).
 MIN_ROWS = 4
 FORCED_BLOCK = 256  # positions per teacher-forced forward (188 tok/s on 2 AVX2 cores; 128: 154)
+ExactModel = ExactLlama | ExactGemma3
+EXACT_ARCHITECTURES: tuple[type[ExactModel], ...] = (ExactLlama, ExactGemma3)
 Prefix = np.ndarray | torch.Tensor  # a steering prefix: token ids (int64 [N]) or input embeddings (float32 [N, hidden])
 
 
+def exact_architecture(model: PreTrainedModel) -> type[ExactModel] | None:
+    """The exact implementation of `model`'s architecture and configuration, if llmzip has one."""
+    return next((cls for cls in EXACT_ARCHITECTURES if cls.config_of(model) is not None), None)
+
+
 def has_exact(model: PreTrainedModel) -> bool:
-    return LlamaConfig.of(model) is not None
+    return exact_architecture(model) is not None
 
 
 def default_precision(model: PreTrainedModel | None) -> str:
@@ -53,7 +62,7 @@ def default_precision(model: PreTrainedModel | None) -> str:
 
 def forward_name(model: PreTrainedModel, precision: str) -> str:
     """Which implementation computes the probabilities: archives record it."""
-    return llama.NAME if precision == EXACT else f"transformers-{transformers.__version__}"
+    return exact_architecture(model).NAME if precision == EXACT else f"transformers-{transformers.__version__}"
 
 
 def physical_memory() -> int:
@@ -74,11 +83,11 @@ class ExactPredictor:
 
     exact = True
 
-    def __init__(self, model: ExactLlama, alphabet_size: int, prefix: Prefix | None = None) -> None:
+    def __init__(self, model: ExactModel, alphabet_size: int, prefix: Prefix | None = None) -> None:
         self.model, self.alphabet_size = model, alphabet_size
         self.vocab = model.config.vocab
         self.prefix = None if prefix is None else self._embed(torch.as_tensor(prefix))
-        self.cache: llama.KVCache | None = None
+        self.cache: KVCache | None = None
         self.rows = self.position = 0
         self.weights = torch.zeros(0, alphabet_size, dtype=torch.float64)
 
@@ -97,7 +106,7 @@ class ExactPredictor:
         cache is computed once and kept while the cache is reused."""
         positions = self.prefix_length + steps
         if self.cache is None or self.cache.rows != rows or self.cache.capacity < positions:
-            _check_memory(rows * positions * llama.KVCache.bytes_per_position(self.model.config), rows, positions)
+            _check_memory(rows * positions * KVCache.bytes_per_position(self.model.config), rows, positions)
             self.cache = self.model.new_cache(rows, positions)
             if self.prefix is not None:
                 self.model.forward(self.prefix.expand(rows, -1, -1), 0, self.cache)
@@ -230,7 +239,7 @@ def state_bytes(model: PreTrainedModel, rows: int, positions: int, alphabet_size
 def cache_bytes(model: PreTrainedModel, precision: str, rows: int, positions: int) -> int:
     """KV cache memory of `rows` sequences of `positions`, exact or float."""
     if precision == EXACT:
-        return rows * positions * llama.KVCache.bytes_per_position(LlamaConfig.of(model))
+        return rows * positions * KVCache.bytes_per_position(exact_architecture(model).config_of(model))
     return state_bytes(model, rows, positions, 0, precision)
 
 

@@ -90,11 +90,17 @@ def tiny_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0, name: str = "t
     return LoadedModel.from_hf(name, seeded(LlamaForCausalLM(config), seed), tokenizer)
 
 
-def tiny_gemma(tokenizer: PreTrainedTokenizerFast) -> LoadedModel:
-    """A non-Llama architecture with sliding-window layers: it runs through the Hugging Face forward."""
+def tiny_gemma(tokenizer: PreTrainedTokenizerFast, name: str = "tiny-gemma", **options: float) -> LoadedModel:
+    """A Gemma 3 with a sliding-window layer (window 16) and a full one."""
     layers = {"head_dim": 16, "sliding_window": 16, "layer_types": ["sliding_attention", "full_attention"]}
-    config = Gemma3TextConfig(vocab_size=len(tokenizer), **TINY_SIZES, **layers)
-    return LoadedModel.from_hf("tiny-gemma", seeded(Gemma3ForCausalLM(config), 0), tokenizer)
+    config = Gemma3TextConfig(vocab_size=len(tokenizer), **TINY_SIZES, **layers, **options)
+    model = seeded(Gemma3ForCausalLM(config), 0)
+    rng = np.random.RandomState(1)
+    with torch.no_grad():  # norm gains 1 + w: w starts at 0, which would leave them untested
+        for param_name, param in model.named_parameters():
+            if "norm" in param_name:
+                param.copy_(torch.from_numpy(rng.randint(-1000, 1001, tuple(param.shape)) * 2.0**-12))
+    return LoadedModel.from_hf(name, model, tokenizer)
 
 
 @pytest.fixture(scope="session")
@@ -108,8 +114,15 @@ def tiny_fallback() -> LoadedModel:
 
 
 @pytest.fixture(scope="session")
-def tiny_hf(tiny_fallback: LoadedModel) -> LoadedModel:
+def tiny_gemma3(tiny_fallback: LoadedModel) -> LoadedModel:
     return tiny_gemma(tiny_fallback.tokenizer.tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_hf(tiny_fallback: LoadedModel) -> LoadedModel:
+    """An architecture without an exact forward (Gemma 3 with attention logit soft-capping, as
+    Gemma 2 has): it runs through the Hugging Face float forward, machine-bound."""
+    return tiny_gemma(tiny_fallback.tokenizer.tokenizer, "tiny-hf", attn_logit_softcapping=50.0)
 
 
 @pytest.fixture(scope="session")
@@ -118,10 +131,18 @@ def compressor(tiny: LoadedModel) -> Compressor:
     return Compressor(tiny, chunk_size=64, batch_size=4, threads=1)
 
 
+def saved(loaded: LoadedModel, path: Path) -> str:
+    """`loaded` saved as a local Hugging Face directory, for the CLI."""
+    loaded.model.save_pretrained(path)
+    loaded.tokenizer.tokenizer.save_pretrained(path)
+    return str(path)
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tiny: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The tiny model saved as a local Hugging Face directory, for the CLI."""
-    path = tmp_path_factory.mktemp("tiny-model")
-    tiny.model.save_pretrained(path)
-    tiny.tokenizer.tokenizer.save_pretrained(path)
-    return str(path)
+    return saved(tiny, tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3_dir(tiny_gemma3: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> str:
+    return saved(tiny_gemma3, tmp_path_factory.mktemp("tiny-gemma3-model"))

@@ -6,8 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llmzip.coding import decode_batch, encode_batch
-from llmzip.llama import ExactLlama, LlamaConfig
-from llmzip.predictor import ExactPredictor, FloatPredictor
+from llmzip.predictor import ExactPredictor, FloatPredictor, exact_architecture
 
 TEXTS = (b"the rain and the sun", b"\xff\x04 bytes", "мир".encode(), b"")
 
@@ -39,13 +38,15 @@ class Recording:
 def predictors(loaded, kind):
     alphabet = loaded.tokenizer.alphabet_size
     if kind == "exact":
-        model = ExactLlama.prepare(loaded.model, LlamaConfig.of(loaded.model))
+        architecture = exact_architecture(loaded.model)
+        model = architecture.prepare(loaded.model, architecture.config_of(loaded.model))
         return Recording(ExactPredictor(model, alphabet)), Recording(ExactPredictor(model, alphabet))
     return tuple(Recording(FloatPredictor(loaded.model, 5, alphabet, kind)) for _ in range(2))
 
 
 @pytest.mark.parametrize(
-    ("model", "kind"), [("tiny", "exact"), ("tiny", "fp32"), ("tiny_hf", "fp32"), ("tiny_hf", "bf16")]
+    ("model", "kind"),
+    [("tiny", "exact"), ("tiny_gemma3", "exact"), ("tiny", "fp32"), ("tiny_hf", "fp32"), ("tiny_hf", "bf16")],
 )
 def test_decoder_probabilities_equal_encoders(request, model, kind):
     """Exact: the encoder teacher-forces each chunk alone, the decoder steps all of them together."""

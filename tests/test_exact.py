@@ -61,6 +61,8 @@ def test_kernels_give_the_torch_codes_bits(torch_only, monkeypatch):
             *exact.quantize(torch.cat([x[:4096].view(64, 64).T, torch.zeros(1, 64)]), 511),  # strided, a zero row
             exact.attention(q, scales[0], k, scales[1], v, scales[2], positions),
             exact.attention(q[..., :3, :], scales[0][..., :3, :], k.short(), scales[1], v.char(), scales[2], step),
+            exact.attention(q, scales[0], k, scales[1], v, scales[2], positions, window=7),  # sliding window
+            exact.attention(q[..., :3, :], scales[0][..., :3, :], k.short(), scales[1], v.char(), scales[2], step, 7),
             exact.attention(
                 q[..., :3, :40],
                 scales[0][..., :3, :],
@@ -77,8 +79,16 @@ def test_kernels_give_the_torch_codes_bits(torch_only, monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(reference, calls(), strict=True))
 
 
-def test_masked_keys_change_nothing(torch_only):
-    """A query attends keys up to its position: extra later keys do not move a bit."""
+def test_gelu_tanh_is_accurate():
+    x = torch.linspace(-90, 90, 200_001)
+    reference = torch.nn.functional.gelu(x.double(), approximate="tanh")
+    assert (exact.gelu_tanh_mul(x, torch.ones_like(x)) - reference).abs().max() < 2e-6
+
+
+@pytest.mark.parametrize("window", [None, 5])
+def test_masked_keys_change_nothing(torch_only, window):
+    """A query attends keys up to its position (the last `window` of them): the keys outside
+    do not move a bit."""
     rng = torch.Generator().manual_seed(1)
     q = torch.randint(-511, 512, (1, 1, 4, 16), generator=rng).float()
     k = torch.randint(-511, 512, (1, 1, 30, 16), generator=rng).float()
@@ -86,11 +96,11 @@ def test_masked_keys_change_nothing(torch_only):
     ks, vs = torch.rand(1, 1, 1, 30, generator=rng) + 0.1, torch.rand(1, 1, 1, 30, generator=rng) + 0.1
     qs = torch.rand(1, 1, 4, 1, generator=rng) * 1e-4
     positions = torch.tensor([3, 9, 19, 29])
-    full = exact.attention(q, qs, k, ks, v, vs, positions)
+    full = exact.attention(q, qs, k, ks, v, vs, positions, window)
     for i, p in enumerate(positions.tolist()):
-        end = p + 1
-        alone = exact.attention(q[..., i : i + 1, :], qs[..., i : i + 1, :], k[..., :end, :], ks[..., :end],
-                                v[..., :end, :], vs[..., :end], positions[i : i + 1])  # fmt: skip
+        first, end = max(0, p + 1 - (window or 30)), p + 1
+        alone = exact.attention(q[..., i : i + 1, :], qs[..., i : i + 1, :], k[..., first:end, :], ks[..., first:end],
+                                v[..., first:end, :], vs[..., first:end], positions[i : i + 1] - first)  # fmt: skip
         assert torch.equal(alone, full[..., i : i + 1, :])
 
 

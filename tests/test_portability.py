@@ -78,24 +78,26 @@ def compress(model: str, text: bytes, out: Path, *flags: str) -> None:
 TINY_FLAGS = ("--chunk-size", "24", "--steer", "random:2")
 
 
-@pytest.fixture(scope="module")
-def tiny_archives(tiny_dir, tmp_path_factory):
-    """The golden tiny archive and one made now by another process (with teacher forcing)."""
+@pytest.fixture(scope="module", params=["tiny", "tiny-gemma3"])
+def tiny_archives(request, tmp_path_factory):
+    """A tiny model of each exact architecture (saved as a directory), its golden archive and
+    one made now by another process (with teacher forcing)."""
+    model = request.getfixturevalue({"tiny": "tiny_dir", "tiny-gemma3": "tiny_gemma3_dir"}[request.param])
     folder = tmp_path_factory.mktemp("tiny-archives")
-    golden = GOLDEN / "alice1200-tiny.lz"
+    golden = GOLDEN / f"alice1200-{request.param}.lz"
     if os.environ.get("LLMZIP_WRITE_GOLDEN"):
-        compress(tiny_dir, TEXTS["tiny"], golden, *TINY_FLAGS)
+        compress(model, TEXTS["tiny"], golden, *TINY_FLAGS)
     fresh = folder / "fresh.lz"
-    compress(tiny_dir, TEXTS["tiny"], fresh, *TINY_FLAGS)
-    return {"golden": golden, "fresh": fresh}
+    compress(model, TEXTS["tiny"], fresh, *TINY_FLAGS)
+    return {"model": model, "golden": golden, "fresh": fresh}
 
 
 @pytest.mark.parametrize("archive", ["golden", "fresh"])
 @pytest.mark.parametrize("environment", list(ENVIRONMENTS))
-def test_tiny_model_decodes_in_every_environment(tiny_archives, tiny_dir, tmp_path, archive, environment):
+def test_tiny_models_decode_in_every_environment(tiny_archives, tmp_path, archive, environment):
     copy = tmp_path / "archive.lz"
     copy.write_bytes(tiny_archives[archive].read_bytes())
-    decode_everywhere(copy, TEXTS["tiny"], tiny_dir, environment, GEOMETRIES)
+    decode_everywhere(copy, TEXTS["tiny"], tiny_archives["model"], environment, GEOMETRIES)
 
 
 @pytest.mark.real_model

@@ -1,0 +1,287 @@
+"""The Gemma 3 architecture (gemma3-270m) as an exact predictor, in the operations of `exact.py`.
+
+Gemma differs from Llama in ways that decide where rotations can go:
+
+- sandwich norms: the attention and MLP outputs are normalized, with a gain, before they are
+  added to the residual stream, so the stream cannot be stored rotated (a per-channel gain
+  after a norm does not commute with a rotation). It stays in the model's basis, and each
+  projection that reads it rotates its normalized input online: 13-bit integers, times the
+  norm's gain, 13 bits again, a Hadamard transform (exact), then 8 bits for the projection,
+  whose weights hold H / n. The gain is applied to the activations, not folded into the
+  weights: Gemma's gains range from 0 to 70, and its residual stream carries channels 20x
+  its RMS that the gains then silence; folded, the noise of 8-bit weights and activations in
+  the channels the gains amplify cost 10-30% of each projection's output;
+- RMSNorm of each query and key head (gain 1 + w) before the rotary embedding, local layers
+  with a sliding window and their own rotary base, GELU (tanh form) in the MLP, embeddings
+  scaled by sqrt(hidden), and queries scaled by query_pre_attn_scalar**-0.5;
+- head_dim 256: queries and keys take 8 bits (256 * 255**2 < 2**24).
+
+Value heads and the down projection's input are rotated as in `llama.py`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedModel
+
+from . import exact
+from .exact import ExactLinear, attention, hadamard, quantize, quantize_normed, rotary
+from .kvcache import KVCache
+
+NAME = "llmzip-exact-gemma3-1"  # archives record it: bump whenever any number computed here changes
+V_LEVELS = 127  # as in llama.py
+NORM_LEVELS = 8191  # 13 bits for what a norm reads and what a Hadamard transform rotates online
+
+
+@dataclass(frozen=True)
+class Gemma3Config:
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    rms_eps: float
+    vocab: int
+    query_scale: float  # query_pre_attn_scalar ** -0.5
+    window: int
+    sliding: tuple[bool, ...]  # per layer: local (sliding-window) attention
+    rope_theta: tuple[float, float]  # full, sliding
+
+    @property
+    def qk_levels(self) -> int:
+        """The most integer levels of queries and keys whose dot products stay below 2**24."""
+        return min(511, math.isqrt((exact.EXACT_SUM - 1) // self.head_dim))
+
+    @classmethod
+    def of(cls, model: PreTrainedModel) -> Gemma3Config | None:
+        """The config if `model` is a Gemma 3 text model this file computes as defined, else None."""
+        c = model.config
+        if c.model_type != "gemma3_text":
+            return None
+        rope = getattr(c, "rope_parameters", None) or {}
+        kinds = ("full_attention", "sliding_attention")
+        plain = (
+            c.hidden_activation == "gelu_pytorch_tanh"
+            and not getattr(c, "attention_bias", False)
+            and getattr(c, "attn_logit_softcapping", None) is None
+            and getattr(c, "final_logit_softcapping", None) is None
+            and not getattr(c, "use_bidirectional_attention", False)
+            and set(c.layer_types) <= set(kinds)
+            and all((rope.get(k) or {}).get("rope_type", "default") == "default" for k in kinds)
+            and all((rope.get(k) or {}).get("rope_theta") for k in kinds)
+            and c.hidden_size * NORM_LEVELS < exact.EXACT_SUM
+            and c.intermediate_size * NORM_LEVELS < exact.EXACT_SUM
+        )
+        if not plain:
+            return None
+        try:
+            for n in (c.hidden_size, c.intermediate_size, c.head_dim):
+                exact.hadamard_factors(n)
+        except ValueError:
+            return None
+        return cls(
+            layers=c.num_hidden_layers,
+            hidden=c.hidden_size,
+            intermediate=c.intermediate_size,
+            heads=c.num_attention_heads,
+            kv_heads=c.num_key_value_heads,
+            head_dim=c.head_dim,
+            rms_eps=c.rms_norm_eps,
+            vocab=model.get_output_embeddings().weight.shape[0],
+            query_scale=c.query_pre_attn_scalar**-0.5,
+            window=c.sliding_window,
+            sliding=tuple(t == "sliding_attention" for t in c.layer_types),
+            rope_theta=tuple(float(rope[k]["rope_theta"]) for k in kinds),
+        )
+
+
+@dataclass
+class Block:
+    qkv: ExactLinear
+    out: ExactLinear
+    gate_up: ExactLinear
+    down: ExactLinear
+    input_gain: Tensor  # 1 + w of the norms before attention and before the MLP [hidden]
+    mlp_input_gain: Tensor
+    query_gain: Tensor  # of the query and key norms [head_dim]
+    key_gain: Tensor
+    attention_gain: Tensor  # of the norms after attention and after the MLP [hidden]
+    mlp_gain: Tensor
+
+    GAINS = ("input_gain", "mlp_input_gain", "query_gain", "key_gain", "attention_gain", "mlp_gain")
+
+
+class ExactGemma3:
+    """The prepared model: call `forward` with input embeddings and the position of the first."""
+
+    NAME = NAME
+    LINEARS = ("qkv", "out", "gate_up", "down")
+
+    def __init__(
+        self, config: Gemma3Config, embed: Tensor, blocks: list[Block], head: ExactLinear, final_gain: Tensor
+    ) -> None:
+        self.config, self.embed, self.blocks, self.head, self.final_gain = config, embed, blocks, head, final_gain
+        self.residual = exact.hadamard_factors(config.hidden)
+        self.down_rotation = exact.hadamard_factors(config.intermediate)
+        self.tables: list[tuple[Tensor, Tensor]] = []  # cos, sin: full, sliding
+        self.device = torch.device("cpu")
+
+    config_of = staticmethod(Gemma3Config.of)
+
+    @classmethod
+    def prepare(cls, model: PreTrainedModel, config: Gemma3Config) -> ExactGemma3:
+        """Fold the online rotations into the projections, rotate the value heads and the down
+        projection's input, and quantize per output channel (float64, every sum exact: the same
+        integers on every machine)."""
+        c = config
+        w = {name: t.detach().double() for name, t in model.state_dict().items()}
+        residual, value_rotation = exact.hadamard_factors(c.hidden), exact.hadamard_factors(c.head_dim)
+        down_rotation = exact.hadamard_factors(c.intermediate)
+
+        def reads_residual(weight: Tensor) -> Tensor:
+            """A projection made to read its input rotated online (by H, not H / sqrt(n))."""
+            return exact.rotate_weights(weight, residual, 1 / c.hidden)
+
+        def per_head(weight: Tensor, heads: int) -> Tensor:
+            parts = weight.reshape(*weight.shape[:-1], heads, c.head_dim)
+            return exact.rotate_weights(parts, value_rotation, 1 / math.sqrt(c.head_dim)).reshape(weight.shape)
+
+        def gain(name: str) -> Tensor:
+            return (1 + w[name]).float()
+
+        blocks = []
+        for i in range(c.layers):
+            p = f"model.layers.{i}."
+            attn, mlp = p + "self_attn.", p + "mlp."
+            values = per_head(w[attn + "v_proj.weight"].T, c.kv_heads).T
+            qkv = torch.cat([w[attn + "q_proj.weight"], w[attn + "k_proj.weight"], values])
+            gate_up = torch.cat([w[mlp + "gate_proj.weight"], w[mlp + "up_proj.weight"]])
+            down = exact.rotate_weights(w[mlp + "down_proj.weight"], down_rotation, 1 / c.intermediate)
+            blocks.append(
+                Block(
+                    qkv=ExactLinear.of(reads_residual(qkv)),
+                    out=ExactLinear.of(per_head(w[attn + "o_proj.weight"], c.heads)),
+                    gate_up=ExactLinear.of(reads_residual(gate_up)),
+                    down=ExactLinear.of(down),
+                    input_gain=gain(p + "input_layernorm.weight"),
+                    mlp_input_gain=gain(p + "pre_feedforward_layernorm.weight"),
+                    query_gain=gain(attn + "q_norm.weight"),
+                    key_gain=gain(attn + "k_norm.weight"),
+                    attention_gain=gain(p + "post_attention_layernorm.weight"),
+                    mlp_gain=gain(p + "post_feedforward_layernorm.weight"),
+                )
+            )
+        table = model.get_input_embeddings().weight.detach().float()
+        embed = table * torch.tensor(c.hidden**0.5)  # as Hugging Face scales them: one float32 product
+        head = w.get("lm_head.weight", w["model.embed_tokens.weight"])
+        return cls(config, embed, blocks, ExactLinear.of(reads_residual(head)), gain("model.norm.weight"))
+
+    def state(self) -> dict[str, Tensor]:
+        """The prepared numbers (integer weights as int16), to save and load instead of preparing."""
+        state = {"embed": self.embed.cpu(), "final_gain": self.final_gain.cpu()}
+        state |= {"head.weight": self.head.int_weight.cpu(), "head.scale": self.head.scale.cpu()}
+        for i, block in enumerate(self.blocks):
+            for name in self.LINEARS:
+                state[f"{i}.{name}.weight"] = getattr(block, name).int_weight.cpu()
+                state[f"{i}.{name}.scale"] = getattr(block, name).scale.cpu()
+            for name in Block.GAINS:
+                state[f"{i}.{name}"] = getattr(block, name).cpu()
+        return state
+
+    @classmethod
+    def from_state(cls, config: Gemma3Config, state: dict[str, Tensor]) -> ExactGemma3:
+        def linear(name: str) -> ExactLinear:
+            return ExactLinear(state[f"{name}.weight"], state[f"{name}.scale"])
+
+        blocks = [
+            Block(*(linear(f"{i}.{n}") for n in cls.LINEARS), *(state[f"{i}.{n}"] for n in Block.GAINS))
+            for i in range(config.layers)
+        ]
+        return cls(config, state["embed"], blocks, linear("head"), state["final_gain"])
+
+    def to(self, device: torch.device) -> ExactGemma3:
+        self.device = device
+        self.embed = self.embed.to(device)
+        for block in self.blocks:
+            for name in self.LINEARS:
+                getattr(block, name).to(device)
+            for name in Block.GAINS:
+                setattr(block, name, getattr(block, name).to(device))
+        self.head.to(device)
+        self.final_gain = self.final_gain.to(device)
+        return self
+
+    def new_cache(self, rows: int, capacity: int) -> KVCache:
+        if not self.tables or self.tables[0][0].shape[0] < capacity:
+            self.tables = [
+                tuple(t.to(self.device) for t in exact.rotary_table(capacity, self.config.head_dim, theta))
+                for theta in self.config.rope_theta
+            ]
+        return KVCache(self.config, rows, capacity, self.device)
+
+    def embed_vectors(self, vectors: Tensor) -> Tensor:
+        """Input embeddings given as vectors (steering), as the model reads them."""
+        return vectors.float().to(self.device)
+
+    def _read(self, x: Tensor, gain: Tensor | None, rotation: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """8-bit integers and row scales of RMSNorm(x) * gain (of x itself if gain is None)
+        times the rotation H: 13-bit integers, an exact Hadamard transform, then 8 bits."""
+        if gain is None:
+            q, scale = quantize(x, NORM_LEVELS)
+        else:
+            q, factor = quantize_normed(x, self.config.rms_eps, NORM_LEVELS)
+            q, scale = quantize(q * gain, NORM_LEVELS)
+            scale = scale * factor
+        r, r_scale = quantize(hadamard(q, rotation), exact.ACTIVATION_LEVELS)
+        return r, r_scale * scale
+
+    def _head_norm(self, x: Tensor, gain: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+        """RMSNorm of each head with its gain, the rotary embedding, and 8-bit integers with scales
+        [rows, heads, T, 1], heads before positions as attention reads them."""
+        q, factor = quantize_normed(x, self.config.rms_eps, NORM_LEVELS)
+        q, scale = quantize(rotary(q * gain, cos, sin).transpose(1, 2), self.config.qk_levels)
+        return q, scale * factor.transpose(1, 2)
+
+    def _normed(self, x: Tensor, gain: Tensor) -> Tensor:
+        """RMSNorm(x) * gain for an output about to join the residual stream."""
+        q, factor = quantize_normed(x, self.config.rms_eps, NORM_LEVELS)
+        return q * factor * gain
+
+    @torch.inference_mode()
+    def forward(self, x: Tensor, start: int, cache: KVCache) -> Tensor:
+        """Input embeddings x [rows, T, hidden] (rows of `self.embed`, or `embed_vectors`) at
+        positions start..start+T-1 -> float32 logits [rows, T, vocab]; fills the cache."""
+        c = self.config
+        rows, length, _ = x.shape
+        end = start + length
+        groups = c.heads // c.kv_heads
+        tables = [(cos[start:end, None], sin[start:end, None]) for cos, sin in self.tables]
+        positions = torch.arange(start, end).repeat(groups).to(self.device)
+        key_scale = exact.LOG2E * c.query_scale  # scores in log2 units
+        for i, block in enumerate(self.blocks):
+            cos, sin = tables[c.sliding[i]]
+            h, h_scale = self._read(x, block.input_gain, self.residual)
+            qkv = block.qkv(h, h_scale).view(rows, length, c.heads + 2 * c.kv_heads, c.head_dim)
+            k, k_scale = self._head_norm(qkv[:, :, c.heads : c.heads + c.kv_heads], block.key_gain, cos, sin)
+            v, v_scale = quantize(qkv[:, :, c.heads + c.kv_heads :].transpose(1, 2), V_LEVELS)
+            cache.write(i, start, k, (k_scale * key_scale).squeeze(-1), v, v_scale.squeeze(-1))
+            q, q_scale = self._head_norm(qkv[:, :, : c.heads], block.query_gain, cos, sin)
+            # [rows, kv_heads, groups * T, head_dim]: each key/value head with all its queries
+            q = q.reshape(rows, c.kv_heads, groups * length, c.head_dim)
+            q_scale = q_scale.reshape(rows, c.kv_heads, groups * length, 1)
+            window = c.window if c.sliding[i] else None
+            o = attention(q, q_scale, *cache.read(i, end), positions, window)
+            o = o.view(rows, c.heads, length, c.head_dim).transpose(1, 2)
+            o, o_scale = quantize(o.reshape(rows, length, c.heads * c.head_dim), exact.ACTIVATION_LEVELS)
+            x = x + self._normed(block.out(o, o_scale), block.attention_gain)
+            h, h_scale = self._read(x, block.mlp_input_gain, self.residual)
+            gate, up = block.gate_up(h, h_scale).chunk(2, dim=-1)
+            a, a_scale = self._read(exact.gelu_tanh_mul(gate, up), None, self.down_rotation)
+            x = x + self._normed(block.down(a, a_scale), block.mlp_gain)
+        h, h_scale = self._read(x, self.final_gain, self.residual)
+        return self.head(h, h_scale)
