@@ -106,14 +106,16 @@ def test_masked_keys_change_nothing(torch_only, window):
 
 @pytest.mark.parametrize("k", [64, 576, 1040, 1536, 3072])
 def test_linear_is_the_exact_integer_product(k):
-    """Largest-magnitude integers of both signs, summed in float32, equal int64 arithmetic."""
+    """Largest-magnitude integers of both signs, summed in float32, equal int64 arithmetic, for
+    any number of rows."""
     rng = np.random.default_rng(k)
     weight = torch.from_numpy(rng.standard_normal((48, k)))
     weight[:, 0] = 100.0  # each row's maximum is its first column: those entries quantize to +-levels
     linear = exact.ExactLinear.of(weight)
-    x = torch.from_numpy(rng.choice([-127.0, 127.0], (5, k))).float()
-    expected = x.long() @ linear.int_weight.long().T
-    assert torch.equal(linear(x, torch.ones(5, 1)), expected.float() * linear.scale)
+    x = torch.from_numpy(rng.choice([-127.0, 127.0], (67, k))).float()
+    expected = (x.long() @ linear.int_weight.long().T).float() * linear.scale
+    for rows in (1, 5, 67):
+        assert torch.equal(linear(x[:rows], torch.ones(rows, 1)), expected[:rows])
     assert max(b - a for a, b in linear.bounds) * 127 * linear.int_weight.abs().max() < 2**24
 
 

@@ -115,3 +115,20 @@ def test_smollm2_golden_archive_decodes_in_every_environment(tmp_path, environme
     copy = tmp_path / "archive.lz"
     copy.write_bytes(golden.read_bytes())
     decode_everywhere(copy, text, "smollm2-135m", environment, [geometry])
+
+
+@pytest.mark.real_model
+@pytest.mark.parametrize(
+    ("environment", "geometry"),
+    [("ATEN_CPU_CAPABILITY=default", (1, 1)), ("DNNL_MAX_CPU_ISA=SSE41", (2, 7))],
+)
+def test_gemma3_golden_archive_decodes_in_other_environments(tmp_path, environment, geometry):
+    """gemma3-270m (sliding-window layers, 262 144-token vocabulary): a teacher-forced golden
+    archive decoded by KV steps under other kernels, threads and batch sizes."""
+    golden = GOLDEN / "alice600-gemma3.lz"
+    text = TEXTS["smollm2-135m"][:600]
+    if os.environ.get("LLMZIP_WRITE_GOLDEN") and not golden.exists():
+        compress("gemma3-270m", text, golden, "--chunk-size", "64")
+    copy = tmp_path / "archive.lz"
+    copy.write_bytes(golden.read_bytes())
+    decode_everywhere(copy, text, "gemma3-270m", environment, [geometry])
