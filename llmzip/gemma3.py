@@ -31,6 +31,7 @@ from transformers import PreTrainedModel
 from . import exact
 from .exact import ExactLinear, attention, hadamard, quantize, quantize_normed, rotary
 from .kvcache import KVCache
+from .prepared import DecoderConfig, PreparedModel, Projections, decoder_fields
 
 NAME = "llmzip-exact-gemma3-1"  # archives record it: bump whenever any number computed here changes
 V_LEVELS = 127  # as in llama.py
@@ -38,15 +39,7 @@ NORM_LEVELS = 8191  # 13 bits for what a norm reads and what a Hadamard transfor
 
 
 @dataclass(frozen=True)
-class Gemma3Config:
-    layers: int
-    hidden: int
-    intermediate: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    rms_eps: float
-    vocab: int
+class Gemma3Config(DecoderConfig):
     query_scale: float  # query_pre_attn_scalar ** -0.5
     window: int
     sliding: tuple[bool, ...]  # per layer: local (sliding-window) attention
@@ -77,22 +70,11 @@ class Gemma3Config:
             and c.hidden_size * NORM_LEVELS < exact.EXACT_SUM
             and c.intermediate_size * NORM_LEVELS < exact.EXACT_SUM
         )
-        if not plain:
-            return None
-        try:
-            for n in (c.hidden_size, c.intermediate_size, c.head_dim):
-                exact.hadamard_factors(n)
-        except ValueError:
+        sizes = decoder_fields(model, c.head_dim) if plain else None
+        if sizes is None:
             return None
         return cls(
-            layers=c.num_hidden_layers,
-            hidden=c.hidden_size,
-            intermediate=c.intermediate_size,
-            heads=c.num_attention_heads,
-            kv_heads=c.num_key_value_heads,
-            head_dim=c.head_dim,
-            rms_eps=c.rms_norm_eps,
-            vocab=model.get_output_embeddings().weight.shape[0],
+            **sizes,
             query_scale=c.query_pre_attn_scalar**-0.5,
             window=c.sliding_window,
             sliding=tuple(t == "sliding_attention" for t in c.layer_types),
@@ -101,11 +83,7 @@ class Gemma3Config:
 
 
 @dataclass
-class Block:
-    qkv: ExactLinear
-    out: ExactLinear
-    gate_up: ExactLinear
-    down: ExactLinear
+class Block(Projections):
     input_gain: Tensor  # 1 + w of the norms before attention and before the MLP [hidden]
     mlp_input_gain: Tensor
     query_gain: Tensor  # of the query and key norms [head_dim]
@@ -113,23 +91,24 @@ class Block:
     attention_gain: Tensor  # of the norms after attention and after the MLP [hidden]
     mlp_gain: Tensor
 
-    GAINS = ("input_gain", "mlp_input_gain", "query_gain", "key_gain", "attention_gain", "mlp_gain")
 
-
-class ExactGemma3:
+class ExactGemma3(PreparedModel):
     """The prepared model: call `forward` with input embeddings and the position of the first."""
 
     NAME = NAME
-    LINEARS = ("qkv", "out", "gate_up", "down")
+    Block = Block
+    TENSORS = ("embed", "final_gain")
+    config: Gemma3Config
+    embed: Tensor  # input embeddings, scaled [vocab, hidden]
+    final_gain: Tensor  # 1 + w of the norm before the head [hidden]
 
     def __init__(
-        self, config: Gemma3Config, embed: Tensor, blocks: list[Block], head: ExactLinear, final_gain: Tensor
+        self, config: Gemma3Config, blocks: list[Block], head: ExactLinear, embed: Tensor, final_gain: Tensor
     ) -> None:
-        self.config, self.embed, self.blocks, self.head, self.final_gain = config, embed, blocks, head, final_gain
+        super().__init__(config, blocks, head, embed=embed, final_gain=final_gain)
         self.residual = exact.hadamard_factors(config.hidden)
         self.down_rotation = exact.hadamard_factors(config.intermediate)
         self.tables: list[tuple[Tensor, Tensor]] = []  # cos, sin: full, sliding
-        self.device = torch.device("cpu")
 
     config_of = staticmethod(Gemma3Config.of)
 
@@ -179,42 +158,9 @@ class ExactGemma3:
         table = model.get_input_embeddings().weight.detach().float()
         embed = table * torch.tensor(c.hidden**0.5)  # as Hugging Face scales them: one float32 product
         head = w.get("lm_head.weight", w["model.embed_tokens.weight"])
-        return cls(config, embed, blocks, ExactLinear.of(reads_residual(head)), gain("model.norm.weight"))
-
-    def state(self) -> dict[str, Tensor]:
-        """The prepared numbers (integer weights as int16), to save and load instead of preparing."""
-        state = {"embed": self.embed.cpu(), "final_gain": self.final_gain.cpu()}
-        state |= {"head.weight": self.head.int_weight.cpu(), "head.scale": self.head.scale.cpu()}
-        for i, block in enumerate(self.blocks):
-            for name in self.LINEARS:
-                state[f"{i}.{name}.weight"] = getattr(block, name).int_weight.cpu()
-                state[f"{i}.{name}.scale"] = getattr(block, name).scale.cpu()
-            for name in Block.GAINS:
-                state[f"{i}.{name}"] = getattr(block, name).cpu()
-        return state
-
-    @classmethod
-    def from_state(cls, config: Gemma3Config, state: dict[str, Tensor]) -> ExactGemma3:
-        def linear(name: str) -> ExactLinear:
-            return ExactLinear(state[f"{name}.weight"], state[f"{name}.scale"])
-
-        blocks = [
-            Block(*(linear(f"{i}.{n}") for n in cls.LINEARS), *(state[f"{i}.{n}"] for n in Block.GAINS))
-            for i in range(config.layers)
-        ]
-        return cls(config, state["embed"], blocks, linear("head"), state["final_gain"])
-
-    def to(self, device: torch.device) -> ExactGemma3:
-        self.device = device
-        self.embed = self.embed.to(device)
-        for block in self.blocks:
-            for name in self.LINEARS:
-                getattr(block, name).to(device)
-            for name in Block.GAINS:
-                setattr(block, name, getattr(block, name).to(device))
-        self.head.to(device)
-        self.final_gain = self.final_gain.to(device)
-        return self
+        return cls(
+            config, blocks, ExactLinear.of(reads_residual(head)), embed=embed, final_gain=gain("model.norm.weight")
+        )
 
     def new_cache(self, rows: int, capacity: int) -> KVCache:
         if not self.tables or self.tables[0][0].shape[0] < capacity:

@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import torch
 from torch import Tensor
 
-
-class Shape(Protocol):
-    """What the cache needs of a model's config."""
-
-    layers: int
-    kv_heads: int
-    head_dim: int
+from .prepared import DecoderConfig
 
 
 class KVCache:
     """Integer keys (int16, |k| <= 511) and values (int8) with their float32 scales, per layer,
     for `rows` sequences of up to `capacity` positions."""
 
-    def __init__(self, config: Shape, rows: int, capacity: int, device: torch.device) -> None:
+    def __init__(self, config: DecoderConfig, rows: int, capacity: int, device: torch.device) -> None:
         shape = (config.layers, rows, config.kv_heads, capacity)
         self.keys = torch.zeros(*shape, config.head_dim, dtype=torch.int16, device=device)
         self.values = torch.zeros(*shape, config.head_dim, dtype=torch.int8, device=device)
@@ -29,7 +21,7 @@ class KVCache:
         self.rows, self.capacity = rows, capacity
 
     @staticmethod
-    def bytes_per_position(config: Shape) -> int:
+    def bytes_per_position(config: DecoderConfig) -> int:
         return config.layers * config.kv_heads * (3 * config.head_dim + 8)
 
     def write(self, layer: int, start: int, k: Tensor, k_scale: Tensor, v: Tensor, v_scale: Tensor) -> None:

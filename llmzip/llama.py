@@ -26,6 +26,7 @@ from transformers import PreTrainedModel
 from . import exact
 from .exact import ExactLinear, attention, hadamard, quantize, quantize_normed, rotary
 from .kvcache import KVCache
+from .prepared import DecoderConfig, PreparedModel, Projections, decoder_fields
 
 NAME = "llmzip-exact-llama-1"  # archives record it: bump whenever any number computed here changes
 QK_LEVELS = 511  # head_dim * 511**2 < 2**24 for head_dim <= 64: exact scores with 10-bit q and k
@@ -34,16 +35,8 @@ DOWN_LEVELS = 8191  # the down projection's input before its Hadamard: 13 bits, 
 
 
 @dataclass(frozen=True)
-class LlamaConfig:
-    layers: int
-    hidden: int
-    intermediate: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    rms_eps: float
+class LlamaConfig(DecoderConfig):
     rope_theta: float
-    vocab: int
 
     @classmethod
     def of(cls, model: PreTrainedModel) -> LlamaConfig | None:
@@ -61,46 +54,23 @@ class LlamaConfig:
             and head_dim * QK_LEVELS**2 < exact.EXACT_SUM
             and c.hidden_size <= exact.MAX_PIECE  # exact sums of squares in the norms
         )
-        if not plain:
-            return None
-        try:
-            for n in (c.hidden_size, c.intermediate_size, head_dim):
-                exact.hadamard_factors(n)
-        except ValueError:
-            return None
-        return cls(
-            layers=c.num_hidden_layers,
-            hidden=c.hidden_size,
-            intermediate=c.intermediate_size,
-            heads=c.num_attention_heads,
-            kv_heads=c.num_key_value_heads,
-            head_dim=head_dim,
-            rms_eps=c.rms_norm_eps,
-            rope_theta=float(rope["rope_theta"]),
-            vocab=model.get_output_embeddings().weight.shape[0],
-        )
+        sizes = decoder_fields(model, head_dim) if plain else None
+        return None if sizes is None else cls(**sizes, rope_theta=float(rope["rope_theta"]))
 
 
-@dataclass
-class Block:
-    qkv: ExactLinear
-    out: ExactLinear
-    gate_up: ExactLinear
-    down: ExactLinear
-
-
-class ExactLlama:
+class ExactLlama(PreparedModel):
     """The prepared model: call `forward` with input embeddings and the position of the first."""
 
     NAME = NAME
-    LINEARS = ("qkv", "out", "gate_up", "down")
+    Block = Projections
+    config: LlamaConfig
+    embed: Tensor  # input embeddings, rotated [vocab, hidden]
 
-    def __init__(self, config: LlamaConfig, embed: Tensor, blocks: list[Block], head: ExactLinear) -> None:
-        self.config, self.embed, self.blocks, self.head = config, embed, blocks, head
+    def __init__(self, config: LlamaConfig, blocks: list[Projections], head: ExactLinear, embed: Tensor) -> None:
+        super().__init__(config, blocks, head, embed=embed)
         self.residual = exact.hadamard_factors(config.hidden)
         self.down_rotation = exact.hadamard_factors(config.intermediate)
         self.cos, self.sin = torch.empty(0), torch.empty(0)
-        self.device = torch.device("cpu")
 
     config_of = staticmethod(LlamaConfig.of)
 
@@ -136,7 +106,7 @@ class ExactLlama:
             gate_up = torch.cat([w[mlp + "gate_proj.weight"], w[mlp + "up_proj.weight"]])
             down = exact.rotate_weights(w[mlp + "down_proj.weight"], down_rotation, 1 / c.intermediate)
             blocks.append(
-                Block(
+                Projections(
                     qkv=ExactLinear.of(reads_residual(qkv, w[p + "input_layernorm.weight"])),
                     out=ExactLinear.of(writes_residual(per_head(w[attn + "o_proj.weight"], c.heads))),
                     gate_up=ExactLinear.of(reads_residual(gate_up, w[p + "post_attention_layernorm.weight"])),
@@ -145,34 +115,7 @@ class ExactLlama:
             )
         head = w.get("lm_head.weight", w["model.embed_tokens.weight"])  # small models tie them
         embed = exact.rotate_weights(w["model.embed_tokens.weight"], residual, into).float()
-        return cls(config, embed, blocks, ExactLinear.of(reads_residual(head, w["model.norm.weight"])))
-
-    def state(self) -> dict[str, Tensor]:
-        """The prepared numbers (integer weights as int16), to save and load instead of preparing."""
-        linears = {f"{i}.{n}": getattr(b, n) for i, b in enumerate(self.blocks) for n in self.LINEARS}
-        linears["head"] = self.head
-        state = {"embed": self.embed.cpu()}
-        for name, linear in linears.items():
-            state[f"{name}.weight"] = linear.int_weight.cpu()
-            state[f"{name}.scale"] = linear.scale.cpu()
-        return state
-
-    @classmethod
-    def from_state(cls, config: LlamaConfig, state: dict[str, Tensor]) -> ExactLlama:
-        def linear(name: str) -> ExactLinear:
-            return ExactLinear(state[f"{name}.weight"], state[f"{name}.scale"])
-
-        blocks = [Block(*(linear(f"{i}.{n}") for n in cls.LINEARS)) for i in range(config.layers)]
-        return cls(config, state["embed"], blocks, linear("head"))
-
-    def to(self, device: torch.device) -> ExactLlama:
-        self.device = device
-        self.embed = self.embed.to(device)
-        for block in self.blocks:
-            for name in self.LINEARS:
-                getattr(block, name).to(device)
-        self.head.to(device)
-        return self
+        return cls(config, blocks, ExactLinear.of(reads_residual(head, w["model.norm.weight"])), embed=embed)
 
     def new_cache(self, rows: int, capacity: int) -> KVCache:
         if self.cos.shape[0] < capacity:
