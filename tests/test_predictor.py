@@ -181,9 +181,11 @@ def test_a_cache_larger_than_memory_is_refused_before_allocating(tiny, exact_tin
             predictor.start(MIN_ROWS, 10**12)
 
 
-def test_prepared_weights_are_cached_and_a_damaged_copy_is_prepared_again(tiny, monkeypatch, tmp_path):
+@pytest.mark.parametrize("model", ["tiny", "tiny_gemma3"])
+def test_prepared_weights_are_cached_and_a_damaged_copy_is_prepared_again(request, model, monkeypatch, tmp_path):
     """The prepared integers of a built-in model are kept on disk with a digest; a copy that
     fails it is never used."""
+    tiny = request.getfixturevalue(model)
     monkeypatch.setenv("LLMZIP_CACHE_DIR", str(tmp_path))
     monkeypatch.setitem(models.ALIASES, tiny.name, None)  # cached like a built-in alias
     ids = torch.from_numpy(tiny.tokenizer.encode(TEXT)[:30].astype(np.int64))[None]
