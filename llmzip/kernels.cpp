@@ -1,9 +1,13 @@
-// Fused CPU versions of exact.py's elementwise pipelines: the same IEEE operations in the same
-// order, so the same bits, in one pass over memory instead of one pass per torch op. Compiled
-// with -ffp-contract=off (no fused multiply-add) and without -ffast-math; exact.py's torch code
+// Fused CPU versions of exact.py's pipelines: the same IEEE operations in the same order, and
+// the same integer sums (int32 here, float32 below 2**24 there), so the same bits, in one pass
+// over memory instead of one pass per torch op. Compiled with -ffp-contract=off (no fused
+// multiply-add), without -ffast-math and with OpenMP (at::parallel_for); exact.py's torch code
 // is the definition and the fallback, and tests/test_exact.py checks that both agree bit for bit.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -22,7 +26,8 @@ namespace {
 constexpr float kPoly[] = {LLMZIP_EXP2_POLY};
 constexpr int kDegree = sizeof(kPoly) / sizeof(kPoly[0]) - 1;
 constexpr int kLanes = 16;  // independent partial maxima, so that max over a row vectorises
-constexpr int64_t kSlice = 32;  // value dimensions summed at once in attention_cached
+constexpr int64_t kChannels = 16;  // output channels of one packed weight block in `linear`
+constexpr int64_t kRows = 6;  // rows of one register tile in `linear`: 12 sums, 2 weights, 1 broadcast
 
 inline float exp2_neg(float d) {
   d = std::min(d, 127.0f);
@@ -185,24 +190,212 @@ std::vector<torch::Tensor> attention_weights(torch::Tensor scores, torch::Tensor
   return {weights, factor};
 }
 
-// sum of a[d] * b[d] over d < dim, unrolled when Dim gives it: with |a|, |b| <= 511 and
-// dim <= 64, |sum| < 2**24 is exact, and the integer float32 products would give.
-template <int64_t Dim>
-inline int32_t dot(const int16_t* a, const int16_t* b, int64_t dim) {
-  int32_t sum = 0;
-  for (int64_t d = 0; d < (Dim ? Dim : dim); ++d) sum += static_cast<int32_t>(a[d]) * static_cast<int32_t>(b[d]);
-  return sum;
+// y = x @ H over each length-n row of x, H = F1 ⊗ F2 ⊗ ... (exact.hadamard's factors): each
+// ±1 factor is sums and differences along its axis, and a last factor of Sylvester's
+// construction (order 2**s) is s butterfly passes instead of a product. The values are
+// integers and every partial sum is bounded by n * max|x| < 2**24, so all of it is exact and
+// gives the float32 products' bits.
+torch::Tensor hadamard(torch::Tensor x, std::vector<torch::Tensor> factors) {
+  auto xc = x.contiguous();
+  const int64_t n = xc.size(-1), rows = xc.numel() / n;
+  std::vector<std::vector<float>> signs;  // factor entries f[j][i], row major
+  for (const auto& f : factors) {
+    auto fc = f.to(torch::kFloat32).contiguous();
+    signs.emplace_back(fc.data_ptr<float>(), fc.data_ptr<float>() + fc.numel());
+  }
+  const int64_t last = factors.back().size(0);
+  bool sylvester = (last & (last - 1)) == 0;  // entry (j, i) is (-1)**popcount(i & j)
+  for (int64_t j = 0; sylvester && j < last; ++j)
+    for (int64_t i = 0; i < last; ++i)
+      sylvester = sylvester && signs.back()[j * last + i] == (__builtin_popcountll(i & j) % 2 ? -1.0f : 1.0f);
+  auto out = torch::empty_like(xc);
+  const float* in = xc.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scratch(n);
+    for (int64_t r = begin; r < end; ++r) {
+      float* y = op + r * n;
+      std::copy(in + r * n, in + (r + 1) * n, y);
+      int64_t after = n;
+      for (size_t t = 0; t < factors.size(); ++t) {
+        const int64_t m = factors[t].size(0);
+        after /= m;
+        if (t + 1 == factors.size() && sylvester) {  // butterflies over consecutive blocks of m
+          for (int64_t half = 1; half < m; half *= 2)
+            for (int64_t b = 0; b < n; b += 2 * half)
+              for (int64_t i = b; i < b + half; ++i) {
+                const float u = y[i], v = y[i + half];
+                y[i] = u + v;
+                y[i + half] = u - v;
+              }
+          continue;
+        }
+        const float* f = signs[t].data();
+        for (int64_t p = 0; p < n; p += m * after) {  // y[p, i, a] = sum_j f[j][i] * y[p, j, a]
+          float* block = y + p;
+          for (int64_t i = 0; i < m; ++i) {
+            float* o = scratch.data() + i * after;
+            for (int64_t a = 0; a < after; ++a) o[a] = 0.0f;
+            for (int64_t j = 0; j < m; ++j) {
+              const float sign = f[j * m + i];
+              const float* xj = block + j * after;
+              for (int64_t a = 0; a < after; ++a) o[a] = o[a] + sign * xj[a];
+            }
+          }
+          std::copy(scratch.data(), scratch.data() + m * after, block);
+        }
+      }
+    }
+  });
+  return out;
 }
 
-// out[d] = factor * sum_j w[j] * v[j * dim + d] for d < Width, the sums held in registers. The
-// weights are integers summing to about 2**16 and |v| <= 127: every partial sum is an integer
-// below 2**24, exact in float32.
-template <int64_t Width>
-inline void weighted_slice(const float* w, const int8_t* v, int64_t n, int64_t dim, float factor, float* out) {
-  float sums[Width] = {};
-  for (int64_t j = 0; j < n; ++j)
-    for (int64_t d = 0; d < Width; ++d) sums[d] += w[j] * static_cast<float>(v[j * dim + d]);
-  for (int64_t d = 0; d < Width; ++d) out[d] = sums[d] * factor;
+// Integer weights for `linear`: [N, K] int16 reordered as [ceil(N/16), ceil(K/2), 16, 2], so that
+// one 256-bit load holds two neighbouring k of eight output channels (zeros pad N and K).
+torch::Tensor pack_weight(torch::Tensor weight) {
+  auto w = weight.to(torch::kInt16).contiguous();
+  const int64_t n = w.size(0), k = w.size(1), pairs = (k + 1) / 2, blocks = (n + kChannels - 1) / kChannels;
+  auto packed = torch::zeros({blocks, pairs, kChannels, 2}, torch::kInt16);
+  const int16_t* src = w.data_ptr<int16_t>();
+  int16_t* dst = packed.data_ptr<int16_t>();
+  for (int64_t c = 0; c < n; ++c)
+    for (int64_t j = 0; j < k; ++j)
+      dst[(((c / kChannels) * pairs + j / 2) * kChannels + c % kChannels) * 2 + j % 2] = src[c * k + j];
+  return packed;
+}
+
+// Rows x[0..Rows) (int16, k pairs each, row stride lda) times one block of 16 packed channels:
+// int16 products summed in int32, exact (|x| <= 511, |w| < 2**15 / 2, K * |x| * |w| < 2**31).
+template <int Rows>
+inline void linear_tile(const int16_t* x, int64_t lda, const int16_t* w, int64_t pairs, int32_t* acc) {
+#if defined(__AVX2__)
+  __m256i sums[Rows][2];
+  for (int r = 0; r < Rows; ++r) sums[r][0] = sums[r][1] = _mm256_setzero_si256();
+  for (int64_t p = 0; p < pairs; ++p) {
+    const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + p * 2 * kChannels));
+    const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + p * 2 * kChannels + kChannels));
+    for (int r = 0; r < Rows; ++r) {
+      int32_t pair;
+      std::memcpy(&pair, x + r * lda + 2 * p, sizeof pair);
+      const __m256i xr = _mm256_set1_epi32(pair);
+      sums[r][0] = _mm256_add_epi32(sums[r][0], _mm256_madd_epi16(xr, w0));
+      sums[r][1] = _mm256_add_epi32(sums[r][1], _mm256_madd_epi16(xr, w1));
+    }
+  }
+  for (int r = 0; r < Rows; ++r) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + r * kChannels), sums[r][0]);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + r * kChannels + 8), sums[r][1]);
+  }
+#else
+  for (int r = 0; r < Rows; ++r)
+    for (int c = 0; c < kChannels; ++c) {
+      int32_t sum = 0;
+      for (int64_t p = 0; p < 2 * pairs; ++p)
+        sum += static_cast<int32_t>(x[r * lda + p]) * static_cast<int32_t>(w[(p / 2 * kChannels + c) * 2 + p % 2]);
+      acc[r * kChannels + c] = sum;
+    }
+#endif
+}
+
+// exact.ExactLinear: y = (x @ W.T) * scale * row_scale for integer-valued x [M, K] (float32) and
+// packed integer weights. The integer product is exact, as the float32 pieces' sum is, and is
+// rounded to float32 once, as theirs is; then the same two float32 products.
+torch::Tensor linear(torch::Tensor x, torch::Tensor packed, int64_t n, torch::Tensor scale, torch::Tensor row_scale) {
+  auto xc = x.contiguous(), sc = scale.contiguous(), rs = row_scale.contiguous();
+  const int64_t k = xc.size(-1), m = xc.numel() / k, blocks = packed.size(0), pairs = packed.size(1);
+  TORCH_CHECK(packed.size(2) == kChannels && 2 * pairs >= k && blocks * kChannels >= n && rs.numel() == m);
+  auto sizes = xc.sizes().vec();
+  sizes.back() = n;
+  auto out = torch::empty(sizes, xc.options());
+  std::vector<int16_t> xi(m * 2 * pairs, 0);  // |x| <= 511
+  const float* xp = xc.data_ptr<float>();
+  for (int64_t r = 0; r < m; ++r)
+    for (int64_t j = 0; j < k; ++j) xi[r * 2 * pairs + j] = static_cast<int16_t>(xp[r * k + j]);
+  const int16_t* wp = packed.data_ptr<int16_t>();
+  const float* scp = sc.data_ptr<float>();
+  const float* rsp = rs.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int32_t> acc(kRows * kChannels);
+    for (int64_t b = begin; b < end; ++b) {
+      const int16_t* w = wp + b * pairs * 2 * kChannels;
+      const int64_t c0 = b * kChannels, width = std::min(kChannels, n - c0);
+      for (int64_t r0 = 0; r0 < m; r0 += kRows) {
+        const int64_t rows = std::min(kRows, m - r0);
+        const int16_t* xr = xi.data() + r0 * 2 * pairs;
+        switch (rows) {
+          case 6: linear_tile<6>(xr, 2 * pairs, w, pairs, acc.data()); break;
+          case 5: linear_tile<5>(xr, 2 * pairs, w, pairs, acc.data()); break;
+          case 4: linear_tile<4>(xr, 2 * pairs, w, pairs, acc.data()); break;
+          case 3: linear_tile<3>(xr, 2 * pairs, w, pairs, acc.data()); break;
+          case 2: linear_tile<2>(xr, 2 * pairs, w, pairs, acc.data()); break;
+          default: linear_tile<1>(xr, 2 * pairs, w, pairs, acc.data()); break;
+        }
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t c = 0; c < width; ++c)
+            op[(r0 + r) * n + c0 + c] = static_cast<float>(acc[r * kChannels + c]) * scp[c0 + c] * rsp[r0 + r];
+      }
+    }
+  });
+  return out;
+}
+
+// Scores of one query against keys 0..n-1: out[j] = sum_d q[d] * k[j * dim + d], int16 products
+// summed in int32 (|q|, |k| <= 511 and dim <= 64: below 2**24, the integers float32 would give).
+inline void query_scores(const int16_t* q, const int16_t* k, int64_t n, int64_t dim, float* out) {
+  int64_t j = 0;
+#if defined(__AVX2__)
+  if (dim % 16 == 0) {
+    for (; j + 8 <= n; j += 8) {  // eight keys, each summed in a lane of its own vector
+      const int16_t* kb = k + j * dim;
+      __m256i r[8];
+      for (int t = 0; t < 8; ++t) r[t] = _mm256_setzero_si256();
+      for (int64_t d = 0; d < dim; d += 16) {
+        const __m256i qv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + d));
+#pragma GCC unroll 8
+        for (int t = 0; t < 8; ++t) {
+          const __m256i kv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kb + t * dim + d));
+          r[t] = _mm256_add_epi32(r[t], _mm256_madd_epi16(qv, kv));
+        }
+      }
+      // hadd twice: the low 128 bits hold keys 0..3's sums of their low halves, the high 128 of their high halves
+      const __m256i lo = _mm256_hadd_epi32(_mm256_hadd_epi32(r[0], r[1]), _mm256_hadd_epi32(r[2], r[3]));
+      const __m256i hi = _mm256_hadd_epi32(_mm256_hadd_epi32(r[4], r[5]), _mm256_hadd_epi32(r[6], r[7]));
+      const __m256i sums = _mm256_add_epi32(_mm256_permute2x128_si256(lo, hi, 0x20), _mm256_permute2x128_si256(lo, hi, 0x31));
+      _mm256_storeu_ps(out + j, _mm256_cvtepi32_ps(sums));
+    }
+  }
+#endif
+  for (; j < n; ++j) {
+    int32_t sum = 0;
+    for (int64_t d = 0; d < dim; ++d) sum += static_cast<int32_t>(q[d]) * static_cast<int32_t>(k[j * dim + d]);
+    out[j] = static_cast<float>(sum);
+  }
+}
+
+// out[d] = factor * sum_j w[j] * v[j * dim + d] for j < n, d < dim. The weights are integers
+// summing to about 2**16 and |v| <= 127: every product and partial sum is an integer below
+// 2**24, exact in float32 in any order.
+inline void weighted_values(const float* w, const float* v, int64_t n, int64_t dim, float factor, float* out) {
+  int64_t d0 = 0;
+#if defined(__AVX2__)
+  for (; d0 + 64 <= dim; d0 += 64) {  // 64 dimensions held in eight registers
+    __m256 sums[8];
+    for (int s = 0; s < 8; ++s) sums[s] = _mm256_setzero_ps();
+    for (int64_t j = 0; j < n; ++j) {
+      const __m256 wj = _mm256_broadcast_ss(w + j);
+      const float* vr = v + j * dim + d0;
+      for (int s = 0; s < 8; ++s) sums[s] = _mm256_add_ps(sums[s], _mm256_mul_ps(wj, _mm256_loadu_ps(vr + 8 * s)));
+    }
+    const __m256 f = _mm256_set1_ps(factor);
+    for (int s = 0; s < 8; ++s) _mm256_storeu_ps(out + d0 + 8 * s, _mm256_mul_ps(sums[s], f));
+  }
+#endif
+  for (; d0 < dim; ++d0) {
+    float sum = 0.0f;
+    for (int64_t j = 0; j < n; ++j) sum += w[j] * v[j * dim + d0];
+    out[d0] = sum * factor;
+  }
 }
 
 // exact.attention with the integer cache read directly (int16 keys, int8 values: a quarter and
@@ -228,33 +421,25 @@ torch::Tensor attention_cached(torch::Tensor q, torch::Tensor q_scale, torch::Te
   float* op = out.data_ptr<float>();
   const int64_t k_stride = k.stride(0), v_stride = v.stride(0), ks_stride = k_scale.stride(0),
                 vs_stride = v_scale.stride(0);
-  // One (row, key/value head) at a time, with all its queries: each key is read once for all.
+  int64_t longest = 0;  // keys any query attends
+  for (int64_t i = 0; i < queries; ++i) longest = std::max(longest, std::min(pp[i], keys - 1) + 1);
+  // One (row, key/value head) at a time, with all its queries: each key and value is read and
+  // converted once for all of them.
   at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> acc(queries * keys), w(keys), scaled(keys), e(keys);
+    std::vector<float> acc(queries * keys), w(keys), scaled(keys), e(keys), values(longest * dim);
     std::vector<int16_t> qi(queries * dim);  // |q| <= 511: int16 products summed in int32
-    int64_t longest = 0;
-    for (int64_t i = 0; i < queries; ++i) longest = std::max(longest, std::min(pp[i], keys - 1) + 1);
     for (int64_t b = begin; b < end; ++b) {
       for (int64_t d = 0; d < queries * dim; ++d) qi[d] = static_cast<int16_t>(qp[b * queries * dim + d]);
-      const int16_t* kb = kp + b * k_stride;
-      for (int64_t j = 0; j < longest; ++j) {
-        const int16_t* kr = kb + j * dim;
-        for (int64_t i = 0; i < queries; ++i) {
-          const int16_t* qr = qi.data() + i * dim;
-          acc[i * keys + j] = static_cast<float>(dim == 64 ? dot<64>(qr, kr, dim) : dot<0>(qr, kr, dim));
-        }
-      }
+      for (int64_t i = 0; i < queries; ++i)
+        query_scores(qi.data() + i * dim, kp + b * k_stride, longest, dim, acc.data() + i * keys);
       const int8_t* vb = vp + b * v_stride;
+      for (int64_t j = 0; j < longest * dim; ++j) values[j] = static_cast<float>(vb[j]);
       for (int64_t i = 0; i < queries; ++i) {
         const int64_t row = b * queries + i, n = std::min(pp[i], keys - 1) + 1;
         const int64_t first = std::clamp(pp[i] - window + 1, int64_t{0}, n), m = n - first;
         const float factor = query_weights(acc.data() + i * keys + first, ksp + b * ks_stride + first,
                                            vsp + b * vs_stride + first, qsp[row], m, w.data(), scaled.data(), e.data());
-        const int8_t* vf = vb + first * dim;
-        float* o = op + row * dim;
-        int64_t d0 = 0;
-        for (; d0 + kSlice <= dim; d0 += kSlice) weighted_slice<kSlice>(w.data(), vf + d0, m, dim, factor, o + d0);
-        for (; d0 < dim; ++d0) weighted_slice<1>(w.data(), vf + d0, m, dim, factor, o + d0);
+        weighted_values(w.data(), values.data() + first * dim, m, dim, factor, op + row * dim);
       }
     }
   });
@@ -265,6 +450,9 @@ torch::Tensor attention_cached(torch::Tensor q, torch::Tensor q_scale, torch::Te
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("quantize", &quantize);
+  m.def("hadamard", &hadamard);
+  m.def("pack_weight", &pack_weight);
+  m.def("linear", &linear);
   m.def("softmax_weights_into", &softmax_weights_into);
   m.def("silu_mul", &silu_mul);
   m.def("attention_weights", &attention_weights);

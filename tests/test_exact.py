@@ -55,6 +55,9 @@ def test_kernels_give_the_torch_codes_bits(torch_only, monkeypatch):
     def calls() -> list[torch.Tensor]:
         return [
             exact.silu_mul(x, y),
+            exact.hadamard(torch.round(x[:3840]).view(6, 640), exact.hadamard_factors(640)),  # Paley 20, Sylvester 32
+            exact.hadamard(torch.round(x[:3072]).view(2, 1536), exact.hadamard_factors(1536)),
+            exact.hadamard(torch.round(x[:3456]).view(6, 576), exact.hadamard_factors(576)),  # 12, 12, 4
             exact.softmax_weights(logits),
             exact.softmax_weights(logits, torch.zeros(5, 3010, dtype=torch.float64)),
             *exact.quantize(x[:4096].view(64, 64), 127),
@@ -104,17 +107,20 @@ def test_masked_keys_change_nothing(torch_only, window):
         assert torch.equal(alone, full[..., i : i + 1, :])
 
 
-@pytest.mark.parametrize("k", [64, 576, 1040, 1536, 3072])
-def test_linear_is_the_exact_integer_product(k):
-    """Largest-magnitude integers of both signs, summed in float32, equal int64 arithmetic, for
-    any number of rows."""
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("k", [64, 75, 576, 1040, 1536, 3072])
+def test_linear_is_the_exact_integer_product(k, fused, monkeypatch):
+    """Largest-magnitude integers of both signs, summed in the kernel's int32 (odd K, a part
+    block of channels, part tiles of rows) or in float32 K-pieces, equal int64 arithmetic."""
+    if not fused:
+        monkeypatch.setattr(exact, "kernels", lambda: None)
     rng = np.random.default_rng(k)
-    weight = torch.from_numpy(rng.standard_normal((48, k)))
+    weight = torch.from_numpy(rng.standard_normal((45, k)))
     weight[:, 0] = 100.0  # each row's maximum is its first column: those entries quantize to +-levels
     linear = exact.ExactLinear.of(weight)
     x = torch.from_numpy(rng.choice([-127.0, 127.0], (67, k))).float()
     expected = (x.long() @ linear.int_weight.long().T).float() * linear.scale
-    for rows in (1, 5, 67):
+    for rows in (1, 5, 13, 67):
         assert torch.equal(linear(x[:rows], torch.ones(rows, 1)), expected[:rows])
     assert max(b - a for a, b in linear.bounds) * 127 * linear.int_weight.abs().max() < 2**24
 
