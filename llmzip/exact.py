@@ -247,10 +247,11 @@ def attention(
     return (weights @ v) * factor
 
 
-def hadamard_factors(n: int) -> list[torch.Tensor]:
-    """±1 matrices whose Kronecker product is a Hadamard matrix of order n (H Hᵀ = n I):
-    Paley factors of order q + 1 (q prime, q = 3 mod 4) until a power of two is left, then
-    one Sylvester factor. 576 = 12·12·4, 1536 = 12·128, 640 = 20·32."""
+@cache
+def hadamard_factors(n: int) -> tuple[tuple[torch.Tensor, ...], int]:
+    """A Hadamard matrix of order n (H Hᵀ = n I) as the Kronecker product of ±1 Paley factors
+    of order q + 1 (q prime, q = 3 mod 4; float64), taken until a power of two m is left, and
+    Sylvester's matrix of order m: (factors, m). 576 = 12·12·4, 1536 = 12·128, 640 = 20·32."""
     factors = []
     while n & (n - 1):
         q = next((q for q in _PALEY_PRIMES if n % (q + 1) == 0), None)
@@ -258,19 +259,10 @@ def hadamard_factors(n: int) -> list[torch.Tensor]:
             raise ValueError(f"no Hadamard matrix of order {n} built here")
         factors.append(_paley(q))
         n //= q + 1
-    if n > 1:
-        factors.append(_sylvester(n))
-    return factors
+    return tuple(factors), n
 
 
 _PALEY_PRIMES = (11, 19, 23, 31, 43, 47, 59, 67, 71, 79, 83)
-
-
-def _sylvester(n: int) -> torch.Tensor:
-    h = torch.ones(1, 1, dtype=torch.float64)
-    while h.shape[0] < n:
-        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)])
-    return h
 
 
 def _paley(q: int) -> torch.Tensor:
@@ -284,27 +276,31 @@ def _paley(q: int) -> torch.Tensor:
     return s + torch.eye(q + 1, dtype=torch.float64)
 
 
-def hadamard(x: torch.Tensor, factors: list[torch.Tensor]) -> torch.Tensor:
-    """x @ (F1 ⊗ F2 ⊗ ...) over the last axis, for integer-valued x: every sum is of integers,
-    exact while n * max|x| stays below 2**24 (float32) or 2**53 (float64)."""
+def hadamard(x: torch.Tensor) -> torch.Tensor:
+    """x @ H over the last axis (H of `hadamard_factors`), for integer-valued x: every sum is of
+    integers, exact while n * max|x| stays below 2**24 (float32) or 2**53 (float64)."""
+    factors, sylvester = hadamard_factors(x.shape[-1])
     if fused := _fused(x):
-        return fused.hadamard(x, factors)
+        return fused.hadamard(x, list(factors), sylvester)
     shape, after = x.shape, x.shape[-1]
-    for f in factors:
-        f = f.to(x.dtype)
+    for f in factors:  # each contracts the middle axis of [before, order, after]
         after //= f.shape[0]
-        # The last factor is a plain product; the others contract the middle axis of [before, m, after].
-        x = x.reshape(-1, f.shape[0]) @ f if after == 1 else torch.matmul(f.T, x.reshape(-1, f.shape[0], after))
+        x = torch.matmul(f.to(x.dtype).T, x.reshape(-1, f.shape[0], after))
+    half = sylvester // 2
+    while half:  # Sylvester's H_2m = [[H_m, H_m], [H_m, -H_m]]: sums and differences of halves
+        pairs = x.reshape(-1, 2, half)
+        x = torch.stack([pairs[:, 0] + pairs[:, 1], pairs[:, 0] - pairs[:, 1]], 1)
+        half //= 2
     return x.reshape(shape)
 
 
-def rotate_weights(w: torch.Tensor, factors: list[torch.Tensor], scale: float) -> torch.Tensor:
+def rotate_weights(w: torch.Tensor, scale: float) -> torch.Tensor:
     """(w @ H) * scale over the last axis, in float64, for any float weights: w is first put
     on a 40-bit fixed-point grid (one power-of-two step for the whole matrix), so the
     product is exact and the only roundings are that grid and the final scaling."""
     w = w.double()
     step = 2.0 ** (math.frexp(float(w.abs().max()))[1] - 40)
-    return hadamard(torch.round(w / step), factors) * (step * scale)
+    return hadamard(torch.round(w / step)) * (step * scale)
 
 
 def rotary_table(positions: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -106,8 +106,6 @@ class ExactGemma3(PreparedModel):
         self, config: Gemma3Config, blocks: list[Block], head: ExactLinear, embed: Tensor, final_gain: Tensor
     ) -> None:
         super().__init__(config, blocks, head, embed=embed, final_gain=final_gain)
-        self.residual = exact.hadamard_factors(config.hidden)
-        self.down_rotation = exact.hadamard_factors(config.intermediate)
         self.tables: list[tuple[Tensor, Tensor]] = []  # cos, sin: full, sliding
 
     config_of = staticmethod(Gemma3Config.of)
@@ -119,16 +117,14 @@ class ExactGemma3(PreparedModel):
         integers on every machine)."""
         c = config
         w = {name: t.detach().double() for name, t in model.state_dict().items()}
-        residual, value_rotation = exact.hadamard_factors(c.hidden), exact.hadamard_factors(c.head_dim)
-        down_rotation = exact.hadamard_factors(c.intermediate)
 
         def reads_residual(weight: Tensor) -> Tensor:
             """A projection made to read its input rotated online (by H, not H / sqrt(n))."""
-            return exact.rotate_weights(weight, residual, 1 / c.hidden)
+            return exact.rotate_weights(weight, 1 / c.hidden)
 
         def per_head(weight: Tensor, heads: int) -> Tensor:
             parts = weight.reshape(*weight.shape[:-1], heads, c.head_dim)
-            return exact.rotate_weights(parts, value_rotation, 1 / math.sqrt(c.head_dim)).reshape(weight.shape)
+            return exact.rotate_weights(parts, 1 / math.sqrt(c.head_dim)).reshape(weight.shape)
 
         def gain(name: str) -> Tensor:
             return (1 + w[name]).float()
@@ -140,7 +136,7 @@ class ExactGemma3(PreparedModel):
             values = per_head(w[attn + "v_proj.weight"].T, c.kv_heads).T
             qkv = torch.cat([w[attn + "q_proj.weight"], w[attn + "k_proj.weight"], values])
             gate_up = torch.cat([w[mlp + "gate_proj.weight"], w[mlp + "up_proj.weight"]])
-            down = exact.rotate_weights(w[mlp + "down_proj.weight"], down_rotation, 1 / c.intermediate)
+            down = exact.rotate_weights(w[mlp + "down_proj.weight"], 1 / c.intermediate)
             blocks.append(
                 Block(
                     qkv=ExactLinear.of(reads_residual(qkv)),
@@ -174,7 +170,7 @@ class ExactGemma3(PreparedModel):
         """Input embeddings given as vectors (steering), as the model reads them."""
         return vectors.float().to(self.device)
 
-    def _read(self, x: Tensor, gain: Tensor | None, rotation: list[Tensor]) -> tuple[Tensor, Tensor]:
+    def _read(self, x: Tensor, gain: Tensor | None) -> tuple[Tensor, Tensor]:
         """8-bit integers and row scales of RMSNorm(x) * gain (of x itself if gain is None)
         times the rotation H: 13-bit integers, an exact Hadamard transform, then 8 bits."""
         if gain is None:
@@ -183,7 +179,7 @@ class ExactGemma3(PreparedModel):
             q, factor = quantize_normed(x, self.config.rms_eps, NORM_LEVELS)
             q, scale = quantize(q * gain, NORM_LEVELS)
             scale = scale * factor
-        r, r_scale = quantize(hadamard(q, rotation), exact.ACTIVATION_LEVELS)
+        r, r_scale = quantize(hadamard(q), exact.ACTIVATION_LEVELS)
         return r, r_scale * scale
 
     def _head_norm(self, x: Tensor, gain: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
@@ -211,7 +207,7 @@ class ExactGemma3(PreparedModel):
         key_scale = exact.LOG2E * c.query_scale  # scores in log2 units
         for i, block in enumerate(self.blocks):
             cos, sin = tables[c.sliding[i]]
-            h, h_scale = self._read(x, block.input_gain, self.residual)
+            h, h_scale = self._read(x, block.input_gain)
             qkv = block.qkv(h, h_scale).view(rows, length, c.heads + 2 * c.kv_heads, c.head_dim)
             k, k_scale = self._head_norm(qkv[:, :, c.heads : c.heads + c.kv_heads], block.key_gain, cos, sin)
             v, v_scale = quantize(qkv[:, :, c.heads + c.kv_heads :].transpose(1, 2), V_LEVELS)
@@ -225,9 +221,9 @@ class ExactGemma3(PreparedModel):
             o = o.view(rows, c.heads, length, c.head_dim).transpose(1, 2)
             o, o_scale = quantize(o.reshape(rows, length, c.heads * c.head_dim), exact.ACTIVATION_LEVELS)
             x = x + self._normed(block.out(o, o_scale), block.attention_gain)
-            h, h_scale = self._read(x, block.mlp_input_gain, self.residual)
+            h, h_scale = self._read(x, block.mlp_input_gain)
             gate, up = block.gate_up(h, h_scale).chunk(2, dim=-1)
-            a, a_scale = self._read(exact.gelu_tanh_mul(gate, up), None, self.down_rotation)
+            a, a_scale = self._read(exact.gelu_tanh_mul(gate, up), None)
             x = x + self._normed(block.down(a, a_scale), block.mlp_gain)
-        h, h_scale = self._read(x, self.final_gain, self.residual)
+        h, h_scale = self._read(x, self.final_gain)
         return self.head(h, h_scale)

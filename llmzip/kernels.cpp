@@ -190,24 +190,19 @@ std::vector<torch::Tensor> attention_weights(torch::Tensor scores, torch::Tensor
   return {weights, factor};
 }
 
-// y = x @ H over each length-n row of x, H = F1 ⊗ F2 ⊗ ... (exact.hadamard's factors): each
-// ±1 factor is sums and differences along its axis, and a last factor of Sylvester's
-// construction (order 2**s) is s butterfly passes instead of a product. The values are
+// exact.hadamard: y = x @ H over each length-n row of x, H = F1 ⊗ F2 ⊗ ... ⊗ S with ±1 Paley
+// factors F (float64 [m, m]) and Sylvester's matrix S of order `sylvester` (a power of two),
+// as sums and differences along each factor's axis and butterflies for S. The values are
 // integers and every partial sum is bounded by n * max|x| < 2**24, so all of it is exact and
-// gives the float32 products' bits.
-torch::Tensor hadamard(torch::Tensor x, std::vector<torch::Tensor> factors) {
+// gives the torch code's bits.
+torch::Tensor hadamard(torch::Tensor x, std::vector<torch::Tensor> factors, int64_t sylvester) {
   auto xc = x.contiguous();
   const int64_t n = xc.size(-1), rows = xc.numel() / n;
-  std::vector<std::vector<float>> signs;  // factor entries f[j][i], row major
+  std::vector<std::vector<float>> signs;  // entries f[j][i], row major
   for (const auto& f : factors) {
     auto fc = f.to(torch::kFloat32).contiguous();
     signs.emplace_back(fc.data_ptr<float>(), fc.data_ptr<float>() + fc.numel());
   }
-  const int64_t last = factors.back().size(0);
-  bool sylvester = (last & (last - 1)) == 0;  // entry (j, i) is (-1)**popcount(i & j)
-  for (int64_t j = 0; sylvester && j < last; ++j)
-    for (int64_t i = 0; i < last; ++i)
-      sylvester = sylvester && signs.back()[j * last + i] == (__builtin_popcountll(i & j) % 2 ? -1.0f : 1.0f);
   auto out = torch::empty_like(xc);
   const float* in = xc.data_ptr<float>();
   float* op = out.data_ptr<float>();
@@ -219,18 +214,8 @@ torch::Tensor hadamard(torch::Tensor x, std::vector<torch::Tensor> factors) {
       int64_t after = n;
       for (size_t t = 0; t < factors.size(); ++t) {
         const int64_t m = factors[t].size(0);
-        after /= m;
-        if (t + 1 == factors.size() && sylvester) {  // butterflies over consecutive blocks of m
-          for (int64_t half = 1; half < m; half *= 2)
-            for (int64_t b = 0; b < n; b += 2 * half)
-              for (int64_t i = b; i < b + half; ++i) {
-                const float u = y[i], v = y[i + half];
-                y[i] = u + v;
-                y[i + half] = u - v;
-              }
-          continue;
-        }
         const float* f = signs[t].data();
+        after /= m;
         for (int64_t p = 0; p < n; p += m * after) {  // y[p, i, a] = sum_j f[j][i] * y[p, j, a]
           float* block = y + p;
           for (int64_t i = 0; i < m; ++i) {
@@ -245,6 +230,13 @@ torch::Tensor hadamard(torch::Tensor x, std::vector<torch::Tensor> factors) {
           std::copy(scratch.data(), scratch.data() + m * after, block);
         }
       }
+      for (int64_t half = 1; half < sylvester; half *= 2)  // S = H_2 ⊗ ... ⊗ H_2 on the last axis
+        for (int64_t b = 0; b < n; b += 2 * half)
+          for (int64_t i = b; i < b + half; ++i) {
+            const float u = y[i], v = y[i + half];
+            y[i] = u + v;
+            y[i + half] = u - v;
+          }
     }
   });
   return out;

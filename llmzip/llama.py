@@ -68,8 +68,6 @@ class ExactLlama(PreparedModel):
 
     def __init__(self, config: LlamaConfig, blocks: list[Projections], head: ExactLinear, embed: Tensor) -> None:
         super().__init__(config, blocks, head, embed=embed)
-        self.residual = exact.hadamard_factors(config.hidden)
-        self.down_rotation = exact.hadamard_factors(config.intermediate)
         self.cos, self.sin = torch.empty(0), torch.empty(0)
 
     config_of = staticmethod(LlamaConfig.of)
@@ -80,22 +78,20 @@ class ExactLlama(PreparedModel):
         every sum exact, so that every machine gets the same integers)."""
         c = config
         w = {name: t.detach().double() for name, t in model.state_dict().items()}
-        residual, value_rotation = exact.hadamard_factors(c.hidden), exact.hadamard_factors(c.head_dim)
-        down_rotation = exact.hadamard_factors(c.intermediate)
         into = 1 / math.sqrt(c.hidden)  # exact for 576 = 24**2; any rounding is the same everywhere
 
         def reads_residual(weight: Tensor, gain: Tensor) -> Tensor:
             """A projection reading RMSNorm(x) * gain, made to read the rotated stream's norm."""
-            return exact.rotate_weights(weight * gain, residual, into)
+            return exact.rotate_weights(weight * gain, into)
 
         def writes_residual(weight: Tensor) -> Tensor:
             """A projection whose output is added to the residual stream, made to write it rotated."""
-            return exact.rotate_weights(weight.T, residual, into).T
+            return exact.rotate_weights(weight.T, into).T
 
         def per_head(weight: Tensor, heads: int) -> Tensor:
             """Rotate each head's slice of the last axis by the value rotation (orthogonal: H/8)."""
             parts = weight.reshape(*weight.shape[:-1], heads, c.head_dim)
-            return exact.rotate_weights(parts, value_rotation, 1 / math.sqrt(c.head_dim)).reshape(weight.shape)
+            return exact.rotate_weights(parts, 1 / math.sqrt(c.head_dim)).reshape(weight.shape)
 
         blocks = []
         for i in range(c.layers):
@@ -104,7 +100,7 @@ class ExactLlama(PreparedModel):
             values = per_head(w[attn + "v_proj.weight"].T, c.kv_heads).T  # values come out rotated
             qkv = torch.cat([w[attn + "q_proj.weight"], w[attn + "k_proj.weight"], values])
             gate_up = torch.cat([w[mlp + "gate_proj.weight"], w[mlp + "up_proj.weight"]])
-            down = exact.rotate_weights(w[mlp + "down_proj.weight"], down_rotation, 1 / c.intermediate)
+            down = exact.rotate_weights(w[mlp + "down_proj.weight"], 1 / c.intermediate)
             blocks.append(
                 Projections(
                     qkv=ExactLinear.of(reads_residual(qkv, w[p + "input_layernorm.weight"])),
@@ -114,7 +110,7 @@ class ExactLlama(PreparedModel):
                 )
             )
         head = w.get("lm_head.weight", w["model.embed_tokens.weight"])  # small models tie them
-        embed = exact.rotate_weights(w["model.embed_tokens.weight"], residual, into).float()
+        embed = exact.rotate_weights(w["model.embed_tokens.weight"], into).float()
         return cls(config, blocks, ExactLinear.of(reads_residual(head, w["model.norm.weight"])), embed=embed)
 
     def new_cache(self, rows: int, capacity: int) -> KVCache:
@@ -125,7 +121,7 @@ class ExactLlama(PreparedModel):
 
     def embed_vectors(self, vectors: torch.Tensor) -> torch.Tensor:
         """Input embeddings given as vectors (steering) in the model's own basis, rotated."""
-        rotated = exact.rotate_weights(vectors.cpu(), self.residual, 1 / math.sqrt(self.config.hidden))
+        rotated = exact.rotate_weights(vectors.cpu(), 1 / math.sqrt(self.config.hidden))
         return rotated.float().to(self.device)
 
     @torch.inference_mode()
@@ -159,7 +155,7 @@ class ExactLlama(PreparedModel):
             h, h_scale = quantize_normed(x, c.rms_eps)
             gate, up = block.gate_up(h, h_scale).chunk(2, dim=-1)
             a, a_scale = quantize(exact.silu_mul(gate, up), DOWN_LEVELS)
-            a, a_rotated_scale = quantize(hadamard(a, self.down_rotation), exact.ACTIVATION_LEVELS)
+            a, a_rotated_scale = quantize(hadamard(a), exact.ACTIVATION_LEVELS)
             x = x + block.down(a, a_rotated_scale * a_scale)
         h, h_scale = quantize_normed(x, c.rms_eps)
         return self.head(h, h_scale)

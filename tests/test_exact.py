@@ -55,9 +55,9 @@ def test_kernels_give_the_torch_codes_bits(torch_only, monkeypatch):
     def calls() -> list[torch.Tensor]:
         return [
             exact.silu_mul(x, y),
-            exact.hadamard(torch.round(x[:3840]).view(6, 640), exact.hadamard_factors(640)),  # Paley 20, Sylvester 32
-            exact.hadamard(torch.round(x[:3072]).view(2, 1536), exact.hadamard_factors(1536)),
-            exact.hadamard(torch.round(x[:3456]).view(6, 576), exact.hadamard_factors(576)),  # 12, 12, 4
+            exact.hadamard(torch.round(x[:3840]).view(6, 640)),  # Paley 20, Sylvester 32
+            exact.hadamard(torch.round(x[:3072]).view(2, 1536)),
+            exact.hadamard(torch.round(x[:3456]).view(6, 576)),  # 12, 12, 4
             exact.softmax_weights(logits),
             exact.softmax_weights(logits, torch.zeros(5, 3010, dtype=torch.float64)),
             *exact.quantize(x[:4096].view(64, 64), 127),
@@ -125,16 +125,17 @@ def test_linear_is_the_exact_integer_product(k, fused, monkeypatch):
     assert max(b - a for a, b in linear.bounds) * 127 * linear.int_weight.abs().max() < 2**24
 
 
-@pytest.mark.parametrize("n", [4, 12, 64, 576, 640, 1536])
+@pytest.mark.parametrize("n", [4, 12, 64, 576, 640, 1536, 2048])
 def test_hadamard_matrices_are_hadamard_and_applied_exactly(n):
-    factors = exact.hadamard_factors(n)
+    factors, sylvester = exact.hadamard_factors(n)
     h = torch.ones(1, 1, dtype=torch.float64)
-    for f in factors:
+    two = torch.tensor([[1.0, 1.0], [1.0, -1.0]], dtype=torch.float64)
+    for f in [*factors, *[two] * (sylvester.bit_length() - 1)]:  # Sylvester's matrix: H_2 ⊗ ... ⊗ H_2
         h = torch.kron(h, f)
     assert torch.equal(h @ h.T, n * torch.eye(n, dtype=torch.float64))
     x = torch.randint(-8191, 8192, (3, n)).double()
-    assert torch.equal(exact.hadamard(x, factors), x @ h)
-    assert torch.equal(exact.hadamard(x.float(), factors), (x @ h).float())
+    assert torch.equal(exact.hadamard(x), x @ h)
+    assert torch.equal(exact.hadamard(x.float()), (x @ h).float())
 
 
 def test_rotary_table_matches_the_float64_reference():
