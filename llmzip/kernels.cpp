@@ -333,7 +333,7 @@ torch::Tensor linear(torch::Tensor x, torch::Tensor packed, int64_t n, torch::Te
 }
 
 // Scores of one query against keys 0..n-1: out[j] = sum_d q[d] * k[j * dim + d], int16 products
-// summed in int32 (|q|, |k| <= 511 and dim <= 64: below 2**24, the integers float32 would give).
+// summed in int32 (dim * max|q| * max|k| < 2**24 for the exact models: the integers float32 would give).
 inline void query_scores(const int16_t* q, const int16_t* k, int64_t n, int64_t dim, float* out) {
   int64_t j = 0;
 #if defined(__AVX2__)
