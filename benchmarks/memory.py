@@ -34,7 +34,8 @@ from common import RESULTS, command_line, load_input, machine, markdown_table, s
 
 from llmzip import LoadedModel, load_model
 from llmzip.chunking import TokenChunks
-from llmzip.compressor import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, balanced_batch_size
+from llmzip.compressor import DEFAULT_BATCH_SIZE, balanced_batch_size
+from llmzip.levels import FASTEST, LEVELS
 from llmzip.predictor import MIN_ROWS, cache_bytes, default_precision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # conftest's tiny model
@@ -54,9 +55,9 @@ def tiny_model_dir(folder: Path) -> str:
 def geometry(loaded: LoadedModel, data: bytes) -> dict[str, int]:
     """Rows per step and their KV cache at the CLI's defaults: what, besides the model, memory
     should depend on (computed, not measured)."""
-    with closing(TokenChunks(io.BytesIO(data), loaded.tokenizer, DEFAULT_CHUNK_SIZE)) as chunks:
+    with closing(TokenChunks(io.BytesIO(data), loaded.tokenizer, LEVELS[FASTEST].chunk_size)) as chunks:
         rows = max(MIN_ROWS, balanced_batch_size(len(chunks), DEFAULT_BATCH_SIZE))
-    kv = cache_bytes(loaded.model, default_precision(loaded.model), rows, DEFAULT_CHUNK_SIZE)
+    kv = cache_bytes(loaded.model, default_precision(loaded.model), rows, LEVELS[FASTEST].chunk_size)
     return {"rows": rows, "kv_cache_mb": round(kv / 1e6)}
 
 

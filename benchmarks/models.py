@@ -20,7 +20,7 @@ import time
 from common import RESULTS, baselines, command_line, load_input, machine, markdown_table, round_trip, save
 
 from llmzip import Compressor, load_model
-from llmzip.compressor import DEFAULT_CHUNK_SIZE
+from llmzip.levels import FASTEST, LEVELS
 
 FILES = [
     "enwik5", "enwik6", "alice29.txt", "dostoevsky_crime_and_punishment.head.ru.txt", "freud_imago1912.de.txt",
@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument("--models", default=BUILT_IN, help="comma-separated aliases, HF ids, directories or .gguf")
     parser.add_argument("--files", default=",".join(FILES), help="comma-separated paths or corpus file names")
     parser.add_argument("--bytes", type=int, default=100_000, help="code this prefix of each file (0: all)")
-    parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
+    parser.add_argument("--chunk-size", type=int, default=LEVELS[FASTEST].chunk_size)
     parser.add_argument("--quick", action="store_true", help="2 KB of 2 files with the default model")
     args = parser.parse_args()
     if args.quick:

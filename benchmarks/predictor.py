@@ -25,7 +25,7 @@ from pathlib import Path
 from common import load_input, machine, markdown_table, round_trip, save
 
 from llmzip import Compressor, load_model
-from llmzip.compressor import DEFAULT_CHUNK_SIZE
+from llmzip.levels import FASTEST, LEVELS
 from llmzip.models import DEFAULT_MODEL
 from llmzip.predictor import EXACT, PRECISIONS, FloatPredictor, exact_architecture
 
@@ -68,7 +68,7 @@ def main() -> None:
     parser.add_argument("file", nargs="?", default="enwik5")
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--bytes", type=int, default=0, help="code only this prefix of the file (0: all)")
-    parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
+    parser.add_argument("--chunk-size", type=int, default=LEVELS[FASTEST].chunk_size)
     parser.add_argument("--precisions", default=",".join([EXACT, *PRECISIONS]))
     parser.add_argument("--quick", action="store_true", help="4 KB of the file")
     parser.add_argument("--no-verify", action="store_true", help="compress only (no decompress speed)")

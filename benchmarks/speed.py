@@ -26,7 +26,8 @@ from common import machine, save
 from transformers import DynamicCache
 
 from llmzip import Compressor, container, load_model
-from llmzip.compressor import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, torch_threads
+from llmzip.compressor import DEFAULT_BATCH_SIZE, torch_threads
+from llmzip.levels import FASTEST, LEVELS
 from llmzip.models import DEFAULT_MODEL
 from llmzip.predictor import EXACT, PRECISIONS, FloatPredictor, default_precision
 
@@ -83,7 +84,7 @@ def main() -> None:
     parser.add_argument("file", type=Path)
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--bytes", type=int, default=None, help="code only this prefix of the file")
-    parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
+    parser.add_argument("--chunk-size", type=int, default=LEVELS[FASTEST].chunk_size)
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--precision", choices=[EXACT, *PRECISIONS], help="default: exact where the model has it")

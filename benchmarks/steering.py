@@ -20,7 +20,7 @@ from pathlib import Path
 from common import machine, markdown_table, save
 
 from llmzip import Compressor, hyperprior, load_model, steering
-from llmzip.compressor import DEFAULT_CHUNK_SIZE
+from llmzip.levels import FASTEST, LEVELS
 from llmzip.steering import Steering, TrainOptions
 
 VARIANT_COLUMNS = ["steering", "header_steering_bytes", "text_bytes", "archive_bytes", "text_ratio", "total_ratio",
@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("file", type=Path)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--bytes", type=int, default=None, help="use only this prefix of the file")
-    parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
+    parser.add_argument("--chunk-size", type=int, default=LEVELS[FASTEST].chunk_size)
     parser.add_argument("--variants", default="none,text:This is Wikipedia html,random:1")
     parser.add_argument("--vectors", type=int, default=1, help="N of trained:N")
     parser.add_argument("--priors", default=",".join(hyperprior.PRIORS))

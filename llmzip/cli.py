@@ -17,9 +17,10 @@ import click
 from tqdm import tqdm
 
 from . import __version__, container, hyperprior
-from .compressor import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, Compressor, MachineBoundWarning, decoding_threads
+from .compressor import DEFAULT_BATCH_SIZE, Compressor, MachineBoundWarning, decoding_threads
 from .container import Header
 from .errors import LlmzipError
+from .levels import BEST, DEFAULT_LEVEL, FASTEST, LEVELS
 from .models import ALIASES, DEFAULT_MODEL, alias_path
 from .predictor import EXACT, PRECISIONS
 from .steering import Steering, TrainOptions
@@ -98,6 +99,26 @@ def _geometry_options(f: Callable) -> Callable:
         "--batch-size", type=click.IntRange(1, container.MAX_ROWS), default=DEFAULT_BATCH_SIZE,
         show_default=True, help="Most chunks coded together.",
     )(f)  # fmt: skip
+
+
+def _level_options(f: Callable) -> Callable:
+    """-1 ... -9, --fast (-1) and --best (-9), as zstd and xz spell them; chunk size and window
+    given alone override the level's."""
+    f = click.option(
+        "--window", type=click.IntRange(1, container.MAX_CHUNK_TOKENS), default=None,
+        help="Tokens each token attends besides the first (exact predictor) [default: the level's].",
+    )(f)  # fmt: skip
+    f = click.option("--chunk-size", type=click.IntRange(1, container.MAX_CHUNK_TOKENS), default=None,
+                     help="Tokens per chunk [default: the level's].")(f)  # fmt: skip
+    f = click.option("--best", "level", type=int, flag_value=BEST, help=f"Smallest archive: -{BEST}.")(f)
+    f = click.option("--fast", "level", type=int, flag_value=FASTEST, help=f"Fastest: -{FASTEST}.")(f)
+    for n in sorted(LEVELS, reverse=True):
+        level = LEVELS[n]
+        sees = "each token sees its whole chunk" if level.window is None else f"window {level.window}"
+        default = " (default)" if n == DEFAULT_LEVEL else ""
+        f = click.option(f"-{n}", "level", type=int, flag_value=n,
+                         help=f"Level {n}{default}: chunks of {level.chunk_size} tokens, {sees}.")(f)  # fmt: skip
+    return f
 
 
 def _steering_options(f: Callable) -> Callable:
@@ -252,7 +273,7 @@ def _progress_bar(total: int | None, desc: str, quiet: bool, unit: str = "B") ->
 @main.command()
 @_output_options
 @click.option("-m", "--model", default=DEFAULT_MODEL, show_default=True, help="Alias, HF id, directory or .gguf.")
-@click.option("--chunk-size", type=click.IntRange(1), default=DEFAULT_CHUNK_SIZE, show_default=True, help="Tokens.")
+@_level_options
 @click.option(
     "--precision",
     type=click.Choice([EXACT, *PRECISIONS]),
@@ -264,7 +285,7 @@ def _progress_bar(total: int | None, desc: str, quiet: bool, unit: str = "B") ->
 @_steering_options
 @_verbosity
 def compress(
-    file, output, to_stdout, force, remove, model, chunk_size, precision, batch_size, threads, device,
+    file, output, to_stdout, force, remove, model, level, chunk_size, window, precision, batch_size, threads, device,
     steer, prior, prior_bins, prior_clip, steer_steps, steer_lr, steer_chunks, steer_tokens, quiet, verbose, debug,
 ):  # fmt: skip
     """Compress FILE (or standard input) to FILE.lz."""
@@ -278,7 +299,8 @@ def compress(
     passes = 2 if steer.startswith("auto") else 1  # auto codes with and without the trained vectors
     with _open_input(file) as stream:  # an unreadable input fails before the model loads
         compressor = Compressor(
-            model, chunk_size=chunk_size, batch_size=batch_size, threads=threads, precision=precision, device=device,
+            model, level=level or DEFAULT_LEVEL, chunk_size=chunk_size, window=window, batch_size=batch_size, threads=threads,
+            precision=precision, device=device,
             steer=steer, prior=prior, prior_bins=prior_bins, prior_clip=prior_clip, training=training, quiet=quiet,
         )  # fmt: skip
         size = _stream_size(stream)
@@ -417,6 +439,7 @@ def info(files, quiet, verbose, debug):
             ("archive size", f"{size} bytes ({bpb:.4f} bits/byte)"),
             ("header", f"{archive.header_size} bytes (format v{container.FORMAT_VERSION})"),
             ("model", f"{h.model_name} (fingerprint {h.model_fingerprint.hex()})"),
+            ("level", _describe_level(h)),
             ("chunks", f"{len(h.chunks)} of up to {h.chunk_size} tokens, {raw} stored raw, "
                        f"{sum(c.tokens for c in h.chunks)} tokens coded"),
             ("predictor", f"{h.step}, " + (f"{h.precision}, machine-bound: opens only where these floats are "
@@ -429,6 +452,14 @@ def info(files, quiet, verbose, debug):
         ]  # fmt: skip
         for key, value in rows:
             click.echo(f"{key:>14}: {value}")
+
+
+def _describe_level(h: Header) -> str:
+    """The level asked for (where the archive says) and the window the chunks were coded with."""
+    sees = "each token sees its whole chunk" if h.window is None else f"window {h.window} tokens"
+    if (level := h.extensions.get(container.LEVEL_EXTENSION)) is None:
+        return sees
+    return f"{container.Reader(level).varint()}, {sees}"
 
 
 def _describe_steering(h: Header, archive_bytes: int) -> str:

@@ -29,6 +29,7 @@ from .errors import (
     UnsupportedVersionError,
     WrongModelError,
 )
+from .levels import BEST, DEFAULT_LEVEL, FASTEST, LEVELS, Level
 from .models import DEFAULT_MODEL, LoadedModel, exact_model, load_model
 from .predictor import (
     EXACT,
@@ -46,7 +47,6 @@ from .predictor import (
 from .steering import Steering, TrainOptions
 from .tokenization import ByteTokenizer
 
-DEFAULT_CHUNK_SIZE = 1024  # tokens
 DEFAULT_BATCH_SIZE = 64  # chunks per batch; see README "Choosing chunk and batch size"
 
 ByteProgress = Callable[[int], None]  # called with a count of input bytes just processed
@@ -119,7 +119,9 @@ class Compressor:
         self,
         model: str | LoadedModel = DEFAULT_MODEL,
         *,
-        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        level: int = DEFAULT_LEVEL,
+        chunk_size: int | None = None,
+        window: int | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         threads: int | None = None,
         precision: str | None = None,
@@ -132,7 +134,9 @@ class Compressor:
         quiet: bool = True,
     ) -> None:
         self.model = model if isinstance(model, LoadedModel) else load_model(model, quiet=quiet)
-        if not 1 <= chunk_size <= container.MAX_CHUNK_TOKENS:
+        if level not in LEVELS:
+            raise InvalidOptionError(f"level must be between {FASTEST} and {BEST}")
+        if chunk_size is not None and not 1 <= chunk_size <= container.MAX_CHUNK_TOKENS:
             raise InvalidOptionError(f"chunk size must be between 1 and {container.MAX_CHUNK_TOKENS} tokens")
         if not 1 <= batch_size <= container.MAX_ROWS:
             raise InvalidOptionError(f"batch size must be between 1 and {container.MAX_ROWS}")
@@ -145,10 +149,14 @@ class Compressor:
                 f"model {self.model.name!r} ({self.model.model.config.model_type}) has no exact predictor in llmzip; "
                 f"use --precision {default_precision(self.model.model)} (machine-bound archives)"
             )
-        self.chunk_size = chunk_size
+        if window is not None and not 1 <= window <= container.MAX_CHUNK_TOKENS:
+            raise InvalidOptionError(f"window must be between 1 and {container.MAX_CHUNK_TOKENS} tokens")
         self.batch_size = batch_size
         self.threads = threads or torch.get_num_threads()
         self.precision = precision or default_precision(self.model.model)
+        if window is not None and self.precision != EXACT:
+            raise InvalidOptionError(f"an attention window needs the exact predictor, not precision {self.precision}")
+        self.level, self.chunk_size, self.window = level, *self._geometry(LEVELS[level], chunk_size, window)
         self.device = resolve_device(device)
         self._exact_model: ExactModel | None = None  # prepared once, on first use
         self.steer = steering.parse_spec(steer)
@@ -156,6 +164,20 @@ class Compressor:
         self.prior, self.prior_bins, self.prior_clip = prior, prior_bins, prior_clip
         self.training = training or TrainOptions()
         self.stats = CodingStats()
+
+    def _geometry(self, level: Level, chunk_size: int | None, window: int | None) -> tuple[int, int | None]:
+        """Chunk size and window: those given, else the level's. A level's chunks leave 1/16 of
+        the model's context to a steering prefix; a float forward has no window, so there the
+        level's window is its chunk size."""
+        if self.precision != EXACT:
+            return chunk_size or level.window or level.chunk_size, None
+        if chunk_size is None:
+            chunk_size = min(level.chunk_size, (self._context() - 1) * 15 // 16)
+        return chunk_size, level.window if window is None else window
+
+    def _context(self) -> int:
+        """Positions the model takes (the largest chunk size where it does not say)."""
+        return getattr(self.model.model.config, "max_position_embeddings", None) or container.MAX_CHUNK_TOKENS + 1
 
     # -- compress ---------------------------------------------------------------------------
 
@@ -238,7 +260,7 @@ class Compressor:
     def _check_context(self, prefix_length: int, chunk_size: int | None = None) -> None:
         """Chunk and prefix must fit the model's context (the decoder checks an archive's the same way)."""
         chunk_size = chunk_size or self.chunk_size
-        context = getattr(self.model.model.config, "max_position_embeddings", None) or container.MAX_CHUNK_TOKENS + 1
+        context = self._context()
         if chunk_size + prefix_length >= context:  # the start token takes one position
             raise InvalidOptionError(
                 f"chunk size plus steering prefix ({chunk_size} + {prefix_length} tokens) must be below "
@@ -254,7 +276,9 @@ class Compressor:
         prefix = steer.prefix(tokenizer, embedding_width(self.model))
         self._check_context(0 if prefix is None else len(prefix))
         batch_size = balanced_batch_size(len(chunks), self.batch_size)
-        predictor = self._predictor(max(batch_size, MIN_ROWS), tokenizer.alphabet_size, self.precision, prefix)
+        longest = min(chunks.tokens, self.chunk_size)
+        window = self.window if self.window is not None and self.window < longest else None  # else it changes nothing
+        predictor = self._predictor(max(batch_size, MIN_ROWS), tokenizer.alphabet_size, self.precision, prefix, window)
         stats = CodingStats(
             input_bytes=chunks.input_bytes, tokens=chunks.tokens, chunks=len(chunks), steering=steer.describe()
         )
@@ -278,6 +302,9 @@ class Compressor:
             raise
         if steer.kind != "none":
             extensions = extensions | {container.STEERING_EXTENSION: steer.to_bytes()}
+        if window is not None:
+            extensions = extensions | {container.WINDOW_EXTENSION: container.varint(window)}
+        extensions = extensions | {container.LEVEL_EXTENSION: container.varint(self.level)}
         torch_version, cpu, step = _runtime(self.model, self.precision)
         header = Header(
             model_name=self.model.name,
@@ -301,13 +328,15 @@ class Compressor:
         stats.steering_bytes = len(steer.to_bytes())
         return archive, stats
 
-    def _predictor(self, rows: int, alphabet_size: int, precision: str, prefix: Prefix | None) -> Predictor:
-        """The exact predictor (any rows) or the float one (exactly `rows` rows)."""
+    def _predictor(
+        self, rows: int, alphabet_size: int, precision: str, prefix: Prefix | None, window: int | None
+    ) -> Predictor:
+        """The exact predictor (any rows) or the float one (exactly `rows` rows, no window)."""
         if precision != EXACT:
             return FloatPredictor(self.model.model, rows, alphabet_size, precision, prefix)
         if self._exact_model is None:
             self._exact_model = exact_model(self.model, self.device)
-        return ExactPredictor(self._exact_model, alphabet_size, prefix)
+        return ExactPredictor(self._exact_model, alphabet_size, prefix, window)
 
     def _encode_batch(
         self,
@@ -367,7 +396,7 @@ class Compressor:
         reader = archive if isinstance(archive, ArchiveReader) else ArchiveReader(io.BytesIO(archive))
         header = reader.header
         self.check_model(header)
-        known = (container.STEERING_EXTENSION,)
+        known = (container.STEERING_EXTENSION, container.WINDOW_EXTENSION)
         if critical := [t for t in header.extensions if t < container.FIRST_OPTIONAL_EXTENSION and t not in known]:
             raise UnsupportedVersionError(f"archive uses extension {critical[0]}, unknown to this llmzip")
         tokenizer = self.model.tokenizer
@@ -377,7 +406,7 @@ class Compressor:
         # An exact archive decodes in any batch and thread count; a float one only in the encoder's.
         batch = header.batch_size if header.machine_bound else balanced_batch_size(len(header.chunks), self.batch_size)
         threads = decoding_threads(header) if header.machine_bound else self.threads
-        predictor = self._predictor(max(batch, MIN_ROWS), header.alphabet_size, header.precision, prefix)
+        predictor = self._predictor(max(batch, MIN_ROWS), header.alphabet_size, header.precision, prefix, header.window)
         on_symbols = _symbol_progress(tokenizer, progress)
         digest, size = hashlib.sha256(), 0
         with torch_threads(threads):

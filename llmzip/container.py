@@ -32,7 +32,9 @@ READ_PIECE = 1 << 20  # bytes per read of a length the header gives
 # Extension tags below this must be understood by a reader; tags from it on may be skipped.
 FIRST_OPTIONAL_EXTENSION = 128
 STEERING_EXTENSION = 1  # the steering prefix (steering.Steering.to_bytes); absent: none
+WINDOW_EXTENSION = 2  # varint: tokens each token attends besides the first (exact models); absent: its whole chunk
 UNSTEERED_SIZE_EXTENSION = 128  # bytes the archive had without steering, when the encoder measured it
+LEVEL_EXTENSION = 129  # the compression level asked for (levels.LEVELS), for `info`
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,12 @@ class Header:
     def machine_bound(self) -> bool:
         """Coded with a float forward: decodes only where the encoder's floats can be reproduced."""
         return self.precision != "exact"
+
+    @property
+    def window(self) -> int | None:
+        """The attention window the chunks were coded with (None: each token saw its whole chunk)."""
+        data = self.extensions.get(WINDOW_EXTENSION)
+        return None if data is None else Reader(data).varint(MAX_CHUNK_TOKENS)
 
     @property
     def rows(self) -> int:
@@ -336,5 +344,9 @@ def _check_header(h: Header) -> None:
         problems.append("more coded tokens than original bytes")
     if bool(h.original_size) != bool(h.chunks):
         problems.append("chunk table does not match the original size")
+    if WINDOW_EXTENSION in h.extensions:
+        window = Reader(h.extensions[WINDOW_EXTENSION])
+        if window.varint(MAX_CHUNK_TOKENS) < 1 or not window.at_end() or h.machine_bound:
+            problems.append("bad attention window")
     if problems:
         raise CorruptArchiveError("invalid header: " + ", ".join(problems))

@@ -206,11 +206,13 @@ def attention(
     v_scale: torch.Tensor,
     positions: torch.Tensor,
     window: int | None = None,
+    sinks: int = 0,
 ) -> torch.Tensor:
     """softmax(q·k) · v over integer q, k, v, with scores in log2 units (k_scale includes
     log2(e) times the attention's scaling). Shapes: q [..., Q, D], q_scale [..., Q, 1], k and v
     [..., T, D], k_scale and v_scale [..., 1, T]; positions [Q] (int64): query i attends keys
-    0..positions[i], or only the last `window` of them.
+    0..positions[i], or only the last `window` of them and the first `sinks` (StreamingLLM's
+    attention sinks, Xiao et al. 2023: without them a model that lost its first keys fails).
 
     The weights p_j * v_scale_j are rounded to integers W_j that sum to about 2**16, so
     sum_j W_j * v_j (|v| <= 127) stays below 2**24: an exact product. The softmax's
@@ -224,17 +226,17 @@ def attention(
     fused = _fused(q, q_scale, k_scale, v_scale)
     if fused and k.dtype == torch.int16 and v.dtype == torch.int8 and q.shape[-2] <= CACHED_QUERIES:
         flat = [t.reshape(-1, *t.shape[-2:]) for t in (q, q_scale, k, k_scale, v, v_scale)]
-        return fused.attention_cached(*flat, positions, window).view(q.shape)
+        return fused.attention_cached(*flat, positions, window, sinks).view(q.shape)
     k, v = k.float(), v.float()
     scores = q @ k.transpose(-1, -2)  # exact integer dot products
     if fused:
         shape = scores.shape
         flat = [t.reshape(-1, *t.shape[-2:]) for t in (scores, k_scale, q_scale, v_scale)]
-        weights, factor = fused.attention_weights(*flat, positions, window)
+        weights, factor = fused.attention_weights(*flat, positions, window, sinks)
         return (weights.view(shape) @ v) * factor.view(*shape[:-1], 1)
     scores = scores * k_scale
     keys = torch.arange(scores.shape[-1], device=scores.device)
-    mask = (keys > positions[:, None]) | (keys <= positions[:, None] - window)
+    mask = (keys > positions[:, None]) | ((keys <= positions[:, None] - window) & (keys >= sinks))
     scores = scores.masked_fill(mask, -math.inf)
     e = exp2_neg((scores.amax(-1, keepdim=True) - scores) * q_scale)
     ev = e * v_scale

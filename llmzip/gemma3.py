@@ -158,13 +158,13 @@ class ExactGemma3(PreparedModel):
             config, blocks, ExactLinear.of(reads_residual(head)), embed=embed, final_gain=gain("model.norm.weight")
         )
 
-    def new_cache(self, rows: int, capacity: int) -> KVCache:
-        if not self.tables or self.tables[0][0].shape[0] < capacity:
+    def new_cache(self, rows: int, positions: int, window: int | None = None, sinks: int = 0) -> KVCache:
+        if not self.tables or self.tables[0][0].shape[0] < positions:
             self.tables = [
-                tuple(t.to(self.device) for t in exact.rotary_table(capacity, self.config.head_dim, theta))
+                tuple(t.to(self.device) for t in exact.rotary_table(positions, self.config.head_dim, theta))
                 for theta in self.config.rope_theta
             ]
-        return KVCache(self.config, rows, capacity, self.device)
+        return KVCache(self.config, rows, positions, self.device, window, sinks)
 
     def embed_vectors(self, vectors: Tensor) -> Tensor:
         """Input embeddings given as vectors (steering), as the model reads them."""
@@ -203,7 +203,10 @@ class ExactGemma3(PreparedModel):
         end = start + length
         groups = c.heads // c.kv_heads
         tables = [(cos[start:end, None], sin[start:end, None]) for cos, sin in self.tables]
-        positions = torch.arange(start, end).repeat(groups).to(self.device)
+        cache.make_room(start, length)
+        # Of each query row, as attention lays them out: slots, window and sinks of full and local layers.
+        attended = [cache.attended(start, length, window) for window in (None, c.window)]
+        attended = [(slots.repeat(groups), window, sinks) for slots, window, sinks in attended]
         key_scale = exact.LOG2E * c.query_scale  # scores in log2 units
         for i, block in enumerate(self.blocks):
             cos, sin = tables[c.sliding[i]]
@@ -216,8 +219,7 @@ class ExactGemma3(PreparedModel):
             # [rows, kv_heads, groups * T, head_dim]: each key/value head with all its queries
             q = q.reshape(rows, c.kv_heads, groups * length, c.head_dim)
             q_scale = q_scale.reshape(rows, c.kv_heads, groups * length, 1)
-            window = c.window if c.sliding[i] else None
-            o = attention(q, q_scale, *cache.read(i, end), positions, window)
+            o = attention(q, q_scale, *cache.read(i, end), *attended[c.sliding[i]])
             o = o.view(rows, c.heads, length, c.head_dim).transpose(1, 2)
             o, o_scale = quantize(o.reshape(rows, length, c.heads * c.head_dim), exact.ACTIVATION_LEVELS)
             x = x + self._normed(block.out(o, o_scale), block.attention_gain)

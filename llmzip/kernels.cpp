@@ -157,16 +157,36 @@ float query_weights(const float* acc, const float* kscale, const float* vscale, 
   return static_cast<float>(sum * static_cast<double>(top_ev) / (65536.0 * normalizer));
 }
 
+// The keys a query at `position` attends among `keys` (exact.attention): the first `sinks`,
+// and those within `window` of it; [0, sink_end) and [first, end).
+struct Visible {
+  int64_t sink_end, first, end;
+  Visible(int64_t position, int64_t keys, int64_t window, int64_t sinks) {
+    end = std::min(position, keys - 1) + 1;
+    first = std::clamp(position - window + 1, int64_t{0}, end);
+    sink_end = std::min(sinks, first);
+  }
+  int64_t count() const { return sink_end + end - first; }
+  // x's visible entries, packed: x itself where they are one range, else copied into `packed`.
+  const float* pack(const float* x, float* packed) const {
+    if (sink_end == 0) return x + first;
+    std::copy(x, x + sink_end, packed);
+    std::copy(x + first, x + end, packed + sink_end);
+    return packed;
+  }
+};
+
 // exact.attention's weights: from integer scores [B, Q, T] (B = rows * kv heads), key and value
 // scales [B, 1, T], query scales [B, Q, 1] and each query's position [Q] (keys after it, and
-// `window` or more before it, are not attended), the integer weights [B, Q, T] and the output
-// factor [B, Q, 1].
+// `window` or more before it except the first `sinks`, are not attended), the integer weights
+// [B, Q, T] and the output factor [B, Q, 1].
 std::vector<torch::Tensor> attention_weights(torch::Tensor scores, torch::Tensor k_scale, torch::Tensor q_scale,
-                                             torch::Tensor v_scale, torch::Tensor positions, int64_t window) {
+                                             torch::Tensor v_scale, torch::Tensor positions, int64_t window,
+                                             int64_t sinks) {
   auto s = scores.contiguous(), ks = k_scale.contiguous(), qs = q_scale.contiguous(), vs = v_scale.contiguous();
   auto pos = positions.contiguous();
   const int64_t batch = s.size(0), queries = s.size(1), keys = s.size(2);
-  auto weights = torch::empty_like(s);
+  auto weights = torch::zeros_like(s);
   auto factor = torch::empty({batch, queries, 1}, s.options());
   const float* sp = s.data_ptr<float>();
   const float* ksp = ks.data_ptr<float>();
@@ -176,15 +196,16 @@ std::vector<torch::Tensor> attention_weights(torch::Tensor scores, torch::Tensor
   float* wp = weights.data_ptr<float>();
   float* fp = factor.data_ptr<float>();
   at::parallel_for(0, batch * queries, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scaled(keys), e(keys);
+    std::vector<float> scaled(keys), e(keys), w(keys), packed(3 * keys);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / queries, i = row % queries;
-      const int64_t n = std::min(pp[i], keys - 1) + 1, first = std::clamp(pp[i] - window + 1, int64_t{0}, n);
-      float* w = wp + row * keys;
-      fp[row] = query_weights(sp + row * keys + first, ksp + b * keys + first, vsp + b * keys + first, qsp[row],
-                              n - first, w + first, scaled.data(), e.data());
-      std::fill(w, w + first, 0.0f);
-      std::fill(w + n, w + keys, 0.0f);
+      const Visible seen(pp[i], keys, window, sinks);
+      fp[row] = query_weights(seen.pack(sp + row * keys, packed.data()), seen.pack(ksp + b * keys, packed.data() + keys),
+                              seen.pack(vsp + b * keys, packed.data() + 2 * keys), qsp[row], seen.count(), w.data(),
+                              scaled.data(), e.data());
+      float* out = wp + row * keys;
+      std::copy(w.data(), w.data() + seen.sink_end, out);
+      std::copy(w.data() + seen.sink_end, w.data() + seen.count(), out + seen.first);
     }
   });
   return {weights, factor};
@@ -365,39 +386,39 @@ inline void query_scores(const int16_t* q, const int16_t* k, int64_t n, int64_t 
   }
 }
 
-// out[d] = factor * sum_j w[j] * v[j * dim + d] for j < n, d < dim. The weights are integers
-// summing to about 2**16 and |v| <= 127: every product and partial sum is an integer below
-// 2**24, exact in float32 in any order.
-inline void weighted_values(const float* w, const float* v, int64_t n, int64_t dim, float factor, float* out) {
+// sums[d] += sum_j w[j] * v[j * dim + d] for j < n, d < dim. The weights are integers summing
+// to about 2**16 and |v| <= 127: every product and partial sum is an integer below 2**24, exact
+// in float32 in any order.
+inline void add_weighted_values(const float* w, const float* v, int64_t n, int64_t dim, float* sums) {
   int64_t d0 = 0;
 #if defined(__AVX2__)
   for (; d0 + 64 <= dim; d0 += 64) {  // 64 dimensions held in eight registers
-    __m256 sums[8];
-    for (int s = 0; s < 8; ++s) sums[s] = _mm256_setzero_ps();
+    __m256 acc[8];
+    for (int s = 0; s < 8; ++s) acc[s] = _mm256_loadu_ps(sums + d0 + 8 * s);
     for (int64_t j = 0; j < n; ++j) {
       const __m256 wj = _mm256_broadcast_ss(w + j);
       const float* vr = v + j * dim + d0;
-      for (int s = 0; s < 8; ++s) sums[s] = _mm256_add_ps(sums[s], _mm256_mul_ps(wj, _mm256_loadu_ps(vr + 8 * s)));
+      for (int s = 0; s < 8; ++s) acc[s] = _mm256_add_ps(acc[s], _mm256_mul_ps(wj, _mm256_loadu_ps(vr + 8 * s)));
     }
-    const __m256 f = _mm256_set1_ps(factor);
-    for (int s = 0; s < 8; ++s) _mm256_storeu_ps(out + d0 + 8 * s, _mm256_mul_ps(sums[s], f));
+    for (int s = 0; s < 8; ++s) _mm256_storeu_ps(sums + d0 + 8 * s, acc[s]);
   }
 #endif
   for (; d0 < dim; ++d0) {
-    float sum = 0.0f;
+    float sum = sums[d0];
     for (int64_t j = 0; j < n; ++j) sum += w[j] * v[j * dim + d0];
-    out[d0] = sum * factor;
+    sums[d0] = sum;
   }
 }
 
 // exact.attention with the integer cache read directly (int16 keys, int8 values: a quarter and
 // an eighth of float32's memory traffic, which bounds a decoding step): q [B, Q, D] integers,
 // q_scale [B, Q, 1], k [B, T, D] int16, k_scale [B, 1, T], v [B, T, D] int8, v_scale [B, 1, T]
-// (B may be strided: rows of a larger cache), positions [Q] and window as in attention_weights.
-// The dot products in int32 and the weighted sums are the integers the float32 products give,
-// so the output has their bits.
+// (B may be strided: rows of a larger cache), positions [Q], window and sinks as in
+// attention_weights. The dot products in int32 and the weighted sums are the integers the
+// float32 products give, so the output has their bits.
 torch::Tensor attention_cached(torch::Tensor q, torch::Tensor q_scale, torch::Tensor k, torch::Tensor k_scale,
-                               torch::Tensor v, torch::Tensor v_scale, torch::Tensor positions, int64_t window) {
+                               torch::Tensor v, torch::Tensor v_scale, torch::Tensor positions, int64_t window,
+                               int64_t sinks) {
   auto qc = q.contiguous(), qs = q_scale.contiguous(), pos = positions.contiguous();
   const int64_t batch = qc.size(0), queries = qc.size(1), dim = qc.size(2), keys = k.size(1);
   TORCH_CHECK(k.stride(2) == 1 && v.stride(2) == 1 && k.stride(1) == dim && v.stride(1) == dim);
@@ -413,25 +434,42 @@ torch::Tensor attention_cached(torch::Tensor q, torch::Tensor q_scale, torch::Te
   float* op = out.data_ptr<float>();
   const int64_t k_stride = k.stride(0), v_stride = v.stride(0), ks_stride = k_scale.stride(0),
                 vs_stride = v_scale.stride(0);
-  int64_t longest = 0;  // keys any query attends
-  for (int64_t i = 0; i < queries; ++i) longest = std::max(longest, std::min(pp[i], keys - 1) + 1);
+  // Keys some query attends: [0, sink_end) and [lo, hi), a superset of each query's Visible.
+  int64_t lo = keys, hi = 0;
+  for (int64_t i = 0; i < queries; ++i) {
+    const Visible seen(pp[i], keys, window, sinks);
+    lo = std::min(lo, seen.first);
+    hi = std::max(hi, seen.end);
+  }
+  const int64_t sink_end = std::min(sinks, lo);
   // One (row, key/value head) at a time, with all its queries: each key and value is read and
   // converted once for all of them.
   at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> acc(queries * keys), w(keys), scaled(keys), e(keys), values(longest * dim);
+    std::vector<float> acc(queries * keys), w(keys), scaled(keys), e(keys), values(hi * dim), packed(3 * keys), sums(dim);
     std::vector<int16_t> qi(queries * dim);  // |q| <= 511: int16 products summed in int32
     for (int64_t b = begin; b < end; ++b) {
-      for (int64_t d = 0; d < queries * dim; ++d) qi[d] = static_cast<int16_t>(qp[b * queries * dim + d]);
-      for (int64_t i = 0; i < queries; ++i)
-        query_scores(qi.data() + i * dim, kp + b * k_stride, longest, dim, acc.data() + i * keys);
+      const int16_t* kb = kp + b * k_stride;
       const int8_t* vb = vp + b * v_stride;
-      for (int64_t j = 0; j < longest * dim; ++j) values[j] = static_cast<float>(vb[j]);
+      for (int64_t d = 0; d < queries * dim; ++d) qi[d] = static_cast<int16_t>(qp[b * queries * dim + d]);
       for (int64_t i = 0; i < queries; ++i) {
-        const int64_t row = b * queries + i, n = std::min(pp[i], keys - 1) + 1;
-        const int64_t first = std::clamp(pp[i] - window + 1, int64_t{0}, n), m = n - first;
-        const float factor = query_weights(acc.data() + i * keys + first, ksp + b * ks_stride + first,
-                                           vsp + b * vs_stride + first, qsp[row], m, w.data(), scaled.data(), e.data());
-        weighted_values(w.data(), values.data() + first * dim, m, dim, factor, op + row * dim);
+        float* scores = acc.data() + i * keys;
+        query_scores(qi.data() + i * dim, kb, sink_end, dim, scores);
+        query_scores(qi.data() + i * dim, kb + lo * dim, hi - lo, dim, scores + lo);
+      }
+      for (int64_t j = 0; j < sink_end * dim; ++j) values[j] = static_cast<float>(vb[j]);
+      for (int64_t j = lo * dim; j < hi * dim; ++j) values[j] = static_cast<float>(vb[j]);
+      for (int64_t i = 0; i < queries; ++i) {
+        const int64_t row = b * queries + i;
+        const Visible seen(pp[i], keys, window, sinks);
+        const float factor = query_weights(
+            seen.pack(acc.data() + i * keys, packed.data()), seen.pack(ksp + b * ks_stride, packed.data() + keys),
+            seen.pack(vsp + b * vs_stride, packed.data() + 2 * keys), qsp[row], seen.count(), w.data(), scaled.data(),
+            e.data());
+        std::fill(sums.begin(), sums.end(), 0.0f);
+        add_weighted_values(w.data(), values.data(), seen.sink_end, dim, sums.data());
+        add_weighted_values(w.data() + seen.sink_end, values.data() + seen.first * dim, seen.end - seen.first, dim,
+                            sums.data());
+        for (int64_t d = 0; d < dim; ++d) op[row * dim + d] = sums[d] * factor;
       }
     }
   });

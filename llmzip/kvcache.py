@@ -1,42 +1,97 @@
-"""The exact models' key/value cache: the integers attention reads, and their scales."""
+"""The exact models' key/value cache: the integers attention reads, and their scales.
+
+Without a window the cache holds every position. With one, a sequence may run past the
+cache's capacity: a query attends the `window` keys up to itself and the first `sinks` keys
+(the steering prefix and the first tokens: StreamingLLM's attention sinks), so `make_room`
+drops the keys no later query attends and slides the rest down. Attention sums integers, in
+any order, so a query sees the same numbers wherever its keys sit.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
+from .exact import NO_WINDOW
 from .prepared import DecoderConfig
+
+SLACK = 256  # positions written between two slides: the teacher-forced block (predictor.FORCED_BLOCK)
 
 
 class KVCache:
     """Integer keys (int16, |k| <= 511) and values (int8) with their float32 scales, per layer,
-    for `rows` sequences of up to `capacity` positions."""
+    for `rows` sequences of up to `positions` positions, of which the cache holds the first
+    `sinks` and the last `window` (all of them when window is None)."""
 
-    def __init__(self, config: DecoderConfig, rows: int, capacity: int, device: torch.device) -> None:
-        shape = (config.layers, rows, config.kv_heads, capacity)
+    def __init__(
+        self,
+        config: DecoderConfig,
+        rows: int,
+        positions: int,
+        device: torch.device,
+        window: int | None = None,
+        sinks: int = 0,
+    ) -> None:
+        self.rows, self.positions, self.window, self.sinks = rows, positions, window, sinks
+        self.capacity = self.slots(positions, window, sinks)
+        shape = (config.layers, rows, config.kv_heads, self.capacity)
         self.keys = torch.zeros(*shape, config.head_dim, dtype=torch.int16, device=device)
         self.values = torch.zeros(*shape, config.head_dim, dtype=torch.int8, device=device)
         self.key_scales = torch.zeros(*shape, device=device)
         self.value_scales = torch.zeros(*shape, device=device)
-        self.rows, self.capacity = rows, capacity
+        self.dropped = 0  # positions after the sinks no longer held
+
+    @staticmethod
+    def slots(positions: int, window: int | None, sinks: int) -> int:
+        """Positions held at once."""
+        return positions if window is None else min(positions, sinks + window + SLACK)
 
     @staticmethod
     def bytes_per_position(config: DecoderConfig) -> int:
         return config.layers * config.kv_heads * (3 * config.head_dim + 8)
 
+    def slot(self, position: int) -> int:
+        """Where `position` is (or will be) held."""
+        return position if position < self.sinks else position - self.dropped
+
+    def make_room(self, start: int, length: int) -> None:
+        """Before positions start.. start+length-1 are written: drop the keys that no query from
+        `start` on attends, if those positions would not fit."""
+        if self.slot(start) + length <= self.capacity:
+            return
+        if self.window is None or length > SLACK:
+            raise ValueError(f"positions up to {start + length} do not fit a cache of {self.capacity}")
+        first, end = self.slot(max(self.sinks, start - self.window + 1)), self.slot(start)
+        for t in (self.keys, self.values, self.key_scales, self.value_scales):
+            t[:, :, :, self.sinks : self.sinks + end - first] = t[:, :, :, first:end].clone()
+        self.dropped += first - self.sinks
+
     def write(self, layer: int, start: int, k: Tensor, k_scale: Tensor, v: Tensor, v_scale: Tensor) -> None:
         """Store positions start.. of integer k, v [rows, kv_heads, T, head_dim] and scales [rows, kv_heads, T]."""
-        end = start + k.shape[2]
-        self.keys[layer, :, :, start:end] = k.to(torch.int16)
-        self.key_scales[layer, :, :, start:end] = k_scale
-        self.values[layer, :, :, start:end] = v.to(torch.int8)
-        self.value_scales[layer, :, :, start:end] = v_scale
+        first = self.slot(start)
+        end = first + k.shape[2]
+        self.keys[layer, :, :, first:end] = k.to(torch.int16)
+        self.key_scales[layer, :, :, first:end] = k_scale
+        self.values[layer, :, :, first:end] = v.to(torch.int8)
+        self.value_scales[layer, :, :, first:end] = v_scale
 
     def read(self, layer: int, end: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Keys and values of positions 0..end-1, scales shaped [rows, kv_heads, 1, end]."""
+        """Keys and values held for positions up to end-1 (slot order), scales shaped
+        [rows, kv_heads, 1, slots]."""
+        held = self.slot(end - 1) + 1
         return (
-            self.keys[layer, :, :, :end],
-            self.key_scales[layer, :, :, None, :end],
-            self.values[layer, :, :, :end],
-            self.value_scales[layer, :, :, None, :end],
+            self.keys[layer, :, :, :held],
+            self.key_scales[layer, :, :, None, :held],
+            self.values[layer, :, :, :held],
+            self.value_scales[layer, :, :, None, :held],
         )
+
+    def attended(self, start: int, length: int, layer_window: int | None = None) -> tuple[Tensor, int, int]:
+        """For queries at positions start..start+length-1: their slots (int64 [length]), and the
+        window and sinks `exact.attention` takes (a layer with its own, shorter window has no sinks)."""
+        first = self.slot(start)
+        slots = torch.arange(first, first + length, device=self.keys.device)
+        window = self.window or NO_WINDOW
+        if layer_window is not None and layer_window < window:
+            return slots, layer_window, 0
+        return slots, window, self.sinks

@@ -113,11 +113,11 @@ class ExactLlama(PreparedModel):
         embed = exact.rotate_weights(w["model.embed_tokens.weight"], into).float()
         return cls(config, blocks, ExactLinear.of(reads_residual(head, w["model.norm.weight"])), embed=embed)
 
-    def new_cache(self, rows: int, capacity: int) -> KVCache:
-        if self.cos.shape[0] < capacity:
-            cos, sin = exact.rotary_table(capacity, self.config.head_dim, self.config.rope_theta)
+    def new_cache(self, rows: int, positions: int, window: int | None = None, sinks: int = 0) -> KVCache:
+        if self.cos.shape[0] < positions:
+            cos, sin = exact.rotary_table(positions, self.config.head_dim, self.config.rope_theta)
             self.cos, self.sin = cos.to(self.device), sin.to(self.device)
-        return KVCache(self.config, rows, capacity, self.device)
+        return KVCache(self.config, rows, positions, self.device, window, sinks)
 
     def embed_vectors(self, vectors: torch.Tensor) -> torch.Tensor:
         """Input embeddings given as vectors (steering) in the model's own basis, rotated."""
@@ -133,8 +133,9 @@ class ExactLlama(PreparedModel):
         end = start + length
         groups = c.heads // c.kv_heads
         cos, sin = self.cos[start:end, None], self.sin[start:end, None]
-        # Of each query row: keys after it are not attended.
-        positions = torch.arange(start, end).repeat(groups).to(self.device)
+        cache.make_room(start, length)
+        slots, window, sinks = cache.attended(start, length)
+        positions = slots.repeat(groups)  # of each query row, as attention lays them out
         key_scale = exact.LOG2E / math.sqrt(c.head_dim)  # scores in log2 units
         for i, block in enumerate(self.blocks):
             h, h_scale = quantize_normed(x, c.rms_eps)
@@ -148,7 +149,7 @@ class ExactLlama(PreparedModel):
             # [rows, kv_heads, groups * T, head_dim]: each key/value head with all its queries
             q = q.view(rows, length, c.kv_heads, groups, c.head_dim).permute(0, 2, 3, 1, 4)
             q, q_scale = quantize(q.reshape(rows, c.kv_heads, groups * length, c.head_dim), QK_LEVELS)
-            o = attention(q, q_scale, *cache.read(i, end), positions)
+            o = attention(q, q_scale, *cache.read(i, end), positions, window, sinks)
             o = o.view(rows, c.kv_heads, groups, length, c.head_dim).permute(0, 3, 1, 2, 4)
             o, o_scale = quantize(o.reshape(rows, length, c.heads * c.head_dim), exact.ACTIVATION_LEVELS)
             x = x + block.out(o, o_scale)

@@ -37,6 +37,7 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float
 # and thread count; from 4 rows on each row's result is independent of the others (shared/FACTS.md).
 MIN_ROWS = 4
 FORCED_BLOCK = 256  # positions per teacher-forced forward (188 tok/s on 2 AVX2 cores; 128: 154)
+SINK_TOKENS = 4  # with a window, the sequence's first tokens stay attended (StreamingLLM keeps 4)
 ExactModel = ExactLlama | ExactGemma3
 EXACT_ARCHITECTURES: tuple[type[ExactModel], ...] = (ExactLlama, ExactGemma3)
 Prefix = np.ndarray | torch.Tensor  # a steering prefix: token ids (int64 [N]) or input embeddings (float32 [N, hidden])
@@ -79,12 +80,17 @@ def _check_memory(need: int, rows: int, positions: int) -> None:
 
 
 class ExactPredictor:
-    """The exact model's probabilities, after a steering prefix that every sequence reads first."""
+    """The exact model's probabilities, after a steering prefix that every sequence reads first.
+    With a `window`, each token attends the `window` tokens before it and the first ones (the
+    prefix and SINK_TOKENS more), so a sequence's attention and cache stay bounded however long
+    it runs."""
 
     exact = True
 
-    def __init__(self, model: ExactModel, alphabet_size: int, prefix: Prefix | None = None) -> None:
-        self.model, self.alphabet_size = model, alphabet_size
+    def __init__(
+        self, model: ExactModel, alphabet_size: int, prefix: Prefix | None = None, window: int | None = None
+    ) -> None:
+        self.model, self.alphabet_size, self.window = model, alphabet_size, window
         self.vocab = model.config.vocab
         self.prefix = None if prefix is None else self._embed(torch.as_tensor(prefix))
         self.cache: KVCache | None = None
@@ -105,11 +111,14 @@ class ExactPredictor:
         """Start `rows` new sequences of at most `steps` tokens after the prefix. The prefix's
         cache is computed once and kept while the cache is reused."""
         positions = self.prefix_length + steps
-        if self.cache is None or self.cache.rows != rows or self.cache.capacity < positions:
-            _check_memory(rows * positions * KVCache.bytes_per_position(self.model.config), rows, positions)
-            self.cache = self.model.new_cache(rows, positions)
+        sinks = self.prefix_length + SINK_TOKENS if self.window else 0
+        slots = KVCache.slots(positions, self.window, sinks)
+        if self.cache is None or self.cache.rows != rows or self.cache.positions < positions:
+            _check_memory(rows * slots * KVCache.bytes_per_position(self.model.config), rows, slots)
+            self.cache = self.model.new_cache(rows, positions, self.window, sinks)
             if self.prefix is not None:
                 self.model.forward(self.prefix.expand(rows, -1, -1), 0, self.cache)
+        self.cache.dropped = 0  # the prefix's keys stay where they are, first
         self.rows, self.position = rows, self.prefix_length
 
     def step(self, input_ids: np.ndarray) -> np.ndarray:

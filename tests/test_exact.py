@@ -66,6 +66,10 @@ def test_kernels_give_the_torch_codes_bits(torch_only, monkeypatch):
             exact.attention(q[..., :3, :], scales[0][..., :3, :], k.short(), scales[1], v.char(), scales[2], step),
             exact.attention(q, scales[0], k, scales[1], v, scales[2], positions, window=7),  # sliding window
             exact.attention(q[..., :3, :], scales[0][..., :3, :], k.short(), scales[1], v.char(), scales[2], step, 7),
+            exact.attention(q, scales[0], k, scales[1], v, scales[2], positions, 7, 3),  # and attention sinks
+            exact.attention(
+                q[..., :3, :], scales[0][..., :3, :], k.short(), scales[1], v.char(), scales[2], step, 7, 3
+            ),  # noqa: E501
             exact.attention(
                 q[..., :3, :40],
                 scales[0][..., :3, :],
@@ -88,10 +92,10 @@ def test_gelu_tanh_is_accurate():
     assert (exact.gelu_tanh_mul(x, torch.ones_like(x)) - reference).abs().max() < 2e-6
 
 
-@pytest.mark.parametrize("window", [None, 5])
-def test_masked_keys_change_nothing(torch_only, window):
-    """A query attends keys up to its position (the last `window` of them): the keys outside
-    do not move a bit."""
+@pytest.mark.parametrize(("window", "sinks"), [(None, 0), (5, 0), (5, 2)])
+def test_masked_keys_change_nothing(torch_only, window, sinks):
+    """A query attends keys up to its position (the last `window` of them and the first
+    `sinks`): the keys outside do not move a bit."""
     rng = torch.Generator().manual_seed(1)
     q = torch.randint(-511, 512, (1, 1, 4, 16), generator=rng).float()
     k = torch.randint(-511, 512, (1, 1, 30, 16), generator=rng).float()
@@ -99,11 +103,13 @@ def test_masked_keys_change_nothing(torch_only, window):
     ks, vs = torch.rand(1, 1, 1, 30, generator=rng) + 0.1, torch.rand(1, 1, 1, 30, generator=rng) + 0.1
     qs = torch.rand(1, 1, 4, 1, generator=rng) * 1e-4
     positions = torch.tensor([3, 9, 19, 29])
-    full = exact.attention(q, qs, k, ks, v, vs, positions, window)
+    full = exact.attention(q, qs, k, ks, v, vs, positions, window, sinks)
     for i, p in enumerate(positions.tolist()):
-        first, end = max(0, p + 1 - (window or 30)), p + 1
-        alone = exact.attention(q[..., i : i + 1, :], qs[..., i : i + 1, :], k[..., first:end, :], ks[..., first:end],
-                                v[..., first:end, :], vs[..., first:end], positions[i : i + 1] - first)  # fmt: skip
+        first = max(0, p + 1 - (window or 30))
+        seen = torch.tensor([j for j in range(p + 1) if j >= first or j < sinks])  # in another order, too
+        seen = torch.cat([seen[-1:], seen[:-1]])
+        alone = exact.attention(q[..., i : i + 1, :], qs[..., i : i + 1, :], k[..., seen, :], ks[..., seen],
+                                v[..., seen, :], vs[..., seen], torch.tensor([len(seen) - 1]))  # fmt: skip
         assert torch.equal(alone, full[..., i : i + 1, :])
 
 

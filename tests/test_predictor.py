@@ -12,6 +12,7 @@ from llmzip import (
     UnsupportedVersionError,
     container,
     gemma3,
+    kvcache,
     llama,
     models,
 )
@@ -94,6 +95,30 @@ def test_exact_weights_do_not_depend_on_forcing_rows_or_threads(exact_pair, thre
             assert np.array_equal(_stepped(predictor, rows, chunk, row, tokenizer.roles.start_id), forced)
     finally:
         torch.set_num_threads(old)
+
+
+def test_a_window_gives_the_same_bits_forced_stepped_and_slid(exact_pair, monkeypatch):
+    """With a window (and attention sinks), a chunk longer than the cache holds: teacher forcing
+    = KV steps in row 2 of 3, both sliding the cache several times, = a cache that holds every
+    position and never slides; and the window does change the numbers."""
+    loaded, model = exact_pair
+    tokenizer = loaded.tokenizer
+    chunk = tokenizer.encode(TEXT * 6)[:700]
+    inputs = np.concatenate([[tokenizer.roles.start_id], chunk[:-1]])
+    prefix = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 64)).astype(np.float32))
+
+    def forced(window):
+        predictor = ExactPredictor(model, tokenizer.alphabet_size, prefix, window)
+        predictor.start(1, len(chunk))
+        return np.concatenate([w.copy() for w in predictor.forced(inputs)]), predictor
+
+    windowed, predictor = forced(40)
+    assert predictor.cache.capacity < len(chunk) and predictor.cache.dropped > 0
+    assert np.array_equal(_stepped(predictor, 3, chunk, 2, tokenizer.roles.start_id), windowed)
+    assert not np.array_equal(forced(None)[0], windowed)
+    monkeypatch.setattr(kvcache, "SLACK", 10_000)
+    held, predictor = forced(40)
+    assert predictor.cache.dropped == 0 and np.array_equal(held, windowed)
 
 
 def test_preallocated_cache_gives_the_stock_caches_floats(tiny):

@@ -1,0 +1,34 @@
+"""Compression levels, in zstd's and xz's convention (-1 fastest ... -9 smallest): each sets the
+chunk size (tokens coded in one sequence, one row of a decoding step) and the attention window
+(tokens each token sees, besides the first: `predictor.ExactPredictor`).
+
+Longer chunks restart the context less often and a longer window sees more of it; both cost
+time: a window of 2048 makes a decoding step about 1.5x as long as one of 1024 (SmolLM2, 60
+rows), and longer chunks leave fewer rows to step together on small inputs. Figures per level:
+benchmarks/levels.py and README's levels table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Level:
+    chunk_size: int  # tokens
+    window: int | None  # tokens; None: each token sees its whole chunk
+
+
+LEVELS = {
+    1: Level(1024, None),  # cold chunks, llmzip 0.2's only setting
+    2: Level(2048, 512),
+    3: Level(2048, 1024),
+    4: Level(4096, 512),
+    5: Level(4096, 768),
+    6: Level(4096, 1024),
+    7: Level(7680, 1024),
+    8: Level(7680, 2048),
+    9: Level(7680, 4096),
+}
+DEFAULT_LEVEL = 6
+FASTEST, BEST = min(LEVELS), max(LEVELS)
