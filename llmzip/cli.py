@@ -299,8 +299,8 @@ def compress(
     passes = 2 if steer.startswith("auto") else 1  # auto codes with and without the trained vectors
     with _open_input(file) as stream:  # an unreadable input fails before the model loads
         compressor = Compressor(
-            model, level=level or DEFAULT_LEVEL, chunk_size=chunk_size, window=window, batch_size=batch_size, threads=threads,
-            precision=precision, device=device,
+            model, level=level or DEFAULT_LEVEL, chunk_size=chunk_size, window=window, batch_size=batch_size,
+            threads=threads, precision=precision, device=device,
             steer=steer, prior=prior, prior_bins=prior_bins, prior_clip=prior_clip, training=training, quiet=quiet,
         )  # fmt: skip
         size = _stream_size(stream)

@@ -59,6 +59,7 @@ class CodingStats:
     input_bytes: int = 0
     tokens: int = 0
     chunks: int = 0
+    window: int | None = None  # the attention window coded with (None: whole chunks)
     raw_chunks: int = 0
     payload_bytes: int = 0
     archive_bytes: int = 0
@@ -280,7 +281,11 @@ class Compressor:
         window = self.window if self.window is not None and self.window < longest else None  # else it changes nothing
         predictor = self._predictor(max(batch_size, MIN_ROWS), tokenizer.alphabet_size, self.precision, prefix, window)
         stats = CodingStats(
-            input_bytes=chunks.input_bytes, tokens=chunks.tokens, chunks=len(chunks), steering=steer.describe()
+            input_bytes=chunks.input_bytes,
+            tokens=chunks.tokens,
+            chunks=len(chunks),
+            window=window,
+            steering=steer.describe(),
         )
         on_symbols = _symbol_progress(tokenizer, progress)
         entries, payload_crc = [], 0

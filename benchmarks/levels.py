@@ -1,0 +1,80 @@
+"""Compression levels: bits per byte, compress and decompress bytes/s and peak RSS of each level,
+beside the classical compressors, on the same input in the same run.
+
+    python benchmarks/levels.py ../shared/corpus/enwik6 --levels 1,6
+    python benchmarks/levels.py alice29.txt enwik5 --levels 1,3,6,9
+
+Each (file, level) runs in its own process (model loaded, then compress and decompress timed,
+round trip checked), so each peak RSS is its own. Results go to
+benchmarks/results/levels_<file>[_<bytes>].json, one file per input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+
+from common import baselines, load_input, machine, round_trip, save
+
+from llmzip import Compressor, load_model
+from llmzip.levels import DEFAULT_LEVEL, LEVELS
+from llmzip.models import DEFAULT_MODEL
+
+
+def one(model: str, spec: str, nbytes: int | None, level: int) -> dict[str, object]:
+    """One level on one input, in this process."""
+    _, data = load_input(spec, nbytes)
+    compressor = Compressor(load_model(model), level=level)
+    result = round_trip(compressor, data)
+    if not result["exact"]:
+        raise SystemExit(f"level {level}: the round trip of {spec} failed")
+    return result | {
+        "level": level,
+        "chunk_size": compressor.chunk_size,
+        "window": compressor.stats.window,
+        "tokens": compressor.stats.tokens,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("inputs", nargs="+", help="paths, corpus file names or dataset ids")
+    parser.add_argument("--levels", default=f"1,{DEFAULT_LEVEL}", help="comma-separated, or 'all'")
+    parser.add_argument("--bytes", type=int, default=None, help="only this prefix of each input")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: run one level, print JSON
+    args = parser.parse_args()
+    if args.one is not None:
+        print(json.dumps(one(args.model, args.inputs[0], args.bytes, args.one)))
+        return
+    levels = sorted(LEVELS) if args.levels == "all" else [int(n) for n in args.levels.split(",")]
+    for spec in args.inputs:
+        name, data = load_input(spec, args.bytes)
+        rows = []
+        for level in levels:
+            command = [sys.executable, __file__, spec, "--one", str(level), "--model", args.model]
+            command += ["--bytes", str(args.bytes)] if args.bytes else []
+            row = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+            rows.append(row)
+            print(
+                f"{name} level {level} (chunks of {row['chunk_size']}, window {row['window']}): "
+                f"{row['bits_per_byte']:.4f} bpb, compress {row['compress_bytes_per_s']} B/s, "
+                f"decompress {row['decompress_bytes_per_s']} B/s, peak RSS {row['peak_rss_mb']} MB",
+                flush=True,
+            )
+        report = {
+            "machine": machine(),
+            "settings": {"file": name, "bytes": len(data), "model": args.model, "levels": levels},
+            "levels": rows,
+            "baselines": baselines(data),
+        }
+        suffix = f"_{args.bytes}" if args.bytes else ""
+        save(f"levels_{name}{suffix}.json", report)
+
+
+if __name__ == "__main__":
+    main()
