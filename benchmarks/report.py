@@ -519,8 +519,29 @@ def roundtrip_tables() -> list[Table]:
     ]
 
 
+def levels_tables() -> list[Table]:
+    found = _load("levels_*.json")
+    rows = []
+    for _, r in found:
+        label = _label(r["settings"]["file"], r["settings"]["bytes"], FULL_SIZES)
+        for x in sorted(r["levels"], key=lambda x: x["level"]):
+            window = "whole chunk" if x["window"] is None else _n(x["window"])
+            speeds = [_n(x["compress_bytes_per_s"]), _n(x["decompress_bytes_per_s"])]
+            rows.append([label, f"-{x['level']}", _n(x["chunk_size"]), window, f"{x['bits_per_byte']:.4f}", *speeds,
+                         _n(x["peak_rss_mb"])])  # fmt: skip
+        for name in ("xz -9e", "brotli -11"):
+            base = r["baselines"][name]
+            rows.append([label, name, "", "", f"{base['bits_per_byte']:.4f}", _n(base["bytes_per_s"]), "", ""])
+    if not rows:
+        return []
+    columns = ["input", "level", "chunk tokens", "window", "bits/byte", "compress B/s", "decompress B/s", "peak RSS MB"]
+    caption = "Compression levels (SmolLM2, exact), each in its own process, beside the classical compressors"
+    return [Table("levels", caption, columns, rows, _source(found))]
+
+
 def all_tables() -> list[Table]:
     return [
+        *levels_tables(),
         *roundtrip_tables(),
         *models_tables(),
         *chunk_tables(),
@@ -559,6 +580,17 @@ def plots(out: Path) -> list[Path]:
         ax.set(xlabel="model parameters (millions)", ylabel="bits per byte", xscale="log")
         ax.legend(fontsize=7)
         save(fig, "bpb_vs_model_size.png")
+    if found := _load("levels_*.json"):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for _, r in found:
+            points = sorted((x["decompress_bytes_per_s"], x["bits_per_byte"], x["level"]) for x in r["levels"])
+            label = _label(r["settings"]["file"], r["settings"]["bytes"], FULL_SIZES)
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+            for speed, bpb, level in points:
+                ax.annotate(f"-{level}", (speed, bpb), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.set(xlabel="decompress bytes/s", ylabel="bits per byte")
+        ax.legend(fontsize=7)
+        save(fig, "bpb_vs_speed_per_level.png")
     chunk_files = [r for n, r in _load("chunk_size_*.json") if "quick" not in n and "batches" not in n]
     chunk_runs = [(r["file"], run) for r in chunk_files for run in r["runs"]]
     if curve := sorted(

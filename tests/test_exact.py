@@ -69,7 +69,7 @@ def test_kernels_give_the_torch_codes_bits(torch_only, monkeypatch):
             exact.attention(q, scales[0], k, scales[1], v, scales[2], positions, 7, 3),  # and attention sinks
             exact.attention(
                 q[..., :3, :], scales[0][..., :3, :], k.short(), scales[1], v.char(), scales[2], step, 7, 3
-            ),  # noqa: E501
+            ),
             exact.attention(
                 q[..., :3, :40],
                 scales[0][..., :3, :],

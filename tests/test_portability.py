@@ -75,29 +75,42 @@ def compress(model: str, text: bytes, out: Path, *flags: str) -> None:
     source.unlink()
 
 
-TINY_FLAGS = ("--chunk-size", "24", "--steer", "random:2")
+# Short chunks; and chunks of 600 tokens with a window of 8, longer than the KV cache holds
+# (sinks + window + kvcache.SLACK), so that the decoder's cache slides.
+TINY_ARCHIVES = {
+    "": (TEXTS["tiny"], ("--chunk-size", "24", "--steer", "random:2")),
+    "-window": (TEXTS["tiny"] * 3, ("--chunk-size", "600", "--window", "8", "--steer", "random:2")),
+}
 
 
 @pytest.fixture(scope="module", params=["tiny", "tiny-gemma3"])
 def tiny_archives(request, tmp_path_factory):
-    """A tiny model of each exact architecture (saved as a directory), its golden archive and
-    one made now by another process (with teacher forcing)."""
+    """A tiny model of each exact architecture (saved as a directory), its golden archives and
+    ones made now by another process (with teacher forcing)."""
     model = request.getfixturevalue({"tiny": "tiny_dir", "tiny-gemma3": "tiny_gemma3_dir"}[request.param])
     folder = tmp_path_factory.mktemp("tiny-archives")
-    golden = GOLDEN / f"alice1200-{request.param}.lz"
-    if os.environ.get("LLMZIP_WRITE_GOLDEN"):
-        compress(model, TEXTS["tiny"], golden, *TINY_FLAGS)
-    fresh = folder / "fresh.lz"
-    compress(model, TEXTS["tiny"], fresh, *TINY_FLAGS)
-    return {"model": model, "golden": golden, "fresh": fresh}
+    archives = {"model": model}
+    for kind, (text, flags) in TINY_ARCHIVES.items():
+        golden = GOLDEN / f"alice1200-{request.param}{kind}.lz"
+        if os.environ.get("LLMZIP_WRITE_GOLDEN") and (not kind or not golden.exists()):
+            compress(model, text, golden, *flags)
+        archives[f"golden{kind}"], archives[f"fresh{kind}"] = golden, folder / f"fresh{kind}.lz"
+        compress(model, text, archives[f"fresh{kind}"], *flags)
+    return archives
 
 
-@pytest.mark.parametrize("archive", ["golden", "fresh"])
-@pytest.mark.parametrize("environment", list(ENVIRONMENTS))
+@pytest.mark.parametrize(
+    ("archive", "environment"),
+    [(archive, env) for archive in ("golden", "fresh") for env in ENVIRONMENTS]
+    # Windowed archives decode under the two settings that change the float kernels most.
+    + [("golden-window", env) for env in ("as installed", "ATEN_CPU_CAPABILITY=default", "DNNL_MAX_CPU_ISA=SSE41")]
+    + [("fresh-window", "as installed")],
+)
 def test_tiny_models_decode_in_every_environment(tiny_archives, tmp_path, archive, environment):
     copy = tmp_path / "archive.lz"
     copy.write_bytes(tiny_archives[archive].read_bytes())
-    decode_everywhere(copy, TEXTS["tiny"], tiny_archives["model"], environment, GEOMETRIES)
+    text = TINY_ARCHIVES[archive.removeprefix("golden").removeprefix("fresh")][0]
+    decode_everywhere(copy, text, tiny_archives["model"], environment, GEOMETRIES)
 
 
 @pytest.mark.real_model
