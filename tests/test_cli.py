@@ -8,8 +8,9 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from llmzip import container
+from llmzip import Compressor, container
 from llmzip.cli import main
+from llmzip.levels import BEST, DEFAULT_LEVEL, FASTEST
 
 TEXT = "the rain and the sun\r\n\u041f\u0440\u0438\u0432\u0435\u0442 \U0001f600\n".encode() * 20 + b"\xff\x04"
 
@@ -156,6 +157,18 @@ def test_bad_steering_options(run, sample, bad):
     one_line_error(run("compress", str(sample), "-q", *bad))
 
 
+@pytest.mark.parametrize(
+    ("flags", "level"),
+    [((), DEFAULT_LEVEL), (("-1",), 1), (("--fast",), FASTEST), (("--best",), BEST), (("-9", "-3"), 3)],
+)
+def test_levels_and_info(run, sample, tiny, flags, level):
+    """-N, --fast and --best (the last one given wins, as in zstd); info shows the level."""
+    assert run("compress", str(sample), "-f", "-q", *flags).exit_code == 0
+    info = run("info", str(sample) + ".lz").stdout
+    assert f"level: {level}," in info and f"up to {Compressor(tiny, level=level).chunk_size} tokens" in info
+    assert run("decompress", str(sample) + ".lz", "-o", str(sample) + ".out", "-q").exit_code == 0
+
+
 def test_models_lists_aliases(run):
     result = run("models")
     assert result.exit_code == 0
@@ -171,6 +184,8 @@ def test_models_lists_aliases(run):
         (("compress", "--batch-size", "-3", "x"), "batch-size"),
         (("compress", "--threads", "zero", "x"), "threads"),
         (("compress", "--precision", "fp8", "x"), "precision"),
+        (("compress", "--window", "0", "x"), "window"),
+        (("compress", "{sample}", "--window", "8", "--precision", "fp32"), "needs the exact predictor"),
         (("compress", "--model", "/nonexistent/model", "{sample}"), "cannot load model"),
         (("decompress", "{sample}"), "unknown suffix"),
         (("decompress", "{sample}", "-o", "{sample}"), "overwrite the input"),

@@ -83,6 +83,25 @@ def test_unknown_critical_extension_is_refused(compressor, small):
     assert compressor.decompress(container.pack(header, payloads)) == data
 
 
+@pytest.mark.parametrize("window", [b"\x00", b"\x08\x00", b"\x80", b"\x80\x80\x80\x80\x01"])
+def test_a_bad_window_is_refused(small, window):
+    """Window 0, trailing bytes, a cut varint, a window past the chunk limit."""
+    _, archive = small
+    header, payloads = container.unpack(archive)
+    header.extensions = header.extensions | {container.WINDOW_EXTENSION: window}
+    with pytest.raises(CorruptArchiveError):
+        container.unpack(container.pack(header, payloads))
+
+
+def test_a_window_on_a_machine_bound_archive_is_refused(small):
+    _, archive = small
+    header, payloads = container.unpack(archive)
+    header.precision = "fp32"
+    header.extensions = header.extensions | {container.WINDOW_EXTENSION: container.varint(8)}
+    with pytest.raises(CorruptArchiveError, match="window"):
+        container.unpack(container.pack(header, payloads))
+
+
 def test_pack_unpack_round_trip(small):
     _, archive = small
     header, payloads = container.unpack(archive)

@@ -8,6 +8,7 @@ from test_tokenization import SAMPLES
 import llmzip
 from llmzip import Compressor, InvalidOptionError, WrongModelError, container
 from llmzip.compressor import balanced_batch_size
+from llmzip.levels import BEST, DEFAULT_LEVEL, FASTEST, LEVELS
 
 
 @pytest.mark.parametrize("data", SAMPLES, ids=range(len(SAMPLES)))
@@ -77,13 +78,53 @@ def test_coder_overhead_is_small(tiny):
     assert stats.ideal_bits <= stats.coded_bits <= stats.ideal_bits * 1.005 + 32 * stats.chunks
 
 
+def test_a_window_round_trips_across_cache_slides_in_any_batch(tiny):
+    """Chunks of 400 tokens attending a window of 6: longer than the decoder's cache (sinks +
+    window + SLACK), so it slides; any batch decodes, and the window changes the archive."""
+    data = ("the rain and the sun in Привет мир, " * 40).encode()
+    archive = Compressor(tiny, chunk_size=400, window=6).compress(data)
+    header, _ = container.unpack(archive)
+    assert header.window == 6 and len(header.chunks) >= 2 and max(c.tokens for c in header.chunks) > 300
+    for batch in (1, 3):
+        assert Compressor(tiny, batch_size=batch, threads=1).decompress(archive) == data
+    assert Compressor(tiny, chunk_size=400, window=None, level=1).compress(data) != archive
+
+
+def test_a_window_as_long_as_the_chunks_is_not_recorded(tiny):
+    """It would change nothing: the archive is the one of whole-chunk attention."""
+    data = b"the rain and the sun " * 10
+    windowed = Compressor(tiny, chunk_size=64, window=64)
+    assert container.unpack(windowed.compress(data))[0].window is None and windowed.stats.window is None
+
+
+def test_levels_set_chunk_size_and_window(tiny):
+    fast, best = Compressor(tiny, level=FASTEST), Compressor(tiny, level=BEST)
+    assert (fast.chunk_size, fast.window) == (LEVELS[FASTEST].chunk_size, None)
+    context = tiny.model.config.max_position_embeddings
+    assert best.chunk_size == min(LEVELS[BEST].chunk_size, (context - 1) * 15 // 16)
+    assert Compressor(tiny, level=BEST, chunk_size=100, window=7).chunk_size == 100
+    floats = Compressor(tiny, level=DEFAULT_LEVEL, precision="fp32")  # no window: its chunks are the window long
+    assert (floats.chunk_size, floats.window) == (LEVELS[DEFAULT_LEVEL].window, None)
+
+
 def test_module_level_api(tiny):
     data = "Привет мир".encode()
     assert llmzip.decompress(llmzip.compress(data, model=tiny, chunk_size=4), model=tiny) == data
 
 
 @pytest.mark.parametrize(
-    "options", [{"chunk_size": 0}, {"batch_size": 0}, {"threads": 0}, {"batch_size": 5000}, {"chunk_size": 1 << 21}]
+    "options",
+    [
+        {"chunk_size": 0},
+        {"batch_size": 0},
+        {"threads": 0},
+        {"batch_size": 5000},
+        {"chunk_size": 1 << 21},
+        {"level": 0},
+        {"level": 10},
+        {"window": 0},
+        {"window": 8, "precision": "fp32"},
+    ],
 )
 def test_bad_options_are_refused(tiny, options):
     with pytest.raises(InvalidOptionError):
