@@ -35,6 +35,7 @@ def one(model: str, spec: str, nbytes: int | None, level: int) -> dict[str, obje
         "level": level,
         "chunk_size": compressor.chunk_size,
         "window": compressor.stats.window,
+        "side_models": compressor.stats.side_models,
         "tokens": compressor.stats.tokens,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }

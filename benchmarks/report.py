@@ -527,21 +527,44 @@ def levels_tables() -> list[Table]:
         for x in sorted(r["levels"], key=lambda x: x["level"]):
             window = "whole chunk" if x["window"] is None else _n(x["window"])
             speeds = [_n(x["compress_bytes_per_s"]), _n(x["decompress_bytes_per_s"])]
-            rows.append([label, f"-{x['level']}", _n(x["chunk_size"]), window, f"{x['bits_per_byte']:.4f}", *speeds,
-                         _n(x["peak_rss_mb"])])  # fmt: skip
+            side = "yes" if x.get("side_models") else "no"  # runs before side models existed lack the key
+            rows.append([label, f"-{x['level']}", _n(x["chunk_size"]), window, side, f"{x['bits_per_byte']:.4f}",
+                         *speeds, _n(x["peak_rss_mb"])])  # fmt: skip
         for name in ("xz -9e", "brotli -11"):
             base = r["baselines"][name]
-            rows.append([label, name, "", "", f"{base['bits_per_byte']:.4f}", _n(base["bytes_per_s"]), "", ""])
+            rows.append([label, name, "", "", "", f"{base['bits_per_byte']:.4f}", _n(base["bytes_per_s"]), "", ""])
     if not rows:
         return []
-    columns = ["input", "level", "chunk tokens", "window", "bits/byte", "compress B/s", "decompress B/s", "peak RSS MB"]
+    columns = ["input", "level", "chunk tokens", "window", "side models", "bits/byte", "compress B/s",
+               "decompress B/s", "peak RSS MB"]  # fmt: skip
     caption = "Compression levels (SmolLM2, exact), each in its own process, beside the classical compressors"
     return [Table("levels", caption, columns, rows, _source(found))]
+
+
+def side_tables() -> list[Table]:
+    found = _load("side_models*.json")
+    rows = []
+    for _, r in found:
+        for x in r["files"]:
+            off, on = x["without"], x["with_side_models"]
+            sizes = [f"{d['bits_per_byte']:.4f}" for d in (off, on)]
+            speeds = [_n(off["compress_bytes_per_s"]), _n(on["compress_bytes_per_s"]), _n(on["decompress_bytes_per_s"])]
+            classical = [f"{x['baselines'][name]['bits_per_byte']:.4f}" for name in ("xz -9e", "brotli -11")]
+            label = _label(x["file"], x["bytes"], FULL_SIZES)
+            rows.append([label, x["kind"], *sizes, f"{x['gain_percent']:+.2f}%", *speeds, *classical])
+    if not rows:
+        return []
+    level = found[0][1]["settings"]["level"]
+    columns = ["input", "kind", "bits/byte without", "with side models", "smaller by", "compress B/s without",
+               "with", "decompress B/s with", "xz -9e", "brotli -11"]  # fmt: skip
+    caption = f"Side models (match model and adaptive map) at level -{level}, SmolLM2, real archives"
+    return [Table("side_models", caption, columns, rows, _source(found))]
 
 
 def all_tables() -> list[Table]:
     return [
         *levels_tables(),
+        *side_tables(),
         *roundtrip_tables(),
         *models_tables(),
         *chunk_tables(),

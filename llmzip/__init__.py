@@ -41,7 +41,7 @@ def _keep_freed_memory() -> None:
 
 _keep_freed_memory()
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 __all__ = [
     "DEFAULT_MODEL",
     "CodingStats",

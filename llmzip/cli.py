@@ -115,6 +115,7 @@ def _level_options(f: Callable) -> Callable:
     for n in sorted(LEVELS, reverse=True):
         level = LEVELS[n]
         sees = "each token sees its whole chunk" if level.window is None else f"window {level.window}"
+        sees += ", side models" if level.side else ""
         default = " (default)" if n == DEFAULT_LEVEL else ""
         f = click.option(f"-{n}", "level", type=int, flag_value=n,
                          help=f"Level {n}{default}: chunks of {level.chunk_size} tokens, {sees}.")(f)  # fmt: skip
@@ -444,7 +445,8 @@ def info(files, quiet, verbose, debug):
                        f"{sum(c.tokens for c in h.chunks)} tokens coded"),
             ("predictor", f"{h.step}, " + (f"{h.precision}, machine-bound: opens only where these floats are "
                           "reproduced (same CPU kind, torch, batch and threads)" if h.machine_bound else
-                          "exact: opens on any machine, any batch, threads or device")),
+                          f"exact: opens on any machine, {'its' if h.side_models else 'any'} batch, any threads "
+                          "or device")),
             ("encoded with", f"batch {h.batch_size}, {h.threads} threads, torch {h.torch_version}, "
                              f"CPU capability {h.cpu_capability}"),
             ("steering", _describe_steering(h, size)),
@@ -455,8 +457,11 @@ def info(files, quiet, verbose, debug):
 
 
 def _describe_level(h: Header) -> str:
-    """The level asked for (where the archive says) and the window the chunks were coded with."""
+    """The level asked for (where the archive says), the window the chunks were coded with and
+    whether side models coded along."""
     sees = "each token sees its whole chunk" if h.window is None else f"window {h.window} tokens"
+    if h.side_models:
+        sees += ", side models"
     if (level := h.extensions.get(container.LEVEL_EXTENSION)) is None:
         return sees
     return f"{container.Reader(level).varint()}, {sees}"

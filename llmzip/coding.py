@@ -6,6 +6,11 @@ feeds it back. An exact predictor gives the same numbers for a whole chunk at on
 forcing), so its encoder codes chunk by chunk from many positions per forward; a float
 predictor's encoder must run the decoder's lockstep computation itself (`_lockstep` drives
 both directions).
+
+With side models (`side.py`, exact predictors only) a chunk's payload holds two coded streams:
+the flags of its guessed positions (varint byte count, then the flags) and then its tokens. The
+encoder takes the guesses from the tokens first, codes each chunk's tokens teacher-forced, and
+then the flags in the decoder's lockstep order, which is the order the adaptive map learns in.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from collections.abc import Callable
 import constriction
 import numpy as np
 
+from . import side
+from .container import Reader, varint
 from .errors import CorruptArchiveError
 from .predictor import ExactPredictor, Predictor
 from .tokenization import TokenRoles
@@ -62,33 +69,116 @@ def ideal_bits(probs: np.ndarray, symbols: np.ndarray) -> float:
     return -float(np.log2(np.maximum(chosen, MIN_PROBABILITY)).sum())
 
 
+def _words(encoder: constriction.stream.queue.RangeEncoder) -> bytes:
+    return encoder.get_compressed().astype("<u4").tobytes()
+
+
+def _decoder(words: bytes) -> constriction.stream.queue.RangeDecoder:
+    if len(words) % 4:
+        raise CorruptArchiveError("coded chunk length is not a multiple of 4 bytes")
+    return constriction.stream.queue.RangeDecoder(np.frombuffer(words, dtype="<u4").astype(np.uint32))
+
+
+def _runs(mask: np.ndarray) -> list[slice]:
+    """The runs of True in a boolean array, as slices."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[False], mask, [False]]).astype(np.int8)))
+    return [slice(a, b) for a, b in zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True)]
+
+
 def _encode_forced(
-    predictor: ExactPredictor, chunk: np.ndarray, roles: TokenRoles, progress: Progress | None
-) -> tuple[bytes, float]:
-    """One chunk coded from teacher-forced probabilities, many positions per forward."""
+    predictor: ExactPredictor,
+    chunk: np.ndarray,
+    roles: TokenRoles,
+    progress: Progress | None,
+    guessed: np.ndarray | None = None,
+) -> tuple[bytes, float, np.ndarray | None]:
+    """One chunk coded from teacher-forced probabilities, many positions per forward. With the
+    match model's guesses, a right guess codes no token, a wrong one codes it without the guess;
+    also returns the model's probability of each guess (side.guess_probabilities)."""
     encoder = constriction.stream.queue.RangeEncoder()
     bits = 0.0
+    guess_probs = None if guessed is None else np.zeros(len(chunk), dtype=np.int64)
     predictor.start(1, len(chunk))
     inputs = np.concatenate([[roles.start_id], roles.model_inputs(chunk[:-1])]).astype(np.int64)
     first = 0
     for probs in predictor.forced(inputs):
-        symbols = chunk[first : first + len(probs)]
-        encoder.encode(symbols.astype(np.int32), CODER_MODEL, probs)
-        bits += ideal_bits(probs, symbols)
+        positions = slice(first, first + len(probs))
+        symbols = chunk[positions]
+        coded = [slice(0, len(probs))]
+        if guessed is not None:
+            guess = guessed[positions]
+            has = np.flatnonzero(guess >= 0)
+            guess_probs[positions][has] = side.guess_probabilities(probs, has, guess[has])
+            wrong = has[guess[has] != symbols[has]]
+            probs[wrong, guess[wrong]] = 0.0  # the predictor's buffer, rewritten by its next block
+            coded = _runs(guess != symbols)
+        for run in coded:
+            encoder.encode(symbols[run].astype(np.int32), CODER_MODEL, probs[run])
+            bits += ideal_bits(probs[run], symbols[run])
         first += len(probs)
         if progress:
             progress(symbols)
-    return encoder.get_compressed().astype("<u4").tobytes(), bits
+    return _words(encoder), bits, guess_probs
+
+
+def _flag_probs(p: int) -> np.ndarray:
+    return np.array([[side.ONE - p, p]], dtype=np.float64)  # symbol 1: the guess is right
+
+
+def _encode_flags(
+    adaptive: side.AdaptiveMap,
+    chunks: list[np.ndarray],
+    guessed: list[np.ndarray],
+    match_lengths: list[np.ndarray],
+    guess_probs: list[np.ndarray],
+) -> tuple[list[bytes], float]:
+    """Each chunk's flags, with the map's probabilities learned in the decoder's lockstep order."""
+    flags: list[list[int]] = [[] for _ in chunks]
+    probs: list[list[int]] = [[] for _ in chunks]
+    bits = 0.0
+    lengths = np.array([len(c) for c in chunks], dtype=np.int64)
+    for t in range(int(lengths.max(initial=0))):
+        for row in np.flatnonzero(lengths > t):
+            if guessed[row][t] < 0:
+                continue
+            p, where = adaptive.predict(int(match_lengths[row][t]), int(guess_probs[row][t]))
+            right = bool(guessed[row][t] == chunks[row][t])
+            adaptive.update(where, right)
+            flags[row].append(int(right))
+            probs[row].append(p)
+            bits -= np.log2((p if right else side.ONE - p) / side.ONE)
+    payloads = []
+    for row_flags, row_probs in zip(flags, probs, strict=True):
+        encoder = constriction.stream.queue.RangeEncoder()
+        if row_flags:
+            p = np.array(row_probs, dtype=np.float64)
+            encoder.encode(np.array(row_flags, dtype=np.int32), CODER_MODEL, np.stack([side.ONE - p, p], 1))
+        payloads.append(_words(encoder))
+    return payloads, float(bits)
 
 
 def encode_batch(
-    predictor: Predictor, chunks: list[np.ndarray], roles: TokenRoles, progress: Progress | None = None
+    predictor: Predictor,
+    chunks: list[np.ndarray],
+    roles: TokenRoles,
+    progress: Progress | None = None,
+    adaptive: side.AdaptiveMap | None = None,
 ) -> tuple[list[bytes], float]:
     """Code each chunk (an empty chunk leaves its row idle); return the coded bytes and the
-    ideal code length, sum of -log2 p over the coded tokens, in bits."""
+    ideal code length, sum of -log2 p over the coded tokens, in bits. With an adaptive map
+    (exact predictors), the side models code along and the map learns."""
     if predictor.exact:
-        coded = [_encode_forced(predictor, c, roles, progress) if len(c) else (b"", 0.0) for c in chunks]
-        return [payload for payload, _ in coded], sum(bits for _, bits in coded)
+        guessed, match_lengths = side.guesses(chunks) if adaptive else ([None] * len(chunks), None)
+        coded = [
+            _encode_forced(predictor, c, roles, progress, g) if len(c) else (b"", 0.0, g)
+            for c, g in zip(chunks, guessed, strict=True)
+        ]
+        tokens, bits = [payload for payload, _, _ in coded], sum(b for _, b, _ in coded)
+        if adaptive is None:
+            return tokens, bits
+        flags, flag_bits = _encode_flags(adaptive, chunks, guessed, match_lengths, [q for _, _, q in coded])
+        payloads = [varint(len(f)) + f + t if len(c) else b"" for c, f, t in zip(chunks, flags, tokens, strict=True)]
+        return payloads, bits + flag_bits
     encoders = [constriction.stream.queue.RangeEncoder() for _ in chunks]
     bits = 0.0
 
@@ -104,27 +194,52 @@ def encode_batch(
     return [enc.get_compressed().astype("<u4").tobytes() for enc in encoders], bits
 
 
+def _split(payload: bytes) -> tuple[bytes, bytes]:
+    """A side-model payload's flags and tokens."""
+    reader = Reader(payload)
+    try:
+        flags = reader.take(reader.varint(len(payload)))
+    except CorruptArchiveError as e:
+        raise CorruptArchiveError("coded chunk has a damaged flag stream length") from e
+    return flags, payload[reader.pos :]
+
+
 def decode_batch(
     predictor: Predictor,
     payloads: list[bytes],
     lengths: list[int],
     roles: TokenRoles,
     progress: Progress | None = None,
+    adaptive: side.AdaptiveMap | None = None,
 ) -> list[np.ndarray]:
-    """Decode `lengths[i]` tokens from each payload (length 0 leaves the row idle)."""
-    decoders = []
-    for payload in payloads:
-        if len(payload) % 4:
-            raise CorruptArchiveError("coded chunk length is not a multiple of 4 bytes")
-        decoders.append(constriction.stream.queue.RangeDecoder(np.frombuffer(payload, dtype="<u4").astype(np.uint32)))
+    """Decode `lengths[i]` tokens from each payload (length 0 leaves the row idle); with an
+    adaptive map, as the side models coded them (the map learns along)."""
+    parts = [_split(p) if adaptive and n else (b"", p) for p, n in zip(payloads, lengths, strict=True)]
+    flag_decoders = [_decoder(flags) for flags, _ in parts]
+    decoders = [_decoder(words) for _, words in parts]
     tokens = [np.zeros(n, dtype=np.int64) for n in lengths]
+    match = side.MatchModel(tokens)
 
     def code_step(t: int, active: np.ndarray, probs: np.ndarray) -> np.ndarray:
+        guesses = {r: g for r in active if adaptive and (g := match.guess(r, t)) is not None}
+        rows = np.array(list(guesses), dtype=np.int64)
+        chances = side.guess_probabilities(probs, rows, np.array([g for g, _ in guesses.values()], np.int64))
         for r in active:
             try:
+                if r in guesses:
+                    guess, length = guesses[r]
+                    p, where = adaptive.predict(length, int(chances[np.searchsorted(rows, r)]))
+                    right = flag_decoders[r].decode(CODER_MODEL, _flag_probs(p))[0] == 1
+                    adaptive.update(where, right)
+                    if right:
+                        tokens[r][t] = guess
+                        continue
+                    probs[r, guess] = 0.0  # the predictor's buffer, rewritten by its next step
                 tokens[r][t] = decoders[r].decode(CODER_MODEL, probs[r : r + 1])[0]
             except (ValueError, RuntimeError, AssertionError) as e:
                 raise CorruptArchiveError(f"coded chunk cannot be decoded: {e}") from e
+        if adaptive:
+            match.advance(t, active)
         return np.array([tokens[r][t] for r in active], dtype=np.int64)
 
     _lockstep(predictor, _row_lengths(predictor, list(lengths)), roles, code_step, progress)

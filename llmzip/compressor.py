@@ -3,6 +3,7 @@ coded in lockstep with the model -> payloads (spooled) -> container."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import os
@@ -18,7 +19,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
-from . import container, hyperprior, steering
+from . import container, hyperprior, side, steering
 from .chunking import TokenChunks
 from .coding import Progress, decode_batch, encode_batch
 from .container import ArchiveReader, ChunkEntry, Header
@@ -60,6 +61,7 @@ class CodingStats:
     tokens: int = 0
     chunks: int = 0
     window: int | None = None  # the attention window coded with (None: whole chunks)
+    side_models: bool = False
     raw_chunks: int = 0
     payload_bytes: int = 0
     archive_bytes: int = 0
@@ -123,6 +125,7 @@ class Compressor:
         level: int = DEFAULT_LEVEL,
         chunk_size: int | None = None,
         window: int | None = None,
+        side_models: bool | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         threads: int | None = None,
         precision: str | None = None,
@@ -155,9 +158,11 @@ class Compressor:
         self.batch_size = batch_size
         self.threads = threads or torch.get_num_threads()
         self.precision = precision or default_precision(self.model.model)
-        if window is not None and self.precision != EXACT:
-            raise InvalidOptionError(f"an attention window needs the exact predictor, not precision {self.precision}")
+        for what, asked in (("an attention window needs", window is not None), ("side models need", side_models)):
+            if asked and self.precision != EXACT:
+                raise InvalidOptionError(f"{what} the exact predictor, not precision {self.precision}")
         self.level, self.chunk_size, self.window = level, *self._geometry(LEVELS[level], chunk_size, window)
+        self.side_models = (LEVELS[level].side if side_models is None else side_models) and self.precision == EXACT
         self.device = resolve_device(device)
         self._exact_model: ExactModel | None = None  # prepared once, on first use
         self.steer = steering.parse_spec(steer)
@@ -285,8 +290,10 @@ class Compressor:
             tokens=chunks.tokens,
             chunks=len(chunks),
             window=window,
+            side_models=self.side_models,
             steering=steer.describe(),
         )
+        adaptive = side.AdaptiveMap() if self.side_models else None
         on_symbols = _symbol_progress(tokenizer, progress)
         entries, payload_crc = [], 0
         payloads = tempfile.TemporaryFile()  # noqa: SIM115 (handed on in the EncodedArchive)
@@ -295,7 +302,7 @@ class Compressor:
                 for first in range(0, len(chunks), batch_size):
                     batch = chunks[first : first + batch_size]
                     originals = [tokenizer.decode(c) for c in batch]
-                    coded = self._encode_batch(predictor, batch, originals, stats, on_symbols)
+                    coded = self._encode_batch(predictor, batch, originals, stats, on_symbols, adaptive)
                     for tokens, original, payload in zip(batch, originals, coded, strict=True):
                         coded_tokens = len(tokens) if payload is not None else 0  # 0 marks a raw chunk
                         stored = original if payload is None else payload
@@ -309,6 +316,8 @@ class Compressor:
             extensions = extensions | {container.STEERING_EXTENSION: steer.to_bytes()}
         if window is not None:
             extensions = extensions | {container.WINDOW_EXTENSION: container.varint(window)}
+        if adaptive is not None:
+            extensions = extensions | {container.SIDE_EXTENSION: container.varint(side.VERSION)}
         extensions = extensions | {container.LEVEL_EXTENSION: container.varint(self.level)}
         torch_version, cpu, step = _runtime(self.model, self.precision)
         header = Header(
@@ -350,21 +359,27 @@ class Compressor:
         originals: list[bytes],
         stats: CodingStats,
         on_symbols: Progress | None,
+        adaptive: side.AdaptiveMap | None,
     ) -> list[bytes | None]:
         """Coded bytes per chunk, or None for a chunk stored raw because coding did not shrink it.
 
-        A raw chunk's row must be idle for a float predictor, because the decoder will not know
-        its tokens; so the batch is coded again without it (rare: only data the model cannot
-        predict). An exact predictor's chunks do not affect each other."""
+        A raw chunk's row is idle in the decoder, which does not know its tokens; where rows
+        affect each other (a float predictor, side models) the batch is coded again without it
+        (rare: only data the model cannot predict), the side models from where they were."""
         raw = [False] * len(batch)
+        before = copy.deepcopy(adaptive)
         while True:
             rows = [np.empty(0, np.int64) if r else c for c, r in zip(batch, raw, strict=True)]
-            coded, ideal_bits = encode_batch(predictor, rows, self.model.tokenizer.roles, on_symbols)
+            coded, ideal_bits = encode_batch(predictor, rows, self.model.tokenizer.roles, on_symbols, adaptive)
             on_symbols = None  # progress counts each byte once
             grown = [i for i, p in enumerate(coded) if not raw[i] and len(p) >= len(originals[i])]
             for i in grown:
                 raw[i] = True
-            if not grown or all(raw) or predictor.exact:
+            if not grown or (predictor.exact and adaptive is None):
+                break
+            if adaptive is not None:  # it learned from rows the decoder will not code
+                adaptive.table = copy.deepcopy(before.table)
+            if all(raw):
                 break
         stats.raw_chunks += sum(raw)
         stats.ideal_bits += ideal_bits if not all(raw) else 0.0
@@ -401,15 +416,19 @@ class Compressor:
         reader = archive if isinstance(archive, ArchiveReader) else ArchiveReader(io.BytesIO(archive))
         header = reader.header
         self.check_model(header)
-        known = (container.STEERING_EXTENSION, container.WINDOW_EXTENSION)
+        known = (container.STEERING_EXTENSION, container.WINDOW_EXTENSION, container.SIDE_EXTENSION)
         if critical := [t for t in header.extensions if t < container.FIRST_OPTIONAL_EXTENSION and t not in known]:
             raise UnsupportedVersionError(f"archive uses extension {critical[0]}, unknown to this llmzip")
         tokenizer = self.model.tokenizer
         steer = Steering.from_bytes(header.extensions.get(container.STEERING_EXTENSION, b""))
         prefix = steer.prefix(tokenizer, embedding_width(self.model))
         self._check_context(0 if prefix is None else len(prefix), header.chunk_size)
-        # An exact archive decodes in any batch and thread count; a float one only in the encoder's.
-        batch = header.batch_size if header.machine_bound else balanced_batch_size(len(header.chunks), self.batch_size)
+        if header.side_models and (version := header.side_models_version) != side.VERSION:
+            raise UnsupportedVersionError(f"archive uses side models version {version}, unknown to this llmzip")
+        # An exact archive decodes in any thread count and, without side models, in any batch.
+        bound = header.machine_bound or header.side_models
+        batch = header.batch_size if bound else balanced_batch_size(len(header.chunks), self.batch_size)
+        adaptive = side.AdaptiveMap() if header.side_models else None
         threads = decoding_threads(header) if header.machine_bound else self.threads
         predictor = self._predictor(max(batch, MIN_ROWS), header.alphabet_size, header.precision, prefix, header.window)
         on_symbols = _symbol_progress(tokenizer, progress)
@@ -419,7 +438,8 @@ class Compressor:
                 first = k * batch
                 entries = header.chunks[first : first + batch]
                 coded = [b"" if e.raw else p for e, p in zip(entries, stored, strict=True)]
-                tokens = decode_batch(predictor, coded, [e.tokens for e in entries], header.roles, on_symbols)
+                lengths = [e.tokens for e in entries]
+                tokens = decode_batch(predictor, coded, lengths, header.roles, on_symbols, adaptive)
                 out = []
                 for i, (entry, payload, ids) in enumerate(zip(entries, stored, tokens, strict=True)):
                     chunk = payload if entry.raw else tokenizer.decode(ids)

@@ -33,6 +33,7 @@ READ_PIECE = 1 << 20  # bytes per read of a length the header gives
 FIRST_OPTIONAL_EXTENSION = 128
 STEERING_EXTENSION = 1  # the steering prefix (steering.Steering.to_bytes); absent: none
 WINDOW_EXTENSION = 2  # varint: tokens each token attends besides the first (exact models); absent: its whole chunk
+SIDE_EXTENSION = 3  # varint: the side models' version (side.VERSION); absent: none
 UNSTEERED_SIZE_EXTENSION = 128  # bytes the archive had without steering, when the encoder measured it
 LEVEL_EXTENSION = 129  # the compression level asked for (levels.LEVELS), for `info`
 
@@ -80,6 +81,15 @@ class Header:
         """The attention window the chunks were coded with (None: each token saw its whole chunk)."""
         data = self.extensions.get(WINDOW_EXTENSION)
         return None if data is None else Reader(data).varint(MAX_CHUNK_TOKENS)
+
+    @property
+    def side_models(self) -> bool:
+        """Coded with side models (side.py): then the batch grouping is the encoder's."""
+        return SIDE_EXTENSION in self.extensions
+
+    @property
+    def side_models_version(self) -> int:
+        return Reader(self.extensions[SIDE_EXTENSION]).varint()
 
     @property
     def rows(self) -> int:
@@ -348,5 +358,13 @@ def _check_header(h: Header) -> None:
         window = Reader(h.extensions[WINDOW_EXTENSION])
         if window.varint(MAX_CHUNK_TOKENS) < 1 or not window.at_end() or h.machine_bound:
             problems.append("bad attention window")
+    if SIDE_EXTENSION in h.extensions:
+        try:
+            version = Reader(h.extensions[SIDE_EXTENSION])
+            known = version.varint() >= 1 and version.at_end()
+        except CorruptArchiveError:
+            known = False
+        if not known or h.machine_bound:
+            problems.append("bad side models entry")
     if problems:
         raise CorruptArchiveError("invalid header: " + ", ".join(problems))

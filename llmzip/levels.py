@@ -1,6 +1,7 @@
 """Compression levels, in zstd's and xz's convention (-1 fastest ... -9 smallest): each sets the
 chunk size (tokens coded in one sequence, one row of a decoding step) and the attention window
-(tokens each token sees, besides the first: `predictor.ExactPredictor`).
+(tokens each token sees, besides the first: `predictor.ExactPredictor`), and whether side
+models (`side.py`) code along.
 
 Longer chunks restart the context less often and a longer window sees more of it; both cost
 time: a window of 2048 makes a decoding step about 1.5x as long as one of 1024 (SmolLM2, 60
@@ -17,10 +18,11 @@ from dataclasses import dataclass
 class Level:
     chunk_size: int  # tokens
     window: int | None  # tokens; None: each token sees its whole chunk
+    side: bool = True  # side models (side.py): a match model and an adaptive map
 
 
 LEVELS = {
-    1: Level(1024, None),  # cold chunks, llmzip 0.2's only setting
+    1: Level(1024, None, side=False),  # cold chunks, llmzip 0.2's only setting
     2: Level(2048, 512),
     3: Level(2048, 1024),
     4: Level(4096, 512),

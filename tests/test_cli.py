@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from llmzip import Compressor, container
 from llmzip.cli import main
-from llmzip.levels import BEST, DEFAULT_LEVEL, FASTEST
+from llmzip.levels import BEST, DEFAULT_LEVEL, FASTEST, LEVELS
 
 TEXT = "the rain and the sun\r\n\u041f\u0440\u0438\u0432\u0435\u0442 \U0001f600\n".encode() * 20 + b"\xff\x04"
 
@@ -166,6 +166,7 @@ def test_levels_and_info(run, sample, tiny, flags, level):
     assert run("compress", str(sample), "-f", "-q", *flags).exit_code == 0
     info = run("info", str(sample) + ".lz").stdout
     assert f"level: {level}," in info and f"up to {Compressor(tiny, level=level).chunk_size} tokens" in info
+    assert ("side models" in info) == LEVELS[level].side
     assert run("decompress", str(sample) + ".lz", "-o", str(sample) + ".out", "-q").exit_code == 0
 
 

@@ -75,11 +75,13 @@ def compress(model: str, text: bytes, out: Path, *flags: str) -> None:
     source.unlink()
 
 
-# Short chunks; and chunks of 600 tokens with a window of 8, longer than the KV cache holds
-# (sinks + window + kvcache.SLACK), so that the decoder's cache slides.
+# Short chunks; chunks of 600 tokens with a window of 8, longer than the KV cache holds
+# (sinks + window + kvcache.SLACK), so that the decoder's cache slides; and side models over
+# batches of 2 chunks, whose adaptive map carries from batch to batch.
 TINY_ARCHIVES = {
-    "": (TEXTS["tiny"], ("--chunk-size", "24", "--steer", "random:2")),
+    "": (TEXTS["tiny"], ("--chunk-size", "24", "--steer", "random:2", "-1")),
     "-window": (TEXTS["tiny"] * 3, ("--chunk-size", "600", "--window", "8", "--steer", "random:2")),
+    "-side": (TEXTS["tiny"] * 3, ("--chunk-size", "300", "--window", "8", "--batch-size", "2", "--steer", "random:2")),
 }
 
 
@@ -102,9 +104,13 @@ def tiny_archives(request, tmp_path_factory):
 @pytest.mark.parametrize(
     ("archive", "environment"),
     [(archive, env) for archive in ("golden", "fresh") for env in ENVIRONMENTS]
-    # Windowed archives decode under the two settings that change the float kernels most.
-    + [("golden-window", env) for env in ("as installed", "ATEN_CPU_CAPABILITY=default", "DNNL_MAX_CPU_ISA=SSE41")]
-    + [("fresh-window", "as installed")],
+    # Windowed archives and side models decode under the two settings that change the float kernels most.
+    + [
+        (f"golden{kind}", env)
+        for kind in ("-window", "-side")
+        for env in ("as installed", "ATEN_CPU_CAPABILITY=default", "DNNL_MAX_CPU_ISA=SSE41")
+    ]
+    + [("fresh-window", "as installed"), ("fresh-side", "as installed")],
 )
 def test_tiny_models_decode_in_every_environment(tiny_archives, tmp_path, archive, environment):
     copy = tmp_path / "archive.lz"

@@ -69,13 +69,16 @@ def test_wrong_model_is_refused(compressor):
         other.decompress(archive)
 
 
-def test_coder_overhead_is_small(tiny):
-    compressor = Compressor(tiny, chunk_size=1024, batch_size=4, threads=1)
+@pytest.mark.parametrize("side_models", [False, True])
+def test_coder_overhead_is_small(tiny, side_models):
+    compressor = Compressor(tiny, chunk_size=1024, batch_size=4, threads=1, side_models=side_models)
     data = ("Привет мир, the rain and the sun. " * 120).encode()
     compressor.compress(data)
     stats = compressor.stats
-    # at most one 32-bit word per chunk above the ideal, plus 0.5%
-    assert stats.ideal_bits <= stats.coded_bits <= stats.ideal_bits * 1.005 + 32 * stats.chunks
+    # at most one 32-bit word per coded stream above the ideal (side models: a flag stream and
+    # its length byte too), plus 0.5%
+    per_chunk = 32 + 40 * side_models
+    assert stats.ideal_bits <= stats.coded_bits <= stats.ideal_bits * 1.005 + per_chunk * stats.chunks
 
 
 def test_a_window_round_trips_across_cache_slides_in_any_batch(tiny):
