@@ -7,10 +7,11 @@ forcing), so its encoder codes chunk by chunk from many positions per forward; a
 predictor's encoder must run the decoder's lockstep computation itself (`_lockstep` drives
 both directions).
 
-With side models (`side.py`, exact predictors only) a chunk's payload holds two coded streams:
-the flags of its guessed positions (varint byte count, then the flags) and then its tokens. The
+With side models (`side.py`, exact predictors only) a batch also has one stream of flags (was
+the guess right?) in the decoder's lockstep order, the order the adaptive map learns in; the
+batch's first coded chunk carries it before its tokens (varint byte count, then the flags). The
 encoder takes the guesses from the tokens first, codes each chunk's tokens teacher-forced, and
-then the flags in the decoder's lockstep order, which is the order the adaptive map learns in.
+then the flags. One flag stream per batch, not per chunk: a stream's last word is overhead.
 """
 
 from __future__ import annotations
@@ -121,8 +122,10 @@ def _encode_forced(
     return _words(encoder), bits, guess_probs
 
 
-def _flag_probs(p: int) -> np.ndarray:
-    return np.array([[side.ONE - p, p]], dtype=np.float64)  # symbol 1: the guess is right
+def _flag_probs(p: list[int]) -> np.ndarray:
+    """Rows of weights for flags whose chance of 1 (the guess is right) is p / 2**16."""
+    right = np.array(p, dtype=np.float64)
+    return np.stack([side.ONE - right, right], 1)
 
 
 def _encode_flags(
@@ -131,10 +134,10 @@ def _encode_flags(
     guessed: list[np.ndarray],
     match_lengths: list[np.ndarray],
     guess_probs: list[np.ndarray],
-) -> tuple[list[bytes], float]:
-    """Each chunk's flags, with the map's probabilities learned in the decoder's lockstep order."""
-    flags: list[list[int]] = [[] for _ in chunks]
-    probs: list[list[int]] = [[] for _ in chunks]
+) -> tuple[bytes, float]:
+    """The batch's flags in the decoder's lockstep order, with the map learning along."""
+    flags: list[int] = []
+    probs: list[int] = []
     bits = 0.0
     lengths = np.array([len(c) for c in chunks], dtype=np.int64)
     for t in range(int(lengths.max(initial=0))):
@@ -144,17 +147,13 @@ def _encode_flags(
             p, where = adaptive.predict(int(match_lengths[row][t]), int(guess_probs[row][t]))
             right = bool(guessed[row][t] == chunks[row][t])
             adaptive.update(where, right)
-            flags[row].append(int(right))
-            probs[row].append(p)
+            flags.append(int(right))
+            probs.append(p)
             bits -= np.log2((p if right else side.ONE - p) / side.ONE)
-    payloads = []
-    for row_flags, row_probs in zip(flags, probs, strict=True):
-        encoder = constriction.stream.queue.RangeEncoder()
-        if row_flags:
-            p = np.array(row_probs, dtype=np.float64)
-            encoder.encode(np.array(row_flags, dtype=np.int32), CODER_MODEL, np.stack([side.ONE - p, p], 1))
-        payloads.append(_words(encoder))
-    return payloads, float(bits)
+    encoder = constriction.stream.queue.RangeEncoder()
+    if flags:
+        encoder.encode(np.array(flags, dtype=np.int32), CODER_MODEL, _flag_probs(probs))
+    return _words(encoder), float(bits)
 
 
 def encode_batch(
@@ -163,10 +162,12 @@ def encode_batch(
     roles: TokenRoles,
     progress: Progress | None = None,
     adaptive: side.AdaptiveMap | None = None,
-) -> tuple[list[bytes], float]:
-    """Code each chunk (an empty chunk leaves its row idle); return the coded bytes and the
-    ideal code length, sum of -log2 p over the coded tokens, in bits. With an adaptive map
-    (exact predictors), the side models code along and the map learns."""
+) -> tuple[list[bytes], bytes, float]:
+    """Code each chunk (an empty chunk leaves its row idle); return each chunk's coded tokens,
+    the batch's flags and the ideal code length, sum of -log2 p over the coded tokens and
+    flags, in bits. With an adaptive map (exact predictors) the side models code along, the
+    map learns, and `carry_flags` then puts the flags where the decoder reads them; without,
+    the flags are empty."""
     if predictor.exact:
         guessed, match_lengths = side.guesses(chunks) if adaptive else ([None] * len(chunks), None)
         coded = [
@@ -175,10 +176,9 @@ def encode_batch(
         ]
         tokens, bits = [payload for payload, _, _ in coded], sum(b for _, b, _ in coded)
         if adaptive is None:
-            return tokens, bits
+            return tokens, b"", bits
         flags, flag_bits = _encode_flags(adaptive, chunks, guessed, match_lengths, [q for _, _, q in coded])
-        payloads = [varint(len(f)) + f + t if len(c) else b"" for c, f, t in zip(chunks, flags, tokens, strict=True)]
-        return payloads, bits + flag_bits
+        return tokens, flags, bits + flag_bits
     encoders = [constriction.stream.queue.RangeEncoder() for _ in chunks]
     bits = 0.0
 
@@ -191,11 +191,25 @@ def encode_batch(
         return symbols
 
     _lockstep(predictor, _row_lengths(predictor, [len(c) for c in chunks]), roles, code_step, progress)
-    return [enc.get_compressed().astype("<u4").tobytes() for enc in encoders], bits
+    return [_words(enc) for enc in encoders], b"", bits
+
+
+def _carrier(lengths: list[int]) -> int | None:
+    """The row whose payload carries the batch's flags: the first with tokens to code."""
+    return next((row for row, n in enumerate(lengths) if n), None)
+
+
+def carry_flags(payloads: list[bytes], flags: bytes, lengths: list[int]) -> list[bytes]:
+    """The payloads as stored: the first with tokens (`lengths`) gets the batch's flags before
+    its tokens, as a varint byte count and the flag words."""
+    payloads = list(payloads)
+    if (carrier := _carrier(lengths)) is not None:
+        payloads[carrier] = varint(len(flags)) + flags + payloads[carrier]
+    return payloads
 
 
 def _split(payload: bytes) -> tuple[bytes, bytes]:
-    """A side-model payload's flags and tokens."""
+    """The flag-carrying payload's flags and tokens."""
     reader = Reader(payload)
     try:
         flags = reader.take(reader.varint(len(payload)))
@@ -214,9 +228,11 @@ def decode_batch(
 ) -> list[np.ndarray]:
     """Decode `lengths[i]` tokens from each payload (length 0 leaves the row idle); with an
     adaptive map, as the side models coded them (the map learns along)."""
-    parts = [_split(p) if adaptive and n else (b"", p) for p, n in zip(payloads, lengths, strict=True)]
-    flag_decoders = [_decoder(flags) for flags, _ in parts]
-    decoders = [_decoder(words) for _, words in parts]
+    payloads, flags = list(payloads), b""
+    if adaptive and (carrier := _carrier(lengths)) is not None:
+        flags, payloads[carrier] = _split(payloads[carrier])
+    flag_decoder = _decoder(flags)
+    decoders = [_decoder(words) for words in payloads]
     tokens = [np.zeros(n, dtype=np.int64) for n in lengths]
     match = side.MatchModel(tokens)
 
@@ -229,7 +245,7 @@ def decode_batch(
                 if r in guesses:
                     guess, length = guesses[r]
                     p, where = adaptive.predict(length, int(chances[np.searchsorted(rows, r)]))
-                    right = flag_decoders[r].decode(CODER_MODEL, _flag_probs(p))[0] == 1
+                    right = flag_decoder.decode(CODER_MODEL, _flag_probs([p]))[0] == 1
                     adaptive.update(where, right)
                     if right:
                         tokens[r][t] = guess

@@ -21,7 +21,7 @@ import torch
 
 from . import container, hyperprior, side, steering
 from .chunking import TokenChunks
-from .coding import Progress, decode_batch, encode_batch
+from .coding import Progress, carry_flags, decode_batch, encode_batch
 from .container import ArchiveReader, ChunkEntry, Header
 from .errors import (
     CorruptArchiveError,
@@ -365,12 +365,13 @@ class Compressor:
 
         A raw chunk's row is idle in the decoder, which does not know its tokens; where rows
         affect each other (a float predictor, side models) the batch is coded again without it
-        (rare: only data the model cannot predict), the side models from where they were."""
+        (rare: only data the model cannot predict), the side models from where they were. A
+        chunk is raw when its tokens' code is not smaller: the batch's flags are the batch's."""
         raw = [False] * len(batch)
         before = copy.deepcopy(adaptive)
         while True:
             rows = [np.empty(0, np.int64) if r else c for c, r in zip(batch, raw, strict=True)]
-            coded, ideal_bits = encode_batch(predictor, rows, self.model.tokenizer.roles, on_symbols, adaptive)
+            coded, flags, ideal_bits = encode_batch(predictor, rows, self.model.tokenizer.roles, on_symbols, adaptive)
             on_symbols = None  # progress counts each byte once
             grown = [i for i, p in enumerate(coded) if not raw[i] and len(p) >= len(originals[i])]
             for i in grown:
@@ -381,6 +382,8 @@ class Compressor:
                 adaptive.table = copy.deepcopy(before.table)
             if all(raw):
                 break
+        if adaptive is not None:
+            coded = carry_flags(coded, flags, [0 if r else len(c) for c, r in zip(batch, raw, strict=True)])
         stats.raw_chunks += sum(raw)
         stats.ideal_bits += ideal_bits if not all(raw) else 0.0
         stats.coded_bits += 8 * sum(len(p) for p, r in zip(coded, raw, strict=True) if not r)

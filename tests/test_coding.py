@@ -54,7 +54,7 @@ def test_decoder_probabilities_equal_encoders(request, model, kind):
     tokenizer = loaded.tokenizer
     chunks = [tokenizer.encode(t) for t in TEXTS]
     encoder, decoder = predictors(loaded, kind)
-    payloads, ideal_bits = encode_batch(encoder, chunks, tokenizer.roles)
+    payloads, _, ideal_bits = encode_batch(encoder, chunks, tokenizer.roles)
     decoded = decode_batch(decoder, payloads, [len(c) for c in chunks], tokenizer.roles)
     assert [list(d) for d in decoded] == [list(c) for c in chunks]
     for row, chunk in enumerate(chunks):
