@@ -550,7 +550,8 @@ def side_tables() -> list[Table]:
             sizes = [f"{d['bits_per_byte']:.4f}" for d in (off, on)]
             speeds = [_n(off["compress_bytes_per_s"]), _n(on["compress_bytes_per_s"]), _n(on["decompress_bytes_per_s"])]
             classical = [f"{x['baselines'][name]['bits_per_byte']:.4f}" for name in ("xz -9e", "brotli -11")]
-            label = _label(x["file"], x["bytes"], FULL_SIZES)
+            whole = r["settings"]["bytes"] is None
+            label = x["file"] if whole else _label(x["file"], x["bytes"], FULL_SIZES)
             rows.append([label, x["kind"], *sizes, f"{x['gain_percent']:+.2f}%", *speeds, *classical])
     if not rows:
         return []
