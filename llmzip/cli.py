@@ -445,8 +445,8 @@ def info(files, quiet, verbose, debug):
                        f"{sum(c.tokens for c in h.chunks)} tokens coded"),
             ("predictor", f"{h.step}, " + (f"{h.precision}, machine-bound: opens only where these floats are "
                           "reproduced (same CPU kind, torch, batch and threads)" if h.machine_bound else
-                          f"exact: opens on any machine, {'its' if h.side_models else 'any'} batch, any threads "
-                          "or device")),
+                          "exact: opens on any machine, threads or device, "
+                          + ("in its encoder's batches (side models)" if h.side_models else "in any batch"))),
             ("encoded with", f"batch {h.batch_size}, {h.threads} threads, torch {h.torch_version}, "
                              f"CPU capability {h.cpu_capability}"),
             ("steering", _describe_steering(h, size)),
