@@ -426,6 +426,8 @@ class Compressor:
         steer = Steering.from_bytes(header.extensions.get(container.STEERING_EXTENSION, b""))
         prefix = steer.prefix(tokenizer, embedding_width(self.model))
         self._check_context(0 if prefix is None else len(prefix), header.chunk_size)
+        if header.side_models and header.machine_bound:  # no encoder writes them: float rows differ
+            raise CorruptArchiveError("invalid header: side models on a machine-bound archive")
         if header.side_models and (version := header.side_models_version) != side.VERSION:
             raise UnsupportedVersionError(f"archive uses side models version {version}, unknown to this llmzip")
         # An exact archive decodes in any thread count and, without side models, in any batch.

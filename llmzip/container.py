@@ -364,7 +364,7 @@ def _check_header(h: Header) -> None:
             known = version.varint() >= 1 and version.at_end()
         except CorruptArchiveError:
             known = False
-        if not known or h.machine_bound:
+        if not known:
             problems.append("bad side models entry")
     if problems:
         raise CorruptArchiveError("invalid header: " + ", ".join(problems))
