@@ -5,7 +5,8 @@ decoded and checked.
     python benchmarks/side.py enwik5 alice29.txt twitter.json --bytes 50000 --no-decompress
     python benchmarks/side.py Apache_2k.log
 
-One process, the model loaded once; results go to benchmarks/results/side_models[_<bytes>].json.
+One process, the model loaded once; results go to benchmarks/results/side_models[_<bytes>][_<file>].json
+(the file's name where only one is given).
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ def main() -> None:
         },
         "files": rows,
     }
-    save(f"side_models{f'_{args.bytes}' if args.bytes else ''}.json", report)
+    named = f"_{rows[0]['file']}" if len(rows) == 1 else ""  # one file's run keeps the others' results
+    save(f"side_models{f'_{args.bytes}' if args.bytes else ''}{named}.json", report)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import click
 from tqdm import tqdm
 
 from . import __version__, container, hyperprior
+from .cluster import Cluster
 from .compressor import DEFAULT_BATCH_SIZE, Compressor, MachineBoundWarning, decoding_threads
 from .container import Header
 from .errors import LlmzipError
@@ -94,7 +95,15 @@ def _geometry_options(f: Callable) -> Callable:
         "--device", default="auto", show_default=True,
         help="Where the exact predictor runs: auto (CUDA if present), cpu, cuda, cuda:N. Archives are the same.",
     )(f)  # fmt: skip
-    f = click.option("--threads", type=click.IntRange(1, container.MAX_THREADS), help="Torch threads.")(f)
+    f = click.option(
+        "--ray", "ray_address", metavar="ADDRESS",
+        help="Code on an existing Ray cluster (HOST:PORT, ray://HOST:PORT or auto), one worker per --threads CPUs.",
+    )(f)  # fmt: skip
+    f = click.option(
+        "--workers", type=click.IntRange(1), default=None,
+        help="Code batches on N Ray workers (a local cluster, or --ray's); the archive is the same.",
+    )(f)  # fmt: skip
+    f = click.option("--threads", type=click.IntRange(1, container.MAX_THREADS), help="Torch threads (per worker).")(f)
     return click.option(
         "--batch-size", type=click.IntRange(1, container.MAX_ROWS), default=DEFAULT_BATCH_SIZE,
         show_default=True, help="Most chunks coded together.",
@@ -259,6 +268,32 @@ def _input_mode(file: str) -> int | None:
 
 
 @contextmanager
+def _cluster(workers: int | None, address: str | None, threads: int | None) -> Iterator[Cluster | None]:
+    """The Ray cluster asked for, stopped at the end (or on Ctrl-C); None: code in this process."""
+    if workers is None and address is None:
+        yield None
+        return
+    with Cluster(workers, address, threads) as cluster:
+        yield cluster
+
+
+def _report_workers(cluster: Cluster | None) -> None:
+    """-v: what each worker did, and the batches retried after a worker died."""
+    if cluster is None:
+        return
+    click.echo(f"  Ray: {cluster.size} workers, cluster ready in {cluster.start_seconds:.1f} s, "
+               f"{cluster.retries} batches retried", err=True)  # fmt: skip
+    for w in cluster.figures.values():
+        speed = f"{w.input_bytes / w.seconds:.0f} B/s" if w.seconds else "-"
+        threads = f"{w.threads} thread" + ("s" if w.threads > 1 else "")
+        click.echo(
+            f"  worker {w.name} ({w.device}, {threads}): model loaded in {w.load_seconds:.1f} s, "
+            f"{w.batches} batches, {w.input_bytes} bytes in {w.seconds:.1f} s, {speed}",
+            err=True,
+        )
+
+
+@contextmanager
 def _progress_bar(total: int | None, desc: str, quiet: bool, unit: str = "B") -> Iterator[tqdm]:
     """A tqdm bar (bytes, or steps) on stderr; none when quiet or when there is nothing to count
     (total None: a pipe of unknown size, counted without ETA)."""
@@ -286,8 +321,9 @@ def _progress_bar(total: int | None, desc: str, quiet: bool, unit: str = "B") ->
 @_steering_options
 @_verbosity
 def compress(
-    file, output, to_stdout, force, remove, model, level, chunk_size, window, precision, batch_size, threads, device,
-    steer, prior, prior_bins, prior_clip, steer_steps, steer_lr, steer_chunks, steer_tokens, quiet, verbose, debug,
+    file, output, to_stdout, force, remove, model, level, chunk_size, window, precision, batch_size, threads, workers,
+    ray_address, device, steer, prior, prior_bins, prior_clip, steer_steps, steer_lr, steer_chunks, steer_tokens,
+    quiet, verbose, debug,
 ):  # fmt: skip
     """Compress FILE (or standard input) to FILE.lz."""
     target = _plan_output(file, output, to_stdout, lambda f: f + SUFFIX)
@@ -298,10 +334,10 @@ def compress(
         raise LlmzipError("--rm needs an output file")
     training = TrainOptions(steps=steer_steps, lr=steer_lr, chunks=steer_chunks, tokens=steer_tokens)
     passes = 2 if steer.startswith("auto") else 1  # auto codes with and without the trained vectors
-    with _open_input(file) as stream:  # an unreadable input fails before the model loads
+    with _open_input(file) as stream, _cluster(workers, ray_address, threads) as cluster:
         compressor = Compressor(
             model, level=level or DEFAULT_LEVEL, chunk_size=chunk_size, window=window, batch_size=batch_size,
-            threads=threads, precision=precision, device=device,
+            threads=threads, precision=precision, device=device, cluster=cluster,
             steer=steer, prior=prior, prior_bins=prior_bins, prior_clip=prior_clip, training=training, quiet=quiet,
         )  # fmt: skip
         size = _stream_size(stream)
@@ -347,6 +383,7 @@ def compress(
                 + (f"; without steering: {s.unsteered_bytes} bytes" if s.unsteered_bytes is not None else ""),
                 err=True,
             )
+            _report_workers(cluster)
 
 
 def _decoder(header: Header, model: str | None, quiet: bool, verbose: bool, **options: Any) -> Compressor:
@@ -377,7 +414,10 @@ def _fewer_threads(header: Header) -> str:
 @click.option("-m", "--model", default=None, help="Model to use (default: the one the archive names).")
 @_geometry_options
 @_verbosity
-def decompress(file, output, to_stdout, force, remove, model, batch_size, threads, device, quiet, verbose, debug):
+def decompress(
+    file, output, to_stdout, force, remove, model, batch_size, threads, workers, ray_address, device,
+    quiet, verbose, debug,
+):  # fmt: skip
     """Decompress FILE.lz (or standard input). An exact archive decodes with any --batch-size,
     --threads and --device; a machine-bound one always runs the encoder's geometry."""
 
@@ -392,15 +432,19 @@ def decompress(file, output, to_stdout, force, remove, model, batch_size, thread
         raise LlmzipError("--rm needs an output file")
     with _open_input(file) as stream:
         archive = container.ArchiveReader(stream)
-        compressor = _decoder(
-            archive.header, model, quiet, verbose, batch_size=batch_size, threads=threads, device=device
-        )
-        size = archive.header.original_size
-        with _progress_bar(size, "decompress", quiet) as bar:
-            write_atomically(target, compressor.iter_decompress(archive, bar.update), _input_mode(file))
+        with _cluster(workers, ray_address, threads) as cluster:
+            compressor = _decoder(
+                archive.header, model, quiet, verbose,
+                batch_size=batch_size, threads=threads, device=device, cluster=cluster,
+            )  # fmt: skip
+            size = archive.header.original_size
+            with _progress_bar(size, "decompress", quiet) as bar:
+                write_atomically(target, compressor.iter_decompress(archive, bar.update), _input_mode(file))
     _finish(file, target, remove)
     if not quiet and target is not None:
         click.echo(f"{file}: {size} bytes -> {target}", err=True)
+    if verbose:
+        _report_workers(cluster)
 
 
 @main.command("test")

@@ -3,7 +3,6 @@ coded in lockstep with the model -> payloads (spooled) -> container."""
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import io
 import os
@@ -11,7 +10,7 @@ import tempfile
 import time
 import warnings
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -21,6 +20,7 @@ import torch
 
 from . import container, hyperprior, side, steering
 from .chunking import TokenChunks
+from .cluster import Cluster, WorkerSpec
 from .coding import Progress, carry_flags, decode_batch, encode_batch
 from .container import ArchiveReader, ChunkEntry, Header
 from .errors import (
@@ -40,7 +40,6 @@ from .predictor import (
     ExactPredictor,
     FloatPredictor,
     Predictor,
-    Prefix,
     default_precision,
     forward_name,
     has_exact,
@@ -72,6 +71,27 @@ class CodingStats:
     steering_bytes: int = 0  # its header payload
     steering_seconds: float = 0.0  # spent training steering vectors (before any coding)
     unsteered_bytes: int | None = None  # archive size without steering, where it was measured (auto)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What codes every batch of an archive besides the batch's tokens: the same wherever a
+    batch is coded."""
+
+    precision: str
+    rows: int  # chunks per batch
+    steering: bytes  # Steering.to_bytes()
+    window: int | None
+    side_models: int  # side.py's version; 0: none
+
+
+Job = tuple[list[bytes], list[ChunkEntry]]  # a batch to decode: stored payloads and their entries
+
+
+@dataclass
+class CodedBatch:
+    payloads: list[bytes | None]  # per chunk; None: stored raw
+    ideal_bits: float  # sum of -log2 p over the coded tokens and flags
 
 
 class MachineBoundWarning(UserWarning):
@@ -135,9 +155,12 @@ class Compressor:
         prior_bins: int = hyperprior.DEFAULT_BINS,
         prior_clip: float | None = None,
         training: TrainOptions | None = None,
+        cluster: Cluster | None = None,
         quiet: bool = True,
     ) -> None:
+        """`cluster`: code batches on its workers, which load `model` by name (exact predictor only)."""
         self.model = model if isinstance(model, LoadedModel) else load_model(model, quiet=quiet)
+        self.source = model if isinstance(model, str) else None  # what a worker loads
         if level not in LEVELS:
             raise InvalidOptionError(f"level must be between {FASTEST} and {BEST}")
         if chunk_size is not None and not 1 <= chunk_size <= container.MAX_CHUNK_TOKENS:
@@ -163,13 +186,17 @@ class Compressor:
                 raise InvalidOptionError(f"{what} the exact predictor, not precision {self.precision}")
         self.level, self.chunk_size, self.window = level, *self._geometry(LEVELS[level], chunk_size, window)
         self.side_models = (LEVELS[level].side if side_models is None else side_models) and self.precision == EXACT
-        self.device = resolve_device(device)
+        self.device_option, self.device = device, resolve_device(device)
+        self.cluster = cluster
         self._exact_model: ExactModel | None = None  # prepared once, on first use
+        self._plan_predictor: tuple[Plan, Predictor] | None = None
         self.steer = steering.parse_spec(steer)
         hyperprior.check_options(prior, prior_bins, prior_clip)
         self.prior, self.prior_bins, self.prior_clip = prior, prior_bins, prior_clip
         self.training = training or TrainOptions()
         self.stats = CodingStats()
+        if cluster is not None:
+            self.worker_spec()  # refuses what workers cannot do before any work
 
     def _geometry(self, level: Level, chunk_size: int | None, window: int | None) -> tuple[int, int | None]:
         """Chunk size and window: those given, else the level's. A level's chunks leave 1/16 of
@@ -276,15 +303,15 @@ class Compressor:
     def _code(
         self, chunks: TokenChunks, steer: Steering, extensions: dict[int, bytes], progress: ByteProgress | None
     ) -> tuple[EncodedArchive, CodingStats]:
-        """Code the chunks with `steer` as every chunk's prefix, batch by batch, into a payload
-        spool; return the archive and its stats."""
+        """Code the chunks with `steer` as every chunk's prefix, batch by batch (here, or on the
+        cluster's workers), into a payload spool; return the archive and its stats."""
         tokenizer = self.model.tokenizer
         prefix = steer.prefix(tokenizer, embedding_width(self.model))
         self._check_context(0 if prefix is None else len(prefix))
         batch_size = balanced_batch_size(len(chunks), self.batch_size)
         longest = min(chunks.tokens, self.chunk_size)
         window = self.window if self.window is not None and self.window < longest else None  # else it changes nothing
-        predictor = self._predictor(max(batch_size, MIN_ROWS), tokenizer.alphabet_size, self.precision, prefix, window)
+        plan = Plan(self.precision, batch_size, steer.to_bytes(), window, side.VERSION if self.side_models else 0)
         stats = CodingStats(
             input_bytes=chunks.input_bytes,
             tokens=chunks.tokens,
@@ -293,22 +320,27 @@ class Compressor:
             side_models=self.side_models,
             steering=steer.describe(),
         )
-        adaptive = side.AdaptiveMap() if self.side_models else None
-        on_symbols = _symbol_progress(tokenizer, progress)
+        starts = range(0, len(chunks), batch_size)
+        batches = (chunks[first : first + batch_size] for first in starts)
+        if self.cluster is not None:
+            coded_batches = self.cluster.encode(self.worker_spec(), plan, batches, progress)
+        else:
+            on_symbols = _symbol_progress(tokenizer, progress)
+            coded_batches = (self.encode_batch(plan, batch, on_symbols) for batch in batches)
         entries, payload_crc = [], 0
         payloads = tempfile.TemporaryFile()  # noqa: SIM115 (handed on in the EncodedArchive)
         try:
-            with torch_threads(self.threads):
-                for first in range(0, len(chunks), batch_size):
-                    batch = chunks[first : first + batch_size]
-                    originals = [tokenizer.decode(c) for c in batch]
-                    coded = self._encode_batch(predictor, batch, originals, stats, on_symbols, adaptive)
-                    for tokens, original, payload in zip(batch, originals, coded, strict=True):
-                        coded_tokens = len(tokens) if payload is not None else 0  # 0 marks a raw chunk
-                        stored = original if payload is None else payload
-                        entries.append(ChunkEntry(coded_tokens, len(stored), zlib.crc32(original)))
-                        payloads.write(stored)
-                        payload_crc = zlib.crc32(stored, payload_crc)
+            for first, coded in zip(starts, coded_batches, strict=True):
+                for tokens, payload in zip(chunks[first : first + batch_size], coded.payloads, strict=True):
+                    original = tokenizer.decode(tokens)
+                    stored = original if payload is None else payload  # None: a raw chunk
+                    coded_tokens = len(tokens) if payload is not None else 0  # 0 marks a raw chunk
+                    entries.append(ChunkEntry(coded_tokens, len(stored), zlib.crc32(original)))
+                    payloads.write(stored)
+                    payload_crc = zlib.crc32(stored, payload_crc)
+                stats.raw_chunks += coded.payloads.count(None)
+                stats.ideal_bits += coded.ideal_bits
+                stats.coded_bits += 8 * sum(len(p) for p in coded.payloads if p is not None)
         except BaseException:
             payloads.close()
             raise
@@ -316,8 +348,8 @@ class Compressor:
             extensions = extensions | {container.STEERING_EXTENSION: steer.to_bytes()}
         if window is not None:
             extensions = extensions | {container.WINDOW_EXTENSION: container.varint(window)}
-        if adaptive is not None:
-            extensions = extensions | {container.SIDE_EXTENSION: container.varint(side.VERSION)}
+        if plan.side_models:
+            extensions = extensions | {container.SIDE_EXTENSION: container.varint(plan.side_models)}
         extensions = extensions | {container.LEVEL_EXTENSION: container.varint(self.level)}
         torch_version, cpu, step = _runtime(self.model, self.precision)
         header = Header(
@@ -342,52 +374,63 @@ class Compressor:
         stats.steering_bytes = len(steer.to_bytes())
         return archive, stats
 
-    def _predictor(
-        self, rows: int, alphabet_size: int, precision: str, prefix: Prefix | None, window: int | None
-    ) -> Predictor:
-        """The exact predictor (any rows) or the float one (exactly `rows` rows, no window)."""
-        if precision != EXACT:
-            return FloatPredictor(self.model.model, rows, alphabet_size, precision, prefix)
-        if self._exact_model is None:
-            self._exact_model = exact_model(self.model, self.device)
-        return ExactPredictor(self._exact_model, alphabet_size, prefix, window)
+    def worker_spec(self) -> WorkerSpec:
+        """What a cluster worker loads to code this compressor's batches."""
+        if self.source is None:
+            raise InvalidOptionError("workers load the model by name: pass its alias, Hugging Face id or path")
+        if self.precision != EXACT:
+            raise InvalidOptionError(
+                f"workers need the exact predictor: a {self.precision} archive opens only on its encoder's machine type"
+            )
+        return WorkerSpec(self.source, self.model.fingerprint, self.device_option)
 
-    def _encode_batch(
-        self,
-        predictor: Predictor,
-        batch: list[np.ndarray],
-        originals: list[bytes],
-        stats: CodingStats,
-        on_symbols: Progress | None,
-        adaptive: side.AdaptiveMap | None,
-    ) -> list[bytes | None]:
-        """Coded bytes per chunk, or None for a chunk stored raw because coding did not shrink it.
+    def prepare(self) -> None:
+        """Prepare the exact model now rather than on the first batch."""
+        if self._exact_model is None and self.precision == EXACT:
+            self._exact_model = exact_model(self.model, self.device)
+
+    def _predictor(self, plan: Plan) -> Predictor:
+        """The plan's predictor: exact (any rows), or float (exactly the plan's rows, no window).
+        Kept for the next batch of the same plan."""
+        if self._plan_predictor is not None and self._plan_predictor[0] == plan:
+            return self._plan_predictor[1]
+        steer = Steering.from_bytes(plan.steering)
+        prefix = steer.prefix(self.model.tokenizer, embedding_width(self.model))
+        rows, alphabet_size = max(plan.rows, MIN_ROWS), self.model.tokenizer.alphabet_size
+        if plan.precision != EXACT:
+            predictor: Predictor = FloatPredictor(self.model.model, rows, alphabet_size, plan.precision, prefix)
+        else:
+            self.prepare()
+            assert self._exact_model is not None
+            predictor = ExactPredictor(self._exact_model, alphabet_size, prefix, plan.window)
+        self._plan_predictor = plan, predictor
+        return predictor
+
+    def encode_batch(self, plan: Plan, batch: list[np.ndarray], on_symbols: Progress | None = None) -> CodedBatch:
+        """Code one batch of chunks. A chunk is stored raw (None) when coding does not shrink it.
 
         A raw chunk's row is idle in the decoder, which does not know its tokens; where rows
         affect each other (a float predictor, side models) the batch is coded again without it
-        (rare: only data the model cannot predict), the side models from where they were. A
-        chunk is raw when its tokens' code is not smaller: the batch's flags are the batch's."""
+        (rare: only data the model cannot predict), the side models from the start. A chunk is
+        raw when its tokens' code is not smaller: the batch's flags are the batch's."""
+        predictor = self._predictor(plan)
+        originals = [len(self.model.tokenizer.decode(c)) for c in batch]
         raw = [False] * len(batch)
-        before = copy.deepcopy(adaptive)
-        while True:
-            rows = [np.empty(0, np.int64) if r else c for c, r in zip(batch, raw, strict=True)]
-            coded, flags, ideal_bits = encode_batch(predictor, rows, self.model.tokenizer.roles, on_symbols, adaptive)
-            on_symbols = None  # progress counts each byte once
-            grown = [i for i, p in enumerate(coded) if not raw[i] and len(p) >= len(originals[i])]
-            for i in grown:
-                raw[i] = True
-            if not grown or (predictor.exact and adaptive is None):
-                break
-            if adaptive is not None:  # it learned from rows the decoder will not code
-                adaptive.table = copy.deepcopy(before.table)
-            if all(raw):
-                break
+        with torch_threads(self.threads):
+            while True:
+                rows = [np.empty(0, np.int64) if r else c for c, r in zip(batch, raw, strict=True)]
+                adaptive = side.AdaptiveMap() if plan.side_models else None
+                roles = self.model.tokenizer.roles
+                coded, flags, ideal_bits = encode_batch(predictor, rows, roles, on_symbols, adaptive)
+                on_symbols = None  # progress counts each byte once
+                grown = [i for i, p in enumerate(coded) if not raw[i] and len(p) >= originals[i]]
+                for i in grown:
+                    raw[i] = True
+                if not grown or (predictor.exact and adaptive is None) or all(raw):
+                    break
         if adaptive is not None:
             coded = carry_flags(coded, flags, [0 if r else len(c) for c, r in zip(batch, raw, strict=True)])
-        stats.raw_chunks += sum(raw)
-        stats.ideal_bits += ideal_bits if not all(raw) else 0.0
-        stats.coded_bits += 8 * sum(len(p) for p, r in zip(coded, raw, strict=True) if not r)
-        return [None if r else p for p, r in zip(coded, raw, strict=True)]
+        return CodedBatch([None if r else p for p, r in zip(coded, raw, strict=True)], 0.0 if all(raw) else ideal_bits)
 
     # -- decompress -------------------------------------------------------------------------
 
@@ -428,38 +471,62 @@ class Compressor:
         self._check_context(0 if prefix is None else len(prefix), header.chunk_size)
         if header.side_models and header.machine_bound:  # no encoder writes them: float rows differ
             raise CorruptArchiveError("invalid header: side models on a machine-bound archive")
-        if header.side_models and (version := header.side_models_version) != side.VERSION:
+        if header.side_models and (version := header.side_models_version) not in (side.CARRIED_MAP, side.VERSION):
             raise UnsupportedVersionError(f"archive uses side models version {version}, unknown to this llmzip")
         # An exact archive decodes in any thread count and, without side models, in any batch.
         bound = header.machine_bound or header.side_models
         batch = header.batch_size if bound else balanced_batch_size(len(header.chunks), self.batch_size)
-        adaptive = side.AdaptiveMap() if header.side_models else None
+        side_models = header.side_models_version if header.side_models else 0
+        plan = Plan(header.precision, batch, steer.to_bytes(), header.window, side_models)
         threads = decoding_threads(header) if header.machine_bound else self.threads
-        predictor = self._predictor(max(batch, MIN_ROWS), header.alphabet_size, header.precision, prefix, header.window)
-        on_symbols = _symbol_progress(tokenizer, progress)
+        batches = enumerate(reader.payload_batches(batch))
+        jobs = ((stored, header.chunks[k * batch : (k + 1) * batch]) for k, stored in batches)
+        # Float rows are machine-bound, and version 1 side models chain the batches: both decode here.
+        if self.cluster is not None and not header.machine_bound and side_models != side.CARRIED_MAP:
+            decoded = self.cluster.decode(self.worker_spec(), plan, jobs, progress)
+        else:
+            decoded = self._decode_batches(plan, jobs, threads, _symbol_progress(tokenizer, progress))
         digest, size = hashlib.sha256(), 0
-        with torch_threads(threads):
-            for k, stored in enumerate(reader.payload_batches(batch)):
-                first = k * batch
-                entries = header.chunks[first : first + batch]
-                coded = [b"" if e.raw else p for e, p in zip(entries, stored, strict=True)]
-                lengths = [e.tokens for e in entries]
-                tokens = decode_batch(predictor, coded, lengths, header.roles, on_symbols, adaptive)
-                out = []
-                for i, (entry, payload, ids) in enumerate(zip(entries, stored, tokens, strict=True)):
-                    chunk = payload if entry.raw else tokenizer.decode(ids)
-                    if zlib.crc32(chunk) != entry.crc32:
-                        runtime = _runtime(self.model, header.precision)
-                        raise DecodeMismatchError(_mismatch_message(first + i, header, runtime, threads))
-                    if entry.raw and progress:
-                        progress(len(chunk))
-                    out.append(chunk)
-                block = b"".join(out)
-                digest.update(block)
-                size += len(block)
-                yield block
+        for k, chunks in enumerate(decoded):
+            entries = header.chunks[k * batch : (k + 1) * batch]
+            for i, (entry, chunk) in enumerate(zip(entries, chunks, strict=True)):
+                if zlib.crc32(chunk) != entry.crc32:
+                    runtime = _runtime(self.model, header.precision)
+                    raise DecodeMismatchError(_mismatch_message(k * batch + i, header, runtime, threads))
+                if entry.raw and progress:
+                    progress(len(chunk))
+            block = b"".join(chunks)
+            digest.update(block)
+            size += len(block)
+            yield block
         if size != header.original_size or digest.digest()[: container.CHECKSUM_BYTES] != header.checksum:
             raise DecodeMismatchError("decoded data fails the whole-file checksum")
+
+    def _decode_batches(
+        self, plan: Plan, jobs: Iterable[Job], threads: int, on_symbols: Progress | None
+    ) -> Iterator[list[bytes]]:
+        """Decode batch after batch here, carrying version 1 side models' map along."""
+        carried = side.AdaptiveMap() if plan.side_models == side.CARRIED_MAP else None
+        with torch_threads(threads):
+            for stored, entries in jobs:
+                yield self.decode_batch(plan, stored, entries, on_symbols, carried)
+
+    def decode_batch(
+        self,
+        plan: Plan,
+        stored: list[bytes],
+        entries: list[ChunkEntry],
+        on_symbols: Progress | None = None,
+        carried: side.AdaptiveMap | None = None,
+    ) -> list[bytes]:
+        """One batch's chunks as they decode (raw ones as stored), not yet checked against their
+        CRCs. `carried`: version 1 side models' map, from the batch before."""
+        predictor = self._predictor(plan)
+        coded = [b"" if e.raw else p for e, p in zip(entries, stored, strict=True)]
+        adaptive = carried or (side.AdaptiveMap() if plan.side_models else None)
+        roles = self.model.tokenizer.roles
+        tokens = decode_batch(predictor, coded, [e.tokens for e in entries], roles, on_symbols, adaptive)
+        return [p if e.raw else self.model.tokenizer.decode(t) for e, p, t in zip(entries, stored, tokens, strict=True)]
 
     def decompress(self, archive: bytes, progress: ByteProgress | None = None) -> bytes:
         return b"".join(self.iter_decompress(archive, progress))

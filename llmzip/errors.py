@@ -29,5 +29,9 @@ class DecodeMismatchError(CorruptArchiveError):
     """Decoded data fails its checksum: the archive is damaged or the runtime differs."""
 
 
+class ClusterError(LlmzipError):
+    """A Ray cluster cannot be reached, or its workers keep dying."""
+
+
 class InvalidOptionError(LlmzipError, ValueError):
     """An option value is out of range for this model or this format."""

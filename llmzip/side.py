@@ -8,8 +8,10 @@ p(guess) = p_right, p(other) = (1 - p_right) * lm(other) / (1 - lm(guess)).
 
 The decoder steps a batch's chunks in lockstep, so at step t it knows every row's tokens before
 t. The match model indexes all of them, row by row at each step, and the map learns from every
-row's flags in the same order and carries on from batch to batch: repeated lines in one chunk
-teach the others. So the batch grouping is part of the archive (the decoder runs the encoder's).
+row's flags in the same order: repeated lines in one chunk teach the others. So the batch
+grouping is part of the archive (the decoder runs the encoder's). Each batch starts a new map,
+so batches code independently, on any worker (cluster.py); version 1 carried the map from batch
+to batch, and its archives decode in one process.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-VERSION = 1  # what archives record (container.SIDE_EXTENSION): these models, these constants
+VERSION = 2  # what archives record (container.SIDE_EXTENSION): these models, these constants
+CARRIED_MAP = 1  # the version whose map carries on from batch to batch
 MIN_MATCH = 3  # tokens a match starts from (simulated: 2 saves 0.1-0.2% more on prose, 3 saves 3.8% more on JSON)
 FIXED_SCALE = 2.0**32  # the language model's weights (largest exactly 1) as integers floor(w * 2**32)
 PROB_BITS = 16  # probabilities passed between the models: integers over 2**16

@@ -1,0 +1,299 @@
+"""Scale-out on a Ray cluster: workers that each load the model once and code whole batches,
+and a driver that hands batches out and takes results back in order.
+
+A batch of an exact archive codes to the same bytes wherever it runs (side models start afresh
+in each batch), so the archive does not depend on how many workers there are, of what kind or
+where. Ray does the placing and the fault tolerance: a worker that dies is restarted, on another
+node where it must, and its batch is coded again. `pip install 'llmzip[ray]'`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import ClusterError, InvalidOptionError, LlmzipError, WrongModelError
+
+if TYPE_CHECKING:
+    from .compressor import CodedBatch, Compressor, Plan
+    from .container import ChunkEntry
+
+RESTARTS = 3  # times a dead worker is restarted, and its batch retried, before the run fails
+REPORT_SECONDS = 0.5  # how often workers report progress and the driver looks
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What each worker loads: the model by name, checked against the driver's fingerprint."""
+
+    model: str  # alias, Hugging Face id, directory or .gguf file, as the worker's machine finds it
+    fingerprint: bytes
+    device: str  # "auto": CUDA where the worker has a GPU
+
+
+@dataclass
+class WorkerFigures:
+    """What one worker process did."""
+
+    name: str  # host:pid
+    device: str
+    threads: int
+    load_seconds: float
+    batches: int = 0
+    input_bytes: int = 0
+    seconds: float = 0.0  # coding, model load excluded
+
+
+class Board:
+    """A Ray actor: bytes coded so far per batch in flight, and how often each batch started,
+    for one map of batches at a time."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.coded: dict[int, int] = {}
+        self.starts: dict[int, int] = {}
+
+    def started(self, index: int) -> None:
+        self.coded[index] = 0
+        self.starts[index] = self.starts.get(index, 0) + 1
+
+    def advanced(self, index: int, coded: int) -> None:
+        self.coded[index] = coded
+
+    def snapshot(self) -> tuple[dict[int, int], int]:
+        return dict(self.coded), sum(n - 1 for n in self.starts.values())
+
+
+class Worker:
+    """A Ray actor holding one loaded model; a restart (after a crash) loads it again."""
+
+    def __init__(self, spec: WorkerSpec, threads: int, board: str) -> None:
+        import ray
+
+        self.spec, self.threads = spec, threads
+        self.board = ray.get_actor(board)  # by name: a handle among the arguments could not restart the actor
+        self.compressor: Compressor | None = None
+        self.figures: WorkerFigures | None = None
+
+    def load(self) -> WorkerFigures:
+        if self.compressor is None:
+            import torch
+
+            from .compressor import Compressor
+            from .predictor import EXACT
+
+            started = time.perf_counter()
+            torch.set_num_threads(self.threads)
+            compressor = Compressor(self.spec.model, precision=EXACT, device=self.spec.device, threads=self.threads)
+            name = f"{socket.gethostname()}:{os.getpid()}"
+            if compressor.model.fingerprint != self.spec.fingerprint:
+                raise WrongModelError(
+                    f"worker {name} loads {self.spec.model!r} with fingerprint {compressor.model.fingerprint.hex()}, "
+                    f"the driver's has {self.spec.fingerprint.hex()}"
+                )
+            compressor.prepare()
+            self.compressor = compressor
+            seconds = time.perf_counter() - started
+            self.figures = WorkerFigures(name, str(compressor.device), self.threads, seconds)
+        assert self.figures is not None
+        return self.figures
+
+    def encode(self, index: int, plan: Plan, batch: list[np.ndarray]) -> tuple[CodedBatch, int, WorkerFigures]:
+        return self._run(index, lambda c, on_symbols: c.encode_batch(plan, batch, on_symbols))
+
+    def decode(
+        self, index: int, plan: Plan, stored: list[bytes], entries: list[ChunkEntry]
+    ) -> tuple[list[bytes], int, WorkerFigures]:
+        return self._run(index, lambda c, on_symbols: c.decode_batch(plan, stored, entries, on_symbols))
+
+    def _run(self, index: int, code: Callable[[Compressor, Callable], Any]) -> tuple[Any, int, WorkerFigures]:
+        """Code one batch, reporting bytes to the board; return the result, its bytes and figures."""
+        figures = self.load()
+        assert self.compressor is not None
+        id_nbytes = self.compressor.model.tokenizer.id_nbytes
+        self.board.started.remote(index)
+        coded, reported = 0, time.perf_counter()
+
+        def on_symbols(symbols: np.ndarray) -> None:
+            nonlocal coded, reported
+            coded += int(id_nbytes[symbols].sum())
+            if time.perf_counter() - reported > REPORT_SECONDS:
+                self.board.advanced.remote(index, coded)
+                reported = time.perf_counter()
+
+        started = time.perf_counter()
+        result = code(self.compressor, on_symbols)
+        figures.batches += 1
+        figures.input_bytes += coded
+        figures.seconds += time.perf_counter() - started
+        return result, coded, figures
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError as e:
+        raise InvalidOptionError("workers need Ray: pip install 'llmzip[ray]'") from e
+    return ray
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in seconds on a host:port nobody answers at (Ray itself retries for minutes)."""
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise InvalidOptionError(f"Ray address {address!r} is not HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as e:
+        raise ClusterError(f"cannot reach the Ray cluster at {address}: {e.strerror or e}") from e
+
+
+class Cluster:
+    """Workers on a Ray cluster: a local one started for the run (`workers`), or an existing one
+    joined at `address` (HOST:PORT, ray://HOST:PORT, or auto). Close it to stop the workers."""
+
+    def __init__(self, workers: int | None = None, address: str | None = None, threads: int | None = None) -> None:
+        ray = _ray()
+        if workers is not None and workers < 1:
+            raise InvalidOptionError("workers must be at least 1")
+        quiet = {"logging_level": logging.ERROR, "log_to_driver": False}
+        started = time.perf_counter()
+        if address is None:
+            workers = workers or 1
+            cpus = os.cpu_count() or 1
+            self.threads = threads or max(1, cpus // workers)
+            ray.init(address="local", num_cpus=max(cpus, workers * self.threads), include_dashboard=False, **quiet)
+        else:
+            _check_reachable(address)
+            try:
+                ray.init(address=address, **quiet)
+            except (ConnectionError, RuntimeError) as e:
+                raise ClusterError(f"cannot join the Ray cluster at {address}: {str(e).splitlines()[0]}") from e
+            self.threads = threads or 1
+        resources = ray.cluster_resources()
+        self.size = workers or max(1, int(resources.get("CPU", 1)) // self.threads)
+        self.gpus = int(resources.get("GPU", 0))
+        self.start_seconds = time.perf_counter() - started
+        self.board_name = f"llmzip-board-{uuid.uuid4().hex}"
+        self.board = ray.remote(num_cpus=0)(Board).options(name=self.board_name).remote()
+        self.workers: list[Any] = []
+        self.spec: WorkerSpec | None = None
+        self.figures: dict[str, WorkerFigures] = {}
+        self.retries = 0  # batches coded again after their worker died, over all maps
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the workers (and a local cluster); what they were doing is dropped."""
+        ray = _ray()
+        for worker in self.workers:
+            ray.kill(worker)
+        self.workers = []
+        ray.shutdown()
+
+    def _start(self, spec: WorkerSpec) -> list[Any]:
+        """The workers for `spec`, started (a GPU each where the cluster has some) and loaded."""
+        if self.spec == spec:
+            return self.workers
+        ray = _ray()
+        for worker in self.workers:
+            ray.kill(worker)
+        actor = ray.remote(max_restarts=RESTARTS, max_task_retries=RESTARTS)(Worker)
+        gpus = 0 if spec.device == "cpu" else min(self.gpus, self.size)
+        self.workers = [
+            actor.options(num_cpus=self.threads, num_gpus=int(k < gpus)).remote(spec, self.threads, self.board_name)
+            for k in range(self.size)
+        ]
+        self.spec = spec
+        for figures in self._get([w.load.remote() for w in self.workers]):
+            self.figures[figures.name] = figures
+        return self.workers
+
+    def encode(
+        self, spec: WorkerSpec, plan: Plan, batches: Iterable[list[np.ndarray]], progress: Callable[[int], None] | None
+    ) -> Iterator[CodedBatch]:
+        """Each batch's code, in order."""
+        return self._map(spec, "encode", plan, ((batch,) for batch in batches), progress)
+
+    def decode(
+        self,
+        spec: WorkerSpec,
+        plan: Plan,
+        jobs: Iterable[tuple[list[bytes], list[ChunkEntry]]],
+        progress: Callable[[int], None] | None,
+    ) -> Iterator[list[bytes]]:
+        """Each batch's decoded chunks (stored payloads and entries in), in order."""
+        return self._map(spec, "decode", plan, jobs, progress)
+
+    def _map(
+        self, spec: WorkerSpec, method: str, plan: Plan, jobs: Iterable[tuple], progress: Callable[[int], None] | None
+    ) -> Iterator[Any]:
+        """Hand jobs to idle workers, at most twice as many results held as there are workers
+        (so neither the input nor the output is held whole), and yield results in order."""
+        ray = _ray()
+        idle = list(self._start(spec))
+        ray.get(self.board.reset.remote())
+        retried = self.retries
+        plan_ref = ray.put(plan)
+        running: dict[Any, tuple[int, Any]] = {}  # result ref -> (job index, worker)
+        finished: dict[int, Any] = {}
+        jobs, submitted, emitted = iter(jobs), 0, 0
+        done_bytes, shown = 0, 0
+        exhausted = False
+        while True:
+            while idle and not exhausted and len(running) + len(finished) < 2 * len(self.workers):
+                job = next(jobs, None)
+                if job is None:
+                    exhausted = True
+                    break
+                worker = idle.pop()
+                running[getattr(worker, method).remote(submitted, plan_ref, *job)] = (submitted, worker)
+                submitted += 1
+            if not running and not finished:
+                break
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=REPORT_SECONDS) if running else ([], [])
+            for ref in ready:
+                index, worker = running.pop(ref)
+                idle.append(worker)
+                result, coded, figures = self._get(ref)
+                finished[index] = result
+                done_bytes += coded
+                self.figures[figures.name] = figures
+            in_flight, retries = ray.get(self.board.snapshot.remote())
+            self.retries = retried + retries
+            if progress is not None:
+                now = done_bytes + sum(n for i, n in in_flight.items() if i >= emitted and i not in finished)
+                progress(now - shown)
+                shown = now
+            while emitted in finished:
+                yield finished.pop(emitted)
+                emitted += 1
+
+    @staticmethod
+    def _get(refs: Any) -> Any:
+        """ray.get, with a worker's own error raised as itself and Ray's as one line."""
+        ray = _ray()
+        try:
+            return ray.get(refs)
+        except ray.exceptions.RayTaskError as e:
+            if isinstance(e.cause, LlmzipError):
+                raise e.cause from None
+            raise ClusterError(f"a worker failed: {type(e.cause).__name__}: {e.cause}") from e
+        except ray.exceptions.RayActorError as e:
+            raise ClusterError(f"a worker died {RESTARTS + 1} times: {str(e).splitlines()[0]}") from e

@@ -1,0 +1,90 @@
+"""Scale-out on a local Ray cluster with 2 CPUs: the same archive bytes whatever the workers,
+a worker killed mid-run, and one-line errors for clusters that cannot be used."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+from conftest import CORPUS
+
+from llmzip import Compressor
+from llmzip.cli import main
+from llmzip.cluster import Cluster
+from llmzip.errors import InvalidOptionError
+
+pytest.importorskip("ray")
+
+TEXT = (CORPUS / "alice29.txt").read_bytes()[:6000]
+OPTIONS = {"chunk_size": 512, "window": 64, "batch_size": 2}  # 12 chunks in 6 batches, side models on
+
+
+@pytest.fixture(scope="module")
+def single(tiny_dir):
+    """The archive coded in this process, without Ray."""
+    return Compressor(tiny_dir, **OPTIONS).compress(TEXT)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_workers_code_the_same_bytes_as_one_process(tiny_dir, single, workers):
+    with Cluster(workers) as cluster:
+        compressor = Compressor(tiny_dir, cluster=cluster, **OPTIONS)
+        ticks = []
+        assert compressor.compress(TEXT, ticks.append) == single
+        assert sum(ticks) == len(TEXT)  # the progress bar ends full
+        assert compressor.decompress(single) == TEXT
+        assert len(cluster.figures) == workers and cluster.retries == 0
+        assert sum(w.batches for w in cluster.figures.values()) == 12  # 6 to code, 6 to decode
+
+
+def test_a_killed_worker_is_restarted_and_its_batch_retried(tiny_dir, single):
+    with Cluster(2) as cluster:
+        compressor = Compressor(tiny_dir, cluster=cluster, batch_size=OPTIONS["batch_size"])
+        killed = []
+
+        def kill_one(_: int) -> None:  # called while batches are in flight
+            if not killed:
+                pid = int(next(iter(cluster.figures)).rpartition(":")[2])
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+
+        assert compressor.decompress(single, kill_one) == TEXT
+        assert killed and cluster.retries >= 1
+        assert f"{os.uname().nodename}:{killed[0]}" in cluster.figures  # its figures up to the kill
+
+
+def test_workers_need_the_exact_predictor(tiny_dir):
+    with Cluster(1) as cluster, pytest.raises(InvalidOptionError, match="workers need the exact predictor"):
+        Compressor(tiny_dir, cluster=cluster, precision="fp32")
+
+
+def test_a_cluster_nobody_answers_at_is_a_one_line_error(tiny_dir, tmp_path):
+    sample = tmp_path / "sample.txt"
+    sample.write_bytes(TEXT)
+    for address in ("127.0.0.1:1", "ray://127.0.0.1:1"):
+        result = CliRunner().invoke(main, ["compress", str(sample), "--model", tiny_dir, "--ray", address])
+        assert result.exit_code == 1
+        assert result.stderr.strip().splitlines() == [
+            f"llmzip: error: cannot reach the Ray cluster at {address}: Connection refused"
+        ]
+    assert not (tmp_path / "sample.txt.lz").exists()
+
+
+def test_without_ray_installed(tiny_dir, tmp_path):
+    """One process needs no Ray (and does not import it); workers say how to get it."""
+    sample = tmp_path / "sample.txt"
+    sample.write_bytes(TEXT[:500])
+    script = (
+        "import sys; sys.modules['ray'] = None\n"
+        "from llmzip.cli import main\n"
+        "try: main(sys.argv[1:])\n"
+        "finally: print('ray imported' if sys.modules['ray'] is not None else 'no ray', file=sys.stderr)\n"
+    )
+    cmd = [sys.executable, "-c", script, "compress", str(sample), "--model", tiny_dir, "-q"]
+    plain = subprocess.run(cmd, capture_output=True, text=True)
+    assert plain.returncode == 0 and plain.stderr == "no ray\n"
+    workers = subprocess.run([*cmd, "-f", "--workers", "2"], capture_output=True, text=True)
+    assert workers.returncode == 1
+    assert workers.stderr == "llmzip: error: workers need Ray: pip install 'llmzip[ray]'\nno ray\n"
