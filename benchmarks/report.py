@@ -562,10 +562,43 @@ def side_tables() -> list[Table]:
     return [Table("side_models", caption, columns, rows, _source(found))]
 
 
+def scale_tables() -> list[Table]:
+    """Measured settings (one process, then N Ray workers), and enwik8 projected from them."""
+    found = _load("scale_*.json")
+    tables = []
+    for name, r in found:
+        settings = r["settings"]
+        label = _label(settings["input"], settings["bytes"], FULL_SIZES)
+        rows = []
+        for x in r["measured"]:
+            who = f"one process, {x['threads']} threads" if not x["workers"] else f"{x['workers']} Ray workers"
+            fixed = "" if not x["workers"] else f"{x['cluster_start_s']:.1f} + {x['workers_load_s']:.1f}"
+            rows.append([who, _n(x["batches"]), _n(x["compress_bytes_per_s"]), _n(x.get("decompress_bytes_per_s")),
+                         fixed, x["sha256"][:16]])  # fmt: skip
+        columns = ["setting", "batches", "compress B/s", "decompress B/s", "cluster + workers start, s",
+                   "archive sha256[:16]"]  # fmt: skip
+        caption = (f"Scale-out, measured: {label}, level -{settings['level']}, batches of at most "
+                   f"{settings['batch_size']} chunks, SmolLM2 (bytes/s include the workers' start)")  # fmt: skip
+        tables.append(Table("scale", caption, columns, rows, _source([(name, r)])))
+        projected = [
+            [_n(p["workers"]), _n(p["enwik8_batches"]), _n(p["rounds"]), _n(p.get("compress_hours"), 1),
+             _n(p.get("decompress_hours"), 1)]
+            for p in r["projected_enwik8"]
+        ]  # fmt: skip
+        caption = (f"enwik8 projected from the measured {r['measured'][-1]['workers']}-worker run above: "
+                   f"batches of {settings['enwik8_batch_size']} chunks of {settings['chunk_size']} tokens, "
+                   f"{settings['tokens_per_byte']} tokens/byte, each worker as fast as one measured, "
+                   "plus the measured start")  # fmt: skip
+        columns = ["workers", "batches", "rounds of batches", "compress hours", "decompress hours"]
+        tables.append(Table("scale_projection", caption, columns, projected, _source([(name, r)])))
+    return tables
+
+
 def all_tables() -> list[Table]:
     return [
         *levels_tables(),
         *side_tables(),
+        *scale_tables(),
         *roundtrip_tables(),
         *models_tables(),
         *chunk_tables(),

@@ -281,8 +281,8 @@ def _report_workers(cluster: Cluster | None) -> None:
     """-v: what each worker did, and the batches retried after a worker died."""
     if cluster is None:
         return
-    click.echo(f"  Ray: {cluster.size} workers, cluster ready in {cluster.start_seconds:.1f} s, "
-               f"{cluster.retries} batches retried", err=True)  # fmt: skip
+    click.echo(f"  Ray: cluster ready in {cluster.start_seconds:.1f} s, {cluster.size} workers loaded in "
+               f"{cluster.load_seconds:.1f} s, {cluster.retries} batches retried", err=True)  # fmt: skip
     for w in cluster.figures.values():
         speed = f"{w.input_bytes / w.seconds:.0f} B/s" if w.seconds else "-"
         threads = f"{w.threads} thread" + ("s" if w.threads > 1 else "")

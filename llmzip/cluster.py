@@ -185,7 +185,8 @@ class Cluster:
         resources = ray.cluster_resources()
         self.size = workers or max(1, int(resources.get("CPU", 1)) // self.threads)
         self.gpus = int(resources.get("GPU", 0))
-        self.start_seconds = time.perf_counter() - started
+        self.start_seconds = time.perf_counter() - started  # the cluster, up or joined
+        self.load_seconds = 0.0  # the workers, started and their model loaded
         self.board_name = f"llmzip-board-{uuid.uuid4().hex}"
         self.board = ray.remote(num_cpus=0)(Board).options(name=self.board_name).remote()
         self.workers: list[Any] = []
@@ -221,8 +222,10 @@ class Cluster:
             for k in range(self.size)
         ]
         self.spec = spec
+        started = time.perf_counter()
         for figures in self._get([w.load.remote() for w in self.workers]):
             self.figures[figures.name] = figures
+        self.load_seconds = time.perf_counter() - started
         return self.workers
 
     def encode(

@@ -186,6 +186,8 @@ def test_models_lists_aliases(run):
         (("compress", "--threads", "zero", "x"), "threads"),
         (("compress", "--precision", "fp8", "x"), "precision"),
         (("compress", "--window", "0", "x"), "window"),
+        (("compress", "--workers", "0", "x"), "workers"),
+        (("compress", "{sample}", "--ray", "nowhere"), "is not HOST:PORT"),
         (("compress", "{sample}", "--window", "8", "--precision", "fp32"), "needs the exact predictor"),
         (("compress", "--model", "/nonexistent/model", "{sample}"), "cannot load model"),
         (("decompress", "{sample}"), "unknown suffix"),

@@ -5,6 +5,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -53,6 +55,35 @@ def test_a_killed_worker_is_restarted_and_its_batch_retried(tiny_dir, single):
         assert compressor.decompress(single, kill_one) == TEXT
         assert killed and cluster.retries >= 1
         assert f"{os.uname().nodename}:{killed[0]}" in cluster.figures  # its figures up to the kill
+
+
+def _ray_processes() -> list[str]:
+    """Command lines of this machine's Ray processes (workers name themselves ray::...)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone meanwhile
+            continue
+        if text.startswith("ray::") or "raylet" in text or "gcs_server" in text:
+            found.append(text)
+    return found
+
+
+def test_ctrl_c_stops_the_workers_and_leaves_nothing(tiny_dir, single, tmp_path):
+    archive, out = tmp_path / "a.lz", tmp_path / "a"
+    archive.write_bytes(single)
+    cmd = [sys.executable, "-m", "llmzip", "-d", str(archive), "-o", str(out), "--workers", "2", "-q"]
+    process = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(p.startswith("ray::Worker.decode") for p in _ray_processes()):
+        assert process.poll() is None and time.monotonic() < deadline, "no worker started decoding"
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(60) == 130 and process.stderr.read().strip() == "llmzip: interrupted"
+    assert sorted(os.listdir(tmp_path)) == ["a.lz"]
+    time.sleep(2)  # the raylet takes its workers down
+    assert _ray_processes() == []
 
 
 def test_workers_need_the_exact_predictor(tiny_dir):
