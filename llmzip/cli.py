@@ -396,8 +396,9 @@ def _decoder(header: Header, model: str | None, quiet: bool, verbose: bool, **op
             err=True,
         )
     elif verbose:
+        batch = header.batch_size if header.side_models else compressor.batch_size  # side models: the encoder's
         click.echo(
-            f"  model {header.model_name}, exact archive: batch {compressor.batch_size}, {compressor.threads} threads, "
+            f"  model {header.model_name}, exact archive: batch {batch}, {compressor.threads} threads, "
             f"device {compressor.device}",
             err=True,
         )
