@@ -571,7 +571,9 @@ def scale_tables() -> list[Table]:
         label = _label(settings["input"], settings["bytes"], FULL_SIZES)
         rows = []
         for x in r["measured"]:
-            who = f"one process, {x['threads']} threads" if not x["workers"] else f"{x['workers']} Ray workers"
+            each = f"{x['threads']} thread" + ("s" if x["threads"] > 1 else "")
+            workers = f"{x['workers']} Ray worker" + ("s" if x["workers"] > 1 else "")
+            who = f"one process, {each}" if not x["workers"] else f"{workers}, {each} each"
             fixed = "" if not x["workers"] else f"{x['cluster_start_s']:.1f} + {x['workers_load_s']:.1f}"
             rows.append([who, _n(x["batches"]), _n(x["compress_bytes_per_s"]), _n(x.get("decompress_bytes_per_s")),
                          fixed, x["sha256"][:16]])  # fmt: skip
@@ -585,7 +587,9 @@ def scale_tables() -> list[Table]:
              _n(p.get("decompress_hours"), 1)]
             for p in r["projected_enwik8"]
         ]  # fmt: skip
-        caption = (f"enwik8 projected from the measured {r['measured'][-1]['workers']}-worker run above: "
+        last = r["measured"][-1]
+        caption = (f"enwik8 projected from the measured {last['workers']}-worker run above ({last['threads']} "
+                   f"thread{'s' if last['threads'] > 1 else ''} a worker): "
                    f"batches of {settings['enwik8_batch_size']} chunks of {settings['chunk_size']} tokens, "
                    f"{settings['tokens_per_byte']} tokens/byte, each worker as fast as one measured, "
                    "plus the measured start")  # fmt: skip
