@@ -94,11 +94,12 @@ def test_real_pipes(tiny_dir):
     assert failed.returncode == 1 and failed.stderr.decode().strip().splitlines()[-1].startswith("llmzip: error:")
 
 
-@pytest.mark.parametrize("precision", ["exact", "fp32"])
-def test_geometry_flags_and_decoding(run, sample, tmp_path, precision):
+@pytest.mark.parametrize(("precision", "level"), [("exact", "-1"), ("exact", "-6"), ("fp32", "-6")])
+def test_geometry_flags_and_decoding(run, sample, tmp_path, precision, level):
     """Compressed with 8 chunks a batch on 2 threads, decompressed asking for 1 chunk and 1 thread:
-    an exact archive decodes as asked, a machine-bound (fp32) one in its own geometry."""
-    args = ("compress", str(sample), "--chunk-size", "16", "--batch-size", "8", "--threads", "2")
+    an exact archive decodes as asked (with side models, -2 and up, in its encoder's batches),
+    a machine-bound (fp32) one in its own geometry."""
+    args = ("compress", str(sample), "--chunk-size", "16", "--batch-size", "8", "--threads", "2", level)
     compressed = run(*args, "--precision", precision)
     assert compressed.exit_code == 0
     assert ("warning: model" in compressed.stderr) == (precision != "exact")
@@ -108,7 +109,9 @@ def test_geometry_flags_and_decoding(run, sample, tmp_path, precision):
     header, _ = container.unpack((tmp_path / "sample.txt.lz").read_bytes())
     assert 1 < header.batch_size <= 8 and header.threads == 2 and header.precision == precision
     if precision == "exact":
-        assert "exact archive: batch 1, 1 threads, device cpu" in result.stderr
+        batch = header.batch_size if header.side_models else 1
+        assert header.side_models == (level != "-1")
+        assert f"exact archive: batch {batch}, 1 threads, device cpu" in result.stderr
     else:
         assert f"machine-bound archive: batch {header.batch_size}, {header.rows} rows, 2 threads, fp32" in result.stderr
     assert out.read_bytes() == TEXT
