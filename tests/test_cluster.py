@@ -57,33 +57,44 @@ def test_a_killed_worker_is_restarted_and_its_batch_retried(tiny_dir, single):
         assert f"{os.uname().nodename}:{killed[0]}" in cluster.figures  # its figures up to the kill
 
 
-def _ray_processes() -> list[str]:
-    """Command lines of this machine's Ray processes (workers name themselves ray::...)."""
-    found = []
+def _ray_processes() -> dict[int, str]:
+    """This machine's Ray processes (workers name themselves ray::...), by pid."""
+    found = {}
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:  # gone meanwhile
             continue
         if text.startswith("ray::") or "raylet" in text or "gcs_server" in text:
-            found.append(text)
+            found[int(cmdline.parent.name)] = text
     return found
+
+
+def _wait_until(condition, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def test_ctrl_c_stops_the_workers_and_leaves_nothing(tiny_dir, single, tmp_path):
     archive, out = tmp_path / "a.lz", tmp_path / "a"
     archive.write_bytes(single)
+    before = set(_ray_processes())  # other tests' clusters may still be winding down
+
+    def new() -> dict[int, str]:
+        return {pid: text for pid, text in _ray_processes().items() if pid not in before}
+
     cmd = [sys.executable, "-m", "llmzip", "-d", str(archive), "-o", str(out), "--workers", "2", "-q"]
     process = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not any(p.startswith("ray::Worker.decode") for p in _ray_processes()):
-        assert process.poll() is None and time.monotonic() < deadline, "no worker started decoding"
-        time.sleep(0.1)
+    decoding = _wait_until(lambda: any(t.startswith("ray::Worker.decode") for t in new().values()), 120)
+    assert decoding and process.poll() is None, "no worker started decoding"
     process.send_signal(signal.SIGINT)
-    assert process.wait(60) == 130 and process.stderr.read().strip() == "llmzip: interrupted"
+    assert process.wait(60) == 130 and process.stderr.read().strip().splitlines()[-1] == "llmzip: interrupted"
     assert sorted(os.listdir(tmp_path)) == ["a.lz"]
-    time.sleep(2)  # the raylet takes its workers down
-    assert _ray_processes() == []
+    assert _wait_until(lambda: not new(), 30), new()  # the raylet takes its workers down
 
 
 def test_workers_need_the_exact_predictor(tiny_dir):
