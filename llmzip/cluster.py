@@ -23,7 +23,7 @@ import numpy as np
 from .errors import ClusterError, InvalidOptionError, LlmzipError, WrongModelError
 
 if TYPE_CHECKING:
-    from .compressor import CodedBatch, Compressor, Plan
+    from .compressor import CodedBatch, Compressor, Job, Plan
     from .container import ChunkEntry
 
 RESTARTS = 3  # times a dead worker is restarted, and its batch retried, before the run fails
@@ -238,7 +238,7 @@ class Cluster:
         self,
         spec: WorkerSpec,
         plan: Plan,
-        jobs: Iterable[tuple[list[bytes], list[ChunkEntry]]],
+        jobs: Iterable[Job],
         progress: Callable[[int], None] | None,
     ) -> Iterator[list[bytes]]:
         """Each batch's decoded chunks (stored payloads and entries in), in order."""

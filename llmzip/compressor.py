@@ -413,17 +413,16 @@ class Compressor:
         affect each other (a float predictor, side models) the batch is coded again without it
         (rare: only data the model cannot predict), the side models from the start. A chunk is
         raw when its tokens' code is not smaller: the batch's flags are the batch's."""
-        predictor = self._predictor(plan)
-        originals = [len(self.model.tokenizer.decode(c)) for c in batch]
+        predictor, tokenizer = self._predictor(plan), self.model.tokenizer
+        sizes = [int(tokenizer.id_nbytes[c].sum()) for c in batch]  # each chunk's original bytes
         raw = [False] * len(batch)
         with torch_threads(self.threads):
             while True:
                 rows = [np.empty(0, np.int64) if r else c for c, r in zip(batch, raw, strict=True)]
                 adaptive = side.AdaptiveMap() if plan.side_models else None
-                roles = self.model.tokenizer.roles
-                coded, flags, ideal_bits = encode_batch(predictor, rows, roles, on_symbols, adaptive)
+                coded, flags, ideal_bits = encode_batch(predictor, rows, tokenizer.roles, on_symbols, adaptive)
                 on_symbols = None  # progress counts each byte once
-                grown = [i for i, p in enumerate(coded) if not raw[i] and len(p) >= originals[i]]
+                grown = [i for i, p in enumerate(coded) if not raw[i] and len(p) >= sizes[i]]
                 for i in grown:
                     raw[i] = True
                 if not grown or (predictor.exact and adaptive is None) or all(raw):

@@ -93,7 +93,7 @@ class ByteTokenizer:
 
     @cached_property
     def id_nbytes(self) -> np.ndarray:
-        """Byte length of each id, for progress reporting."""
+        """Byte length of each id (progress, and a chunk's original size without decoding it)."""
         return np.array([len(b) for b in self.id_bytes], dtype=np.int64)
 
     def decode(self, ids: np.ndarray | list[int]) -> bytes:
