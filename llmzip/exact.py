@@ -19,8 +19,10 @@ The model code (`llama.py`, `gemma3.py`) is written in these terms and nothing e
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import platform
 from decimal import Decimal, localcontext
 from functools import cache
 from pathlib import Path
@@ -115,30 +117,52 @@ class ExactLinear:
         return acc * self.scale * row_scale
 
 
+def kernels_directory() -> Path:
+    """Where the kernels are built, per torch version and CPU: `-march=native` code built on
+    another CPU may not run here (a home directory shared by a cluster's nodes)."""
+    from .models import cache_dir  # models imports this module, so not at the top
+
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = cpuinfo.read_text() if cpuinfo.exists() else platform.processor()
+    flags = next((line for line in flags.splitlines() if line.startswith("flags")), flags)
+    return cache_dir() / "kernels" / f"torch-{torch.__version__}-{hashlib.sha256(flags.encode()).hexdigest()[:12]}"
+
+
 @cache
 def kernels() -> ModuleType | None:
     """The fused CPU kernels of kernels.cpp, compiled on first use (about a minute, then cached
-    by torch under ~/.cache/torch_extensions), or None where they cannot be built (no compiler,
-    no ninja) or LLMZIP_KERNELS=0: then the torch code below runs, with the same results."""
+    in `kernels_directory()`), or None where they cannot be built (no compiler, no ninja) or
+    LLMZIP_KERNELS=0: then the torch code below runs, with the same results."""
     if os.environ.get("LLMZIP_KERNELS") == "0":
         return None
     try:
+        import fcntl
+
         from torch.utils import cpp_extension
 
+        build = kernels_directory()
+        build.mkdir(parents=True, exist_ok=True)
         poly = ",".join(f"{float.hex(c)}f" for c in EXP2_POLY)
-        return cpp_extension.load(
-            name="llmzip_kernels",
-            sources=[str(Path(__file__).with_name("kernels.cpp"))],
-            extra_cflags=[
-                "-fopenmp",  # at::parallel_for is OpenMP in torch's headers: without it, one thread
-                "-O3",
-                "-march=native",
-                "-ffp-contract=off",
-                "-fno-trapping-math",
-                f"-DLLMZIP_EXP2_POLY={poly}",
-            ],
-            extra_ldflags=["-fopenmp"],  # torch's own libgomp, already loaded under that name
-        )
+        with open(build / "llmzip.lock", "w") as lock:
+            # torch's own lock is a file that a build killed midway leaves behind, and every later
+            # load then waits on it forever; an flock dies with its process. Under it, torch's
+            # lock file can only be such a leftover.
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            (build / "lock").unlink(missing_ok=True)
+            return cpp_extension.load(
+                name="llmzip_kernels",
+                sources=[str(Path(__file__).with_name("kernels.cpp"))],
+                extra_cflags=[
+                    "-fopenmp",  # at::parallel_for is OpenMP in torch's headers: without it, one thread
+                    "-O3",
+                    "-march=native",
+                    "-ffp-contract=off",
+                    "-fno-trapping-math",
+                    f"-DLLMZIP_EXP2_POLY={poly}",
+                ],
+                extra_ldflags=["-fopenmp"],  # torch's own libgomp, already loaded under that name
+                build_directory=str(build),
+            )
     except Exception:  # a missing compiler or ninja shows up as many exception types
         return None
 

@@ -2,6 +2,8 @@
 the fused C++ kernels give the torch code's bits."""
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -19,6 +21,13 @@ def torch_only(monkeypatch):
 def test_kernels_build_here():
     """CI's machines have a compiler: the fast path must not silently fall back there."""
     assert exact.kernels() is not None
+
+
+def test_a_build_killed_midway_does_not_hang_the_next_process():
+    """A killed build leaves torch's lock file behind, on which torch's loader waits forever."""
+    (exact.kernels_directory() / "lock").touch()
+    code = "from llmzip import exact; assert exact.kernels() is not None"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
 
 
 def test_exp2_neg_is_accurate_and_exact_at_the_ends():
