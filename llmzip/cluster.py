@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -147,10 +148,37 @@ def _ray() -> Any:
     return ray
 
 
-def _check_reachable(address: str) -> None:
-    """Fail in seconds on a host:port nobody answers at (Ray itself retries for minutes)."""
+# A call each Ray server answers, and what the address must point at for it.
+PROBES = {
+    "gcs": (
+        "/ray.rpc.NodeInfoGcsService/GetClusterId",
+        "a Ray GCS (HOST:PORT is the head's --port, by default 6379)",
+    ),
+    "client": (
+        "/ray.rpc.RayletDriver/ClusterInfo",
+        "a Ray client server (ray://HOST:PORT is the head's client port, by default 10001)",
+    ),
+}
+
+
+def _auth_token() -> str | None:
+    """The token Ray's own connection will send: under RAY_AUTH_MODE=token, from RAY_AUTH_TOKEN,
+    else the file RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        return None
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return os.environ["RAY_AUTH_TOKEN"]
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    return path.read_text().strip() if path.is_file() else None
+
+
+def _probe(address: str) -> None:
+    """Fail in seconds, naming the cause, where joining would retry for minutes or time out
+    without saying why: nobody answers, something other than Ray answers, or the cluster wants
+    a token (token authentication, which Ray is turning on by default)."""
     if address == "auto":
         return
+    client = address.startswith("ray://")
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
         raise InvalidOptionError(f"Ray address {address!r} is not HOST:PORT, ray://HOST:PORT or auto")
@@ -158,6 +186,27 @@ def _check_reachable(address: str) -> None:
         socket.create_connection((host, int(port)), timeout=10).close()
     except OSError as e:
         raise ClusterError(f"cannot reach the Ray cluster at {address}: {e.strerror or e}") from e
+    import grpc  # Ray's own dependency
+
+    method, expected = PROBES["client" if client else "gcs"]
+    token = _auth_token()
+    with grpc.insecure_channel(f"{host}:{port}") as channel:
+        call = channel.unary_unary(method, request_serializer=bytes, response_deserializer=bytes)
+        try:
+            call(b"", timeout=10, metadata=[("authorization", f"Bearer {token}")] if token else None)
+        except grpc.RpcError as e:
+            code = e.code()  # the call's status; anything else means a Ray server answered
+            if code == grpc.StatusCode.UNAUTHENTICATED and token:
+                raise ClusterError(f"the Ray cluster at {address} refused this machine's token") from None
+            if code == grpc.StatusCode.UNAUTHENTICATED:
+                raise ClusterError(
+                    f"the Ray cluster at {address} asks for a token: set RAY_AUTH_MODE=token, "
+                    "with the cluster's token in RAY_AUTH_TOKEN or ~/.ray/auth_token"
+                ) from None
+            if code in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.UNAVAILABLE):
+                raise ClusterError(f"{host}:{port} answers, but is not {expected}") from None
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise ClusterError(f"the Ray cluster at {address} did not answer in 10 s") from None
 
 
 class Cluster:
@@ -176,7 +225,7 @@ class Cluster:
             self.threads = threads or max(1, cpus // workers)
             ray.init(address="local", num_cpus=max(cpus, workers * self.threads), include_dashboard=False, **quiet)
         else:
-            _check_reachable(address)
+            _probe(address)
             try:
                 ray.init(address=address, **quiet)
             except (ConnectionError, RuntimeError) as e:

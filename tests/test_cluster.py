@@ -3,9 +3,11 @@ a worker killed mid-run, and one-line errors for clusters that cannot be used.""
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -95,6 +97,65 @@ def test_ctrl_c_stops_the_workers_and_leaves_nothing(tiny_dir, single, tmp_path)
     assert process.wait(60) == 130 and process.stderr.read().strip().splitlines()[-1] == "llmzip: interrupted"
     assert sorted(os.listdir(tmp_path)) == ["a.lz"]
     assert _wait_until(lambda: not new(), 30), new()  # the raylet takes its workers down
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _answers(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+@pytest.fixture
+def head():
+    """A cluster started the way users start one, `ray start --head`, with token authentication
+    (the default for new clusters from Ray 2.59 on): its GCS port, client port and users' env."""
+    gcs, client = _free_port(), _free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex}
+    ray = Path(sys.executable).with_name("ray")
+    options = [f"--port={gcs}", f"--ray-client-server-port={client}", "--num-cpus=2", "--include-dashboard=false"]
+    process = subprocess.Popen([ray, "start", "--head", "--block", *options], env=env, stdout=subprocess.DEVNULL)
+    assert _wait_until(lambda: _answers(gcs) and _answers(client), 120), "ray start --head did not come up"
+    yield gcs, client, env
+    process.terminate()  # --block: it stops the cluster's processes on the way out
+    process.wait(60)
+
+
+def test_joining_a_cluster_started_with_ray_start(tiny_dir, single, head, tmp_path, monkeypatch):
+    gcs, client, env = head
+    archive, out = tmp_path / "a.lz", tmp_path / "a"
+    archive.write_bytes(single)
+    sample = tmp_path / "sample.txt"
+    sample.write_bytes(TEXT)
+    options = ["--model", tiny_dir, "--chunk-size", "512", "--window", "64", "--batch-size", "2", "-q"]
+
+    def llmzip(*args: str) -> int:  # in its own process, as Ray's connection settings are per process
+        return subprocess.run([sys.executable, "-m", "llmzip", *args], env=env).returncode
+
+    assert llmzip("compress", str(sample), *options, "--ray", f"127.0.0.1:{gcs}") == 0
+    assert (tmp_path / "sample.txt.lz").read_bytes() == single
+    assert llmzip("-d", str(archive), "-o", str(out), "--ray", f"ray://127.0.0.1:{client}", "-q") == 0
+    assert out.read_bytes() == TEXT
+
+    for address, token, error in [  # these fail before Ray connects, so they run in this process
+        (f"127.0.0.1:{gcs}", None, f"the Ray cluster at 127.0.0.1:{gcs} asks for a token: set RAY_AUTH_MODE=token"),
+        (f"ray://127.0.0.1:{client}", "0" * 32, f"the Ray cluster at ray://127.0.0.1:{client} refused this"),
+        (f"127.0.0.1:{client}", env["RAY_AUTH_TOKEN"], f"127.0.0.1:{client} answers, but is not a Ray GCS"),
+        (f"ray://127.0.0.1:{gcs}", env["RAY_AUTH_TOKEN"], f"127.0.0.1:{gcs} answers, but is not a Ray client server"),
+    ]:
+        monkeypatch.setenv("RAY_AUTH_MODE", "token" if token else "disabled")
+        monkeypatch.setenv("RAY_AUTH_TOKEN", token or "")
+        result = CliRunner().invoke(main, ["-d", str(archive), "-o", str(tmp_path / "b"), "--ray", address])
+        assert result.exit_code == 1 and len(result.stderr.splitlines()) == 1
+        assert result.stderr.startswith(f"llmzip: error: {error}"), result.stderr
+    assert sorted(os.listdir(tmp_path)) == ["a", "a.lz", "sample.txt", "sample.txt.lz"]
 
 
 def test_workers_need_the_exact_predictor(tiny_dir):
