@@ -116,7 +116,7 @@ def _answers(port: int) -> bool:
 @pytest.fixture
 def head():
     """A cluster started the way users start one, `ray start --head`, with token authentication
-    (the default for new clusters from Ray 2.59 on): its GCS port, client port and users' env."""
+    (which Ray is turning on by default): its GCS port, client port and its users' env."""
     gcs, client = _free_port(), _free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex}
     ray = Path(sys.executable).with_name("ray")
