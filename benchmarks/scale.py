@@ -28,29 +28,39 @@ ENWIK8_BYTES = 100_000_000
 PROJECTED_WORKERS = (1, 8, 64)
 
 
-def run(compressor: Compressor, data: bytes, decompress: bool) -> dict[str, object]:
-    started = time.perf_counter()
-    archive = compressor.compress(data)
-    compress_s = time.perf_counter() - started
-    row: dict[str, object] = {
-        "sha256": hashlib.sha256(archive).hexdigest(),
-        "archive_bytes": len(archive),
-        "batches": -(-compressor.stats.chunks // compressor.batch_size),
-        "compress_s": round(compress_s, 1),
-        "compress_bytes_per_s": round(len(data) / compress_s),
-    }
-    if decompress:
+def run(compressor: Compressor, data: bytes, decompress: bool, cluster: Cluster | None) -> dict[str, object]:
+    """Each way's wall time and bytes/s, and on a cluster one worker's bytes/s while it codes."""
+    row: dict[str, object] = {}
+    archive = data
+    for way in ("compress", "decompress") if decompress else ("compress",):
+        before = _worked(cluster)
         started = time.perf_counter()
-        if compressor.decompress(archive) != data:
+        archive = getattr(compressor, way)(archive)
+        seconds = time.perf_counter() - started
+        if way == "compress":
+            row |= {
+                "sha256": hashlib.sha256(archive).hexdigest(),
+                "archive_bytes": len(archive),
+                "batches": -(-compressor.stats.chunks // compressor.batch_size),
+            }
+        elif archive != data:
             raise SystemExit("the round trip failed")
-        row["decompress_s"] = round(time.perf_counter() - started, 1)
-        row["decompress_bytes_per_s"] = round(len(data) / row["decompress_s"])
+        row |= {f"{way}_s": round(seconds, 1), f"{way}_bytes_per_s": round(len(data) / seconds)}
+        if cluster is not None:
+            coded, busy = (after - first for after, first in zip(_worked(cluster), before, strict=True))
+            row[f"{way}_worker_bytes_per_s"] = round(coded / busy)
     return row
 
 
+def _worked(cluster: Cluster | None) -> tuple[int, float]:
+    """Input bytes coded and seconds spent coding, summed over the cluster's workers so far."""
+    figures = cluster.figures.values() if cluster is not None else []
+    return sum(w.input_bytes for w in figures), sum(w.seconds for w in figures)
+
+
 def project(rows: list[dict], tokens_per_byte: float, chunk_size: int, batch_size: int) -> list[dict]:
-    """enwik8's wall time on W workers (default batches), each worker as fast as one in this
-    run's largest setting: its fixed costs + ceil(batches / W) rounds of one batch each."""
+    """enwik8's wall time on W workers (default batches), each worker coding as fast as one did
+    in this run's largest setting: its fixed costs + ceil(batches / W) rounds of one batch each."""
     measured = rows[-1]
     batches = math.ceil(math.ceil(ENWIK8_BYTES * tokens_per_byte / chunk_size) / batch_size)
     batch_bytes = ENWIK8_BYTES / batches
@@ -79,26 +89,22 @@ def main() -> None:
     args = parser.parse_args()
     name, data = load_input(args.input, args.bytes)
     options = {"level": args.level, "batch_size": args.batch_size}
+    decompress = not args.no_decompress
 
     single = Compressor(load_model(args.model), **options)
-    row = {"workers": 0, "threads": single.threads} | run(single, data, not args.no_decompress)
+    row = {"workers": 0, "threads": single.threads} | run(single, data, decompress, None)
     print(f"one process, {single.threads} threads: {row}", flush=True)
     rows = [row]
     for workers in [int(n) for n in args.workers.split(",")]:
         with Cluster(workers) as cluster:
             compressor = Compressor(args.model, cluster=cluster, **options)
-            row = {"workers": workers, "threads": cluster.threads} | run(compressor, data, not args.no_decompress)
+            row = {"workers": workers, "threads": cluster.threads} | run(compressor, data, decompress, cluster)
             row |= {
                 "cluster_start_s": round(cluster.start_seconds, 1),
                 "workers_load_s": round(cluster.load_seconds, 1),  # inside the compress time
                 "model_load_s": round(max(w.load_seconds for w in cluster.figures.values()), 1),
                 "retries": cluster.retries,
             }
-            # One worker's rate each way: the time less the workers' start, over the busy workers.
-            busy = min(workers, row["batches"])
-            row["compress_worker_bytes_per_s"] = round(len(data) / busy / (row["compress_s"] - row["workers_load_s"]))
-            if "decompress_s" in row:
-                row["decompress_worker_bytes_per_s"] = round(len(data) / busy / row["decompress_s"])
         if row["sha256"] != rows[0]["sha256"]:
             raise SystemExit(f"{workers} workers made other archive bytes than one process")
         print(f"{workers} workers: {row}", flush=True)
