@@ -562,6 +562,12 @@ def side_tables() -> list[Table]:
     return [Table("side_models", caption, columns, rows, _source(found))]
 
 
+def _rates(row: dict) -> str:
+    """One worker's measured bytes/s each way."""
+    ways = [way for way in ("compress", "decompress") if f"{way}_worker_bytes_per_s" in row]
+    return ", ".join(f"{way} {_n(row[f'{way}_worker_bytes_per_s'])} B/s" for way in ways)
+
+
 def scale_tables() -> list[Table]:
     """Measured settings (one process, then N Ray workers), and enwik8 projected from them."""
     found = _load("scale_*.json")
@@ -591,8 +597,8 @@ def scale_tables() -> list[Table]:
         caption = (f"enwik8 projected from the measured {last['workers']}-worker run above ({last['threads']} "
                    f"thread{'s' if last['threads'] > 1 else ''} a worker): "
                    f"batches of {settings['enwik8_batch_size']} chunks of {settings['chunk_size']} tokens, "
-                   f"{settings['tokens_per_byte']} tokens/byte, each worker as fast as one measured, "
-                   "plus the measured start")  # fmt: skip
+                   f"{settings['tokens_per_byte']} tokens/byte, each worker coding as fast as one did there "
+                   f"({_rates(last)}, over the workers' own coding time), plus the measured start")  # fmt: skip
         columns = ["workers", "batches", "rounds of batches", "compress hours", "decompress hours"]
         tables.append(Table("scale_projection", caption, columns, projected, _source([(name, r)])))
     return tables
