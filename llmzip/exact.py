@@ -117,15 +117,34 @@ class ExactLinear:
         return acc * self.scale * row_scale
 
 
+KERNELS_SOURCE = Path(__file__).with_name("kernels.cpp")
+
+
+def _kernels_cflags() -> list[str]:
+    poly = ",".join(f"{float.hex(c)}f" for c in EXP2_POLY)
+    return [
+        "-fopenmp",  # at::parallel_for is OpenMP in torch's headers: without it, one thread
+        "-O3",
+        "-march=native",
+        "-ffp-contract=off",
+        "-fno-trapping-math",
+        f"-DLLMZIP_EXP2_POLY={poly}",
+    ]
+
+
 def kernels_directory() -> Path:
-    """Where the kernels are built, per torch version and CPU: `-march=native` code built on
-    another CPU may not run here (a home directory shared by a cluster's nodes)."""
+    """Where the kernels are built: one directory per source, flags, torch version and CPU, so
+    that two llmzip versions do not rebuild over each other, and `-march=native` code built on
+    another CPU (a home directory shared by a cluster's nodes) is never loaded here."""
     from .models import cache_dir  # models imports this module, so not at the top
 
     cpuinfo = Path("/proc/cpuinfo")
-    flags = cpuinfo.read_text() if cpuinfo.exists() else platform.processor()
-    flags = next((line for line in flags.splitlines() if line.startswith("flags")), flags)
-    return cache_dir() / "kernels" / f"torch-{torch.__version__}-{hashlib.sha256(flags.encode()).hexdigest()[:12]}"
+    cpu = cpuinfo.read_text() if cpuinfo.exists() else platform.processor()
+    cpu = next((line for line in cpu.splitlines() if line.startswith("flags")), cpu)
+    build = hashlib.sha256(KERNELS_SOURCE.read_bytes())
+    for part in (*_kernels_cflags(), cpu):
+        build.update(part.encode() + b"\0")
+    return cache_dir() / "kernels" / f"torch-{torch.__version__}-{build.hexdigest()[:16]}"
 
 
 @cache
@@ -142,7 +161,6 @@ def kernels() -> ModuleType | None:
 
         build = kernels_directory()
         build.mkdir(parents=True, exist_ok=True)
-        poly = ",".join(f"{float.hex(c)}f" for c in EXP2_POLY)
         with open(build / "llmzip.lock", "w") as lock:
             # torch's own lock is a file that a build killed midway leaves behind, and every later
             # load then waits on it forever; an flock dies with its process. Under it, torch's
@@ -151,15 +169,8 @@ def kernels() -> ModuleType | None:
             (build / "lock").unlink(missing_ok=True)
             return cpp_extension.load(
                 name="llmzip_kernels",
-                sources=[str(Path(__file__).with_name("kernels.cpp"))],
-                extra_cflags=[
-                    "-fopenmp",  # at::parallel_for is OpenMP in torch's headers: without it, one thread
-                    "-O3",
-                    "-march=native",
-                    "-ffp-contract=off",
-                    "-fno-trapping-math",
-                    f"-DLLMZIP_EXP2_POLY={poly}",
-                ],
+                sources=[str(KERNELS_SOURCE)],
+                extra_cflags=_kernels_cflags(),
                 extra_ldflags=["-fopenmp"],  # torch's own libgomp, already loaded under that name
                 build_directory=str(build),
             )

@@ -44,20 +44,6 @@ inline float exp2_neg(float d) {
   return p * power;
 }
 
-#if defined(__AVX2__)
-// exp2_neg on eight lanes: the same IEEE operations in the same order, so the same bits.
-inline __m256 exp2_neg8(__m256 d) {
-  d = _mm256_min_ps(_mm256_set1_ps(127.0f), d);  // (127 < d) ? 127 : d, as std::min(d, 127.0f)
-  const __m256 n = _mm256_floor_ps(d);
-  const __m256 f = _mm256_sub_ps(d, n);
-  __m256 p = _mm256_set1_ps(kPoly[kDegree]);
-  for (int k = kDegree - 1; k >= 0; --k) p = _mm256_add_ps(_mm256_mul_ps(p, f), _mm256_set1_ps(kPoly[k]));
-  const __m256i n_int = _mm256_cvttps_epi32(n);
-  const __m256i bits = _mm256_slli_epi32(_mm256_sub_epi32(_mm256_set1_epi32(127), n_int), 23);
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
-}
-#endif
-
 // max over x[0..n): exact in any order, so lanes may take it apart.
 inline float row_max(const float* x, int64_t n) {
   float lanes[kLanes];
@@ -126,15 +112,7 @@ void softmax_weights_into(torch::Tensor logits, torch::Tensor out, double log2e)
       const float* x = in + r * n;
       const float top = row_max(x, n);
       double* out_row = o + r * stride;
-      int64_t j = 0;
-#if defined(__AVX2__)
-      for (; j + 8 <= n; j += 8) {
-        const __m256 e = exp2_neg8(_mm256_mul_ps(_mm256_sub_ps(_mm256_set1_ps(top), _mm256_loadu_ps(x + j)), _mm256_set1_ps(c)));
-        _mm256_storeu_pd(out_row + j, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
-        _mm256_storeu_pd(out_row + j + 4, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
-      }
-#endif
-      for (; j < n; ++j) out_row[j] = static_cast<double>(exp2_neg((top - x[j]) * c));
+      for (int64_t j = 0; j < n; ++j) out_row[j] = static_cast<double>(exp2_neg((top - x[j]) * c));
     }
   });
 }
@@ -148,18 +126,7 @@ torch::Tensor silu_mul(torch::Tensor gate, torch::Tensor up, double log2e) {
   float* o = out.data_ptr<float>();
   const float c = static_cast<float>(log2e);
   at::parallel_for(0, g.numel(), 4096, [&](int64_t begin, int64_t end) {
-    int64_t i = begin;
-#if defined(__AVX2__)
-    const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
-    for (; i + 8 <= end; i += 8) {
-      const __m256 x = _mm256_loadu_ps(gp + i);
-      const __m256 t = exp2_neg8(_mm256_mul_ps(_mm256_andnot_ps(sign, x), _mm256_set1_ps(c)));
-      const __m256 numerator = _mm256_blendv_ps(t, one, _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_GE_OQ));
-      const __m256 sigmoid = _mm256_div_ps(numerator, _mm256_add_ps(one, t));
-      _mm256_storeu_ps(o + i, _mm256_mul_ps(_mm256_mul_ps(x, sigmoid), _mm256_loadu_ps(up_ + i)));
-    }
-#endif
-    for (; i < end; ++i) {
+    for (int64_t i = begin; i < end; ++i) {
       const float x = gp[i];
       const float t = exp2_neg(std::fabs(x) * c);
       const float numerator = x >= 0 ? 1.0f : t;
@@ -176,16 +143,7 @@ float query_weights(const float* acc, const float* kscale, const float* vscale, 
                     float* scaled, float* e) {
   for (int64_t j = 0; j < n; ++j) scaled[j] = acc[j] * kscale[j];
   const float top = row_max(scaled, n);
-  int64_t j = 0;
-#if defined(__AVX2__)
-  for (; j + 8 <= n; j += 8) {
-    const __m256 d = _mm256_mul_ps(_mm256_sub_ps(_mm256_set1_ps(top), _mm256_loadu_ps(scaled + j)), _mm256_set1_ps(qscale));
-    const __m256 ej = exp2_neg8(d);
-    _mm256_storeu_ps(e + j, ej);
-    _mm256_storeu_ps(w + j, _mm256_mul_ps(ej, _mm256_loadu_ps(vscale + j)));
-  }
-#endif
-  for (; j < n; ++j) {
+  for (int64_t j = 0; j < n; ++j) {
     e[j] = exp2_neg((top - scaled[j]) * qscale);
     w[j] = e[j] * vscale[j];
   }
