@@ -20,8 +20,8 @@ import sys
 from common import baselines, load_input, machine, round_trip, save
 
 from llmzip import Compressor, load_model
+from llmzip.aliases import DEFAULT_MODEL
 from llmzip.levels import DEFAULT_LEVEL, LEVELS
-from llmzip.models import DEFAULT_MODEL
 
 
 def one(model: str, spec: str, nbytes: int | None, level: int) -> dict[str, object]:

@@ -33,10 +33,11 @@ from pathlib import Path
 from common import RESULTS, command_line, load_input, machine, markdown_table, save
 
 from llmzip import LoadedModel, load_model
-from llmzip.chunking import TokenChunks
-from llmzip.compressor import DEFAULT_BATCH_SIZE, balanced_batch_size
+from llmzip.chunking import DEFAULT_BATCH_SIZE, TokenChunks
+from llmzip.compressor import balanced_batch_size
+from llmzip.container import MIN_ROWS
 from llmzip.levels import FASTEST, LEVELS
-from llmzip.predictor import MIN_ROWS, cache_bytes, default_precision
+from llmzip.predictor import cache_bytes, default_precision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # conftest's tiny model
 

@@ -19,10 +19,10 @@ import time
 from common import load_input, machine, save
 
 from llmzip import Compressor, load_model
+from llmzip.aliases import DEFAULT_MODEL
+from llmzip.chunking import DEFAULT_BATCH_SIZE
 from llmzip.cluster import Cluster
-from llmzip.compressor import DEFAULT_BATCH_SIZE
 from llmzip.levels import DEFAULT_LEVEL
-from llmzip.models import DEFAULT_MODEL
 
 ENWIK8_BYTES = 100_000_000
 PROJECTED_WORKERS = (1, 8, 64)

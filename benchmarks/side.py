@@ -16,8 +16,8 @@ import argparse
 from common import baselines, load_input, machine, round_trip, save
 
 from llmzip import Compressor, load_model
+from llmzip.aliases import DEFAULT_MODEL
 from llmzip.levels import DEFAULT_LEVEL
-from llmzip.models import DEFAULT_MODEL
 
 KINDS = {  # what the corpus files hold (../shared/corpus/MANIFEST.md)
     "enwik5": "Wikipedia markup",

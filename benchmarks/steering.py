@@ -19,7 +19,7 @@ from pathlib import Path
 
 from common import machine, markdown_table, save
 
-from llmzip import Compressor, hyperprior, load_model, steering
+from llmzip import Compressor, hyperprior, load_model, training
 from llmzip.levels import FASTEST, LEVELS
 from llmzip.steering import Steering, TrainOptions
 
@@ -80,7 +80,7 @@ def main() -> None:
     chunks = [ids[i : i + args.chunk_size] for i in range(0, len(ids), args.chunk_size)]
     losses: list[float] = []
     started = time.perf_counter()
-    vectors = steering.train(loaded.model, loaded.tokenizer, chunks, args.vectors, options,
+    vectors = training.train(loaded.model, loaded.tokenizer, chunks, args.vectors, options,
                              compressor.precision == "bf16", losses.append)  # fmt: skip
     train_seconds = round(time.perf_counter() - started, 1)
     print(f"trained {args.vectors} vectors in {train_seconds} s, loss {losses[0]:.4f} -> {losses[-1]:.4f} nats/token")

@@ -1,6 +1,7 @@
 """llmzip: lossless compression with a causal language model and a range coder."""
 
 import ctypes
+import importlib
 import os
 import sys
 
@@ -11,7 +12,7 @@ import sys
 # speed alone and 156 ms shared. Users may still set either variable.
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
-from .compressor import CodingStats, Compressor, MachineBoundWarning, compress, decompress
+from .aliases import DEFAULT_MODEL
 from .errors import (
     CorruptArchiveError,
     DecodeMismatchError,
@@ -22,7 +23,6 @@ from .errors import (
     UnsupportedVersionError,
     WrongModelError,
 )
-from .models import DEFAULT_MODEL, LoadedModel, load_model
 
 
 def _keep_freed_memory() -> None:
@@ -40,6 +40,20 @@ def _keep_freed_memory() -> None:
 
 
 _keep_freed_memory()
+
+# The coder and model loading import torch and transformers (about 7 s): loaded on first use,
+# so that `llmzip --help`, `info`, `models` and errors in the options answer at once.
+_LAZY = {
+    **dict.fromkeys(("CodingStats", "Compressor", "MachineBoundWarning", "compress", "decompress"), "compressor"),
+    **dict.fromkeys(("LoadedModel", "load_model"), "models"),
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __version__ = "0.4.0"
 __all__ = [

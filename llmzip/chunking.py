@@ -17,6 +17,7 @@ import numpy as np
 from .tokenization import ByteTokenizer
 
 BLOCK_BYTES = 1 << 20  # input bytes tokenized per call
+DEFAULT_BATCH_SIZE = 64  # chunks coded together; see README "Choosing chunk and batch size"
 ID_DTYPE = np.dtype("<i4")  # alphabets stay below 2**24 + 256 symbols (container.MAX_VOCAB)
 
 

@@ -11,20 +11,24 @@ import traceback
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing, contextmanager, suppress
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import click
 from tqdm import tqdm
 
 from . import __version__, container, hyperprior
+from .aliases import ALIASES, DEFAULT_MODEL, alias_path
+from .chunking import DEFAULT_BATCH_SIZE
 from .cluster import Cluster
-from .compressor import DEFAULT_BATCH_SIZE, Compressor, MachineBoundWarning, decoding_threads
-from .container import Header
+from .container import EXACT, FLOAT_PRECISIONS, Header
 from .errors import LlmzipError
 from .levels import BEST, DEFAULT_LEVEL, FASTEST, LEVELS
-from .models import ALIASES, DEFAULT_MODEL, alias_path
-from .predictor import EXACT, PRECISIONS
 from .steering import Steering, TrainOptions
+
+# The coder (`compressor`: torch and transformers, about 7 s to import) is imported by the
+# commands that code, so that --help, info, models and errors in the options answer at once.
+if TYPE_CHECKING:
+    from .compressor import Compressor
 
 SUFFIX = ".lz"
 TEMP_TAG = ".llmzip-"  # output is written to .NAME.llmzip-PID.tmp, then renamed to NAME
@@ -312,7 +316,7 @@ def _progress_bar(total: int | None, desc: str, quiet: bool, unit: str = "B") ->
 @_level_options
 @click.option(
     "--precision",
-    type=click.Choice([EXACT, *PRECISIONS]),
+    type=click.Choice([EXACT, *FLOAT_PRECISIONS]),
     default=None,
     help="exact (default where llmzip implements the model: archives open on any machine), or a float forward "
     "fp32/bf16/int8 (machine-bound archives).",
@@ -335,6 +339,8 @@ def compress(
     training = TrainOptions(steps=steer_steps, lr=steer_lr, chunks=steer_chunks, tokens=steer_tokens)
     passes = 2 if steer.startswith("auto") else 1  # auto codes with and without the trained vectors
     with _open_input(file) as stream, _cluster(workers, ray_address, threads) as cluster:
+        from .compressor import Compressor, MachineBoundWarning
+
         compressor = Compressor(
             model, level=level or DEFAULT_LEVEL, chunk_size=chunk_size, window=window, batch_size=batch_size,
             threads=threads, precision=precision, device=device, cluster=cluster,
@@ -387,6 +393,8 @@ def compress(
 
 
 def _decoder(header: Header, model: str | None, quiet: bool, verbose: bool, **options: Any) -> Compressor:
+    from .compressor import Compressor
+
     compressor = Compressor(model or header.model_name, quiet=quiet, **options)
     compressor.check_model(header)  # before any long work
     if verbose and header.machine_bound:
@@ -406,6 +414,8 @@ def _decoder(header: Header, model: str | None, quiet: bool, verbose: bool, **op
 
 
 def _fewer_threads(header: Header) -> str:
+    from .compressor import decoding_threads
+
     threads = decoding_threads(header)
     return f" (this machine runs {threads}: it has fewer CPUs)" if threads != header.threads else ""
 

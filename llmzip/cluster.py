@@ -91,7 +91,7 @@ class Worker:
             import torch
 
             from .compressor import Compressor
-            from .predictor import EXACT
+            from .container import EXACT
 
             started = time.perf_counter()
             torch.set_num_threads(self.threads)

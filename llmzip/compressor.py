@@ -18,11 +18,12 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
-from . import container, hyperprior, side, steering
-from .chunking import TokenChunks
+from . import container, hyperprior, side, steering, training
+from .aliases import DEFAULT_MODEL
+from .chunking import DEFAULT_BATCH_SIZE, TokenChunks
 from .cluster import Cluster, WorkerSpec
 from .coding import Progress, carry_flags, decode_batch, encode_batch
-from .container import ArchiveReader, ChunkEntry, Header
+from .container import EXACT, FLOAT_PRECISIONS, MIN_ROWS, ArchiveReader, ChunkEntry, Header
 from .errors import (
     CorruptArchiveError,
     DecodeMismatchError,
@@ -31,11 +32,8 @@ from .errors import (
     WrongModelError,
 )
 from .levels import BEST, DEFAULT_LEVEL, FASTEST, LEVELS, Level
-from .models import DEFAULT_MODEL, LoadedModel, exact_model, load_model
+from .models import LoadedModel, exact_model, load_model
 from .predictor import (
-    EXACT,
-    MIN_ROWS,
-    PRECISIONS,
     ExactModel,
     ExactPredictor,
     FloatPredictor,
@@ -46,8 +44,6 @@ from .predictor import (
 )
 from .steering import Steering, TrainOptions
 from .tokenization import ByteTokenizer
-
-DEFAULT_BATCH_SIZE = 64  # chunks per batch; see README "Choosing chunk and batch size"
 
 ByteProgress = Callable[[int], None]  # called with a count of input bytes just processed
 
@@ -169,8 +165,8 @@ class Compressor:
             raise InvalidOptionError(f"batch size must be between 1 and {container.MAX_ROWS}")
         if threads is not None and not 1 <= threads <= container.MAX_THREADS:
             raise InvalidOptionError(f"threads must be between 1 and {container.MAX_THREADS}")
-        if precision is not None and precision not in (EXACT, *PRECISIONS):
-            raise InvalidOptionError(f"precision must be one of {', '.join((EXACT, *PRECISIONS))}")
+        if precision is not None and precision not in (EXACT, *FLOAT_PRECISIONS):
+            raise InvalidOptionError(f"precision must be one of {', '.join((EXACT, *FLOAT_PRECISIONS))}")
         if precision == EXACT and not has_exact(self.model.model):
             raise InvalidOptionError(
                 f"model {self.model.name!r} ({self.model.model.config.model_type}) has no exact predictor in llmzip; "
@@ -277,12 +273,12 @@ class Compressor:
         if kind == "text":
             return Steering("text", text=str(arg))
         if kind == "random":
-            return Steering("random", seed=self.training.seed, scale=steering.embedding_scale(model), count=int(arg))
+            return Steering("random", seed=self.training.seed, scale=training.embedding_scale(model), count=int(arg))
         if kind in ("trained", "auto") and chunks:
             count = int(arg)
             autocast = self.precision == "bf16"  # train at the precision the coder will run
             with torch_threads(self.threads):
-                vectors = steering.train(
+                vectors = training.train(
                     model, self.model.tokenizer, chunks, count, self.training, autocast, on_train_step
                 )
             return Steering(
@@ -445,7 +441,7 @@ class Compressor:
                 f"invalid header: a vocabulary of {header.roles.model_vocab} tokens, "
                 f"but the model has {self.model.tokenizer.model_vocab}"
             )
-        if header.precision not in (EXACT, *PRECISIONS):
+        if header.precision not in (EXACT, *FLOAT_PRECISIONS):
             raise UnsupportedVersionError(f"archive uses precision {header.precision!r}, unknown to this llmzip")
         if header.precision == EXACT and not has_exact(self.model.model):  # same fingerprint: damaged
             raise CorruptArchiveError("invalid header: exact precision for a model without an exact predictor")

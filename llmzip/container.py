@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from .errors import CorruptArchiveError, TruncatedArchiveError, UnsupportedVersionError
-from .predictor import MIN_ROWS
 from .tokenization import N_ESCAPES, TokenRoles
 
 MAGIC = b"LLMZ"
@@ -28,6 +27,11 @@ MAX_CHUNK_TOKENS = 1 << 20
 MAX_ROWS = 4096
 MAX_THREADS = 1024
 MAX_VOCAB = 1 << 24
+EXACT = "exact"  # the precision of the exact predictor (predictor.py), whose archives open anywhere
+FLOAT_PRECISIONS = ("fp32", "bf16", "int8")  # a Hugging Face forward's: machine-bound archives
+# With 1 or 2-3 rows torch picks other float kernels, whose row results depend on the batch size
+# and thread count; from 4 rows on each row's result is independent of the others (shared/FACTS.md).
+MIN_ROWS = 4
 READ_PIECE = 1 << 20  # bytes per read of a length the header gives
 # Extension tags below this must be understood by a reader; tags from it on may be skipped.
 FIRST_OPTIONAL_EXTENSION = 128
@@ -58,7 +62,7 @@ class Header:
     # The encoder's geometry: binding for a machine-bound archive, information for an exact one.
     batch_size: int  # chunks coded together; batch k holds chunks [k*batch_size, (k+1)*batch_size)
     threads: int
-    precision: str  # "exact", or a predictor.PRECISIONS key (a float forward: machine-bound)
+    precision: str  # EXACT or one of FLOAT_PRECISIONS
     step: str  # the forward implementation, predictor.forward_name()
     torch_version: str
     cpu_capability: str
@@ -74,7 +78,7 @@ class Header:
     @property
     def machine_bound(self) -> bool:
         """Coded with a float forward: decodes only where the encoder's floats can be reproduced."""
-        return self.precision != "exact"
+        return self.precision != EXACT
 
     @property
     def window(self) -> int | None:

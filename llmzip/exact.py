@@ -30,6 +30,8 @@ from types import ModuleType
 
 import torch
 
+from .aliases import cache_dir
+
 EXACT_SUM = 2**24  # float32 represents every integer up to this
 ACTIVATION_LEVELS = 127  # linear inputs are quantized per row to integers in [-127, 127]
 TINY = 2.0**-100  # smallest quantization scale: keeps an all-zero row finite
@@ -120,29 +122,25 @@ class ExactLinear:
 KERNELS_SOURCE = Path(__file__).with_name("kernels.cpp")
 
 
-def _kernels_cflags() -> list[str]:
-    poly = ",".join(f"{float.hex(c)}f" for c in EXP2_POLY)
-    return [
-        "-fopenmp",  # at::parallel_for is OpenMP in torch's headers: without it, one thread
-        "-O3",
-        "-march=native",
-        "-ffp-contract=off",
-        "-fno-trapping-math",
-        f"-DLLMZIP_EXP2_POLY={poly}",
-    ]
+KERNELS_CFLAGS = (
+    "-fopenmp",  # at::parallel_for is OpenMP in torch's headers: without it, one thread
+    "-O3",
+    "-march=native",
+    "-ffp-contract=off",
+    "-fno-trapping-math",
+    "-DLLMZIP_EXP2_POLY=" + ",".join(f"{float.hex(c)}f" for c in EXP2_POLY),
+)
 
 
 def kernels_directory() -> Path:
     """Where the kernels are built: one directory per source, flags, torch version and CPU, so
     that two llmzip versions do not rebuild over each other, and `-march=native` code built on
     another CPU (a home directory shared by a cluster's nodes) is never loaded here."""
-    from .models import cache_dir  # models imports this module, so not at the top
-
     cpuinfo = Path("/proc/cpuinfo")
     cpu = cpuinfo.read_text() if cpuinfo.exists() else platform.processor()
     cpu = next((line for line in cpu.splitlines() if line.startswith("flags")), cpu)
     build = hashlib.sha256(KERNELS_SOURCE.read_bytes())
-    for part in (*_kernels_cflags(), cpu):
+    for part in (*KERNELS_CFLAGS, cpu):
         build.update(part.encode() + b"\0")
     return cache_dir() / "kernels" / f"torch-{torch.__version__}-{build.hexdigest()[:16]}"
 
@@ -170,7 +168,7 @@ def kernels() -> ModuleType | None:
             return cpp_extension.load(
                 name="llmzip_kernels",
                 sources=[str(KERNELS_SOURCE)],
-                extra_cflags=_kernels_cflags(),
+                extra_cflags=list(KERNELS_CFLAGS),
                 extra_ldflags=["-fopenmp"],  # torch's own libgomp, already loaded under that name
                 build_directory=str(build),
             )

@@ -15,7 +15,7 @@ from torch import Tensor
 from .exact import NO_WINDOW
 from .prepared import DecoderConfig
 
-SLACK = 256  # positions written between two slides: the teacher-forced block (predictor.FORCED_BLOCK)
+SLACK = 256  # positions written between two slides: at least the longest write, a teacher-forced block
 
 
 class KVCache:
@@ -49,6 +49,10 @@ class KVCache:
     @staticmethod
     def bytes_per_position(config: DecoderConfig) -> int:
         return config.layers * config.kv_heads * (3 * config.head_dim + 8)
+
+    def restart(self) -> None:
+        """New sequences over the same steering prefix: its keys stay, first; the rest is overwritten."""
+        self.dropped = 0
 
     def slot(self, position: int) -> int:
         """Where `position` is (or will be) held."""

@@ -25,18 +25,15 @@ from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicLayer
 
 from . import exact
+from .container import EXACT, FLOAT_PRECISIONS, MIN_ROWS
 from .errors import LlmzipError
 from .gemma3 import ExactGemma3
-from .kvcache import KVCache
+from .kvcache import SLACK, KVCache
 from .llama import ExactLlama
 
-EXACT = "exact"
-# Float precisions: dtype of the Hugging Face forward (int8: torch's dynamic quantization).
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32}
-# With 1 or 2-3 rows torch picks other float kernels, whose row results depend on the batch size
-# and thread count; from 4 rows on each row's result is independent of the others (shared/FACTS.md).
-MIN_ROWS = 4
-FORCED_BLOCK = 256  # positions per teacher-forced forward (188 tok/s on 2 AVX2 cores; 128: 154)
+# The Hugging Face forward's dtype per float precision (int8: torch's dynamic quantization).
+DTYPES = dict(zip(FLOAT_PRECISIONS, (torch.float32, torch.bfloat16, torch.float32), strict=True))
+FORCED_BLOCK = SLACK  # positions per teacher-forced forward (188 tok/s on 2 AVX2 cores; 128: 154)
 SINK_TOKENS = 4  # with a window, the sequence's first tokens stay attended (StreamingLLM keeps 4)
 ExactModel = ExactLlama | ExactGemma3
 EXACT_ARCHITECTURES: tuple[type[ExactModel], ...] = (ExactLlama, ExactGemma3)
@@ -118,7 +115,7 @@ class ExactPredictor:
             self.cache = self.model.new_cache(rows, positions, self.window, sinks)
             if self.prefix is not None:
                 self.model.forward(self.prefix.expand(rows, -1, -1), 0, self.cache)
-        self.cache.dropped = 0  # the prefix's keys stay where they are, first
+        self.cache.restart()
         self.rows, self.position = rows, self.prefix_length
 
     def step(self, input_ids: np.ndarray) -> np.ndarray:
@@ -193,7 +190,7 @@ class FloatPredictor:
                 quantize = torch.ao.quantization.quantize_dynamic
                 self.model = quantize(copy.deepcopy(model), {torch.nn.Linear}, torch.qint8)
         else:
-            dtype = PRECISIONS[precision]
+            dtype = DTYPES[precision]
             self.model = model if model.dtype == dtype else copy.deepcopy(model).to(dtype)
         self.rows, self.precision = rows, precision
         self.prefix = [] if prefix is None else list(prefix)  # ids or vectors, fed to every row in turn
@@ -241,7 +238,7 @@ def state_bytes(model: PreTrainedModel, rows: int, positions: int, alphabet_size
     heads = getattr(c, "num_attention_heads", 0) or 1
     head_dim = getattr(c, "head_dim", None) or getattr(c, "hidden_size", 0) // heads
     kv_heads = getattr(c, "num_key_value_heads", None) or heads
-    per_position = 2 * getattr(c, "num_hidden_layers", 0) * kv_heads * head_dim * PRECISIONS[precision].itemsize
+    per_position = 2 * getattr(c, "num_hidden_layers", 0) * kv_heads * head_dim * DTYPES[precision].itemsize
     return rows * (positions * per_position + 4 * alphabet_size)
 
 

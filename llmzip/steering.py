@@ -5,8 +5,8 @@ Variants (the CLI's `--steer`):
 - `text:STRING`: the tokens of a fixed string (the string is stored).
 - `random:N`: N static random vectors in embedding space (seed and scale are stored).
 - `trained:N`: N vectors trained with Adam on the file's own chunks to minimise their code
-  length (teacher-forced cross-entropy), then quantized and coded by `hyperprior`; what is
-  stored, and what both sides feed the model, is the dequantized vector.
+  length (`training.py`), then quantized and coded by `hyperprior`; what is stored, and what
+  both sides feed the model, is the dequantized vector.
 
 A prefix is either token ids (text) or float32 vectors [N, hidden] entering through the
 model's input embeddings; `Predictor.reset` feeds it to every row before the start token.
@@ -15,18 +15,13 @@ model's input embeddings; `Predictor.reset` feeds it to every row before the sta
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from transformers import PreTrainedModel
 
 from . import hyperprior
 from .container import Reader, string_bytes, varint
 from .errors import CorruptArchiveError, InvalidOptionError
-from .predictor import Prefix
 from .tokenization import ByteTokenizer
 
 KINDS = ("none", "text", "random", "trained")
@@ -44,16 +39,16 @@ class Steering:
     count: int = 0  # random, trained: number of vectors
     coded: hyperprior.CodedVector | None = None  # trained
 
-    def prefix(self, tokenizer: ByteTokenizer, hidden: int) -> Prefix | None:
+    def prefix(self, tokenizer: ByteTokenizer, hidden: int) -> np.ndarray | None:
         if self.kind == "text":
             return tokenizer.roles.model_inputs(tokenizer.encode(self.text.encode("utf-8")))
         if self.kind == "random":
-            return torch.from_numpy(random_vectors(self.seed, self.count, hidden, self.scale))
+            return random_vectors(self.seed, self.count, hidden, self.scale)
         if self.kind == "trained":
             values = self.coded.values
             if values.size != self.count * hidden:
                 raise CorruptArchiveError(f"steering holds {values.size} values, not {self.count} x {hidden}")
-            return torch.from_numpy(values.reshape(self.count, hidden).copy())
+            return values.reshape(self.count, hidden).copy()
         return None
 
     def describe(self) -> str:
@@ -104,14 +99,6 @@ def random_vectors(seed: int, count: int, hidden: int, scale: float) -> np.ndarr
     return (integers * (float(np.float32(scale)) * math.sqrt(3) / 2**15)).astype(np.float32)
 
 
-def embedding_scale(model: PreTrainedModel) -> float:
-    """Standard deviation of the model's input embeddings (as the model scales them), the size
-    random and initial trained vectors are drawn at."""
-    with torch.no_grad():
-        sample = model.get_input_embeddings()(torch.arange(min(4096, model.config.vocab_size)))
-    return float(sample.float().std())
-
-
 @dataclass(frozen=True)
 class TrainOptions:
     """How `trained:N` vectors are fitted (only the encoder runs this; nothing here is stored)."""
@@ -125,63 +112,6 @@ class TrainOptions:
     def __post_init__(self) -> None:
         if not (self.steps >= 0 and self.lr > 0 and self.chunks >= 1 and self.tokens >= 1):
             raise InvalidOptionError("steering training needs steps >= 0, lr > 0, chunks >= 1, tokens >= 1")
-
-
-def training_batch(
-    chunks: Sequence[np.ndarray], tokenizer: ByteTokenizer, options: TrainOptions
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs [start, t0 .. t(L-2)] and targets [t0 .. t(L-1)] of `options.chunks` chunks spread
-    over the file, cut to `options.tokens` tokens; padded targets are -100 (ignored)."""
-    picks = np.unique(np.linspace(0, len(chunks) - 1, min(options.chunks, len(chunks))).round().astype(int))
-    rows = [chunks[i][: options.tokens] for i in picks]
-    width = max(len(r) for r in rows)
-    roles = tokenizer.roles
-    inputs = np.full((len(rows), width), roles.start_id, dtype=np.int64)
-    targets = np.full((len(rows), width), -100, dtype=np.int64)
-    for k, row in enumerate(rows):
-        inputs[k, 1 : len(row)] = roles.model_inputs(row[:-1])
-        targets[k, : len(row)] = np.where(row < roles.model_vocab, row, -100)  # escapes: not the model's to learn
-    return torch.from_numpy(inputs), torch.from_numpy(targets)
-
-
-def train(
-    model: PreTrainedModel,
-    tokenizer: ByteTokenizer,
-    chunks: Sequence[np.ndarray],
-    count: int,
-    options: TrainOptions,
-    autocast: bool = False,
-    on_step: Callable[[float], None] | None = None,
-) -> np.ndarray:
-    """Fit `count` prefix vectors to the chunks by Adam on the teacher-forced cross-entropy
-    (the code length in nats); return them as float32 [count, hidden]."""
-    inputs, targets = training_batch(chunks, tokenizer, options)
-    embed = model.get_input_embeddings()
-    hidden = embed.weight.shape[1]
-    init = random_vectors(options.seed, count, hidden, embedding_scale(model))
-    vectors = torch.nn.Parameter(torch.from_numpy(init))
-    optimizer = torch.optim.Adam([vectors], lr=options.lr)
-    with torch.no_grad():
-        tokens = embed(inputs).float()
-    batch = inputs.shape[0]
-    learnable = [p for p in model.parameters() if p.requires_grad]
-    for p in learnable:  # gradients for the prefix only; the model is left as it was found
-        p.requires_grad_(False)
-    try:
-        for _ in range(options.steps):
-            optimizer.zero_grad()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                x = torch.cat([vectors.unsqueeze(0).expand(batch, -1, -1), tokens], dim=1)
-                logits = model(inputs_embeds=x).logits[:, count:]
-            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
-            loss.backward()
-            optimizer.step()
-            if on_step:
-                on_step(float(loss.detach()))
-    finally:
-        for p in learnable:
-            p.requires_grad_(True)
-    return vectors.detach().numpy().astype(np.float32)
 
 
 def parse_spec(spec: str) -> tuple[str, str | int]:

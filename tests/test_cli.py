@@ -127,6 +127,27 @@ def test_info_and_test(run, sample):
     assert tested.exit_code == 0 and "OK" in tested.stderr
 
 
+def test_commands_that_do_not_code_do_not_import_torch(run, sample, tmp_path):
+    """--help, models, info and an error in the input answer without importing torch or
+    transformers (about 7 s before anything happens)."""
+    out = tmp_path / "steered.lz"
+    steered = run("compress", str(sample), "-o", str(out), "-q", "--steer", "trained:1", "--steer-steps", "1")
+    assert steered.exit_code == 0
+    code = """
+import sys
+from llmzip.cli import main
+for args in (["--help"], ["models"], ["info", sys.argv[1]], ["decompress", sys.argv[1] + ".missing"]):
+    try:
+        main(args)
+    except SystemExit as e:
+        assert e.code == (1 if args[0] == "decompress" else 0), (args, e.code)
+print(sorted({"torch", "transformers"} & set(sys.modules)))
+"""
+    done = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, check=True)
+    assert "trained:1" in done.stdout and "no such file" in done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_steering_options_and_info(run, sample, tmp_path):
     out = tmp_path / "steered.lz"
     args = [

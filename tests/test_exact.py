@@ -61,6 +61,11 @@ def test_kernels_give_the_torch_codes_bits(torch_only, monkeypatch):
     ]
     positions = torch.tensor([5, 17, 39, 0] * 3)
     step = torch.tensor([39, 20, 7])  # three queries: a decoding step reads the integer cache directly
+    long_q = q[..., :3, :]
+    long_k = torch.randint(-511, 512, (2, 3, 300, 64), generator=rng).float()
+    long_v = torch.randint(-127, 128, (2, 3, 300, 64), generator=rng).float()
+    long_scales = [torch.rand(2, 3, 1, 300, generator=rng) * 1e-3 + 1e-5 for _ in range(2)]
+    far = torch.tensor([299, 2, 130])
 
     def calls() -> list[torch.Tensor]:
         return [
@@ -89,6 +94,17 @@ def test_kernels_give_the_torch_codes_bits(torch_only, monkeypatch):
                 scales[2],
                 step,
             ),  # head_dim 40: the kernel's general loops
+            exact.attention(
+                long_q,
+                scales[0][..., :3, :],
+                long_k.short(),
+                long_scales[0],
+                long_v.char(),
+                long_scales[1],
+                far,
+                100,
+                4,
+            ),  # blocks of keys: a query sees its sinks, one only keys before the window, one a window across blocks
         ]
 
     reference = calls()

@@ -6,8 +6,8 @@ import pytest
 from click.testing import CliRunner
 
 from llmzip import ModelLoadError, load_model
+from llmzip.aliases import ALIASES, Alias, alias_path, cache_dir, fetch
 from llmzip.cli import main
-from llmzip.models import ALIASES, Alias, alias_path, cache_dir, fetch
 
 
 def test_cache_dir_follows_environment(monkeypatch, tmp_path):

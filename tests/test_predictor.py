@@ -16,9 +16,10 @@ from llmzip import (
     llama,
     models,
 )
+from llmzip.container import MIN_ROWS
 from llmzip.gemma3 import Gemma3Config
 from llmzip.llama import LlamaConfig
-from llmzip.predictor import MIN_ROWS, ExactPredictor, FloatPredictor, exact_architecture, forward_name
+from llmzip.predictor import ExactPredictor, FloatPredictor, exact_architecture, forward_name
 
 TEXT = b"the rain and the sun in the morning, \xd0\x9f\xd1\x80\xd0\xb8\xd0\xb2\xd0\xb5\xd1\x82 and the " * 3
 
