@@ -26,7 +26,7 @@ from common import load_input, machine, markdown_table, round_trip, save
 
 from llmzip import Compressor, load_model
 from llmzip.aliases import DEFAULT_MODEL
-from llmzip.container import EXACT, FLOAT_PRECISIONS
+from llmzip.container import EXACT, PRECISIONS
 from llmzip.levels import FASTEST, LEVELS
 from llmzip.predictor import FloatPredictor, exact_architecture
 
@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--bytes", type=int, default=0, help="code only this prefix of the file (0: all)")
     parser.add_argument("--chunk-size", type=int, default=LEVELS[FASTEST].chunk_size)
-    parser.add_argument("--precisions", default=",".join([EXACT, *FLOAT_PRECISIONS]))
+    parser.add_argument("--precisions", default=",".join(PRECISIONS))
     parser.add_argument("--quick", action="store_true", help="4 KB of the file")
     parser.add_argument("--no-verify", action="store_true", help="compress only (no decompress speed)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure this precision, print JSON

@@ -29,7 +29,7 @@ from llmzip import Compressor, container, load_model
 from llmzip.aliases import DEFAULT_MODEL
 from llmzip.chunking import DEFAULT_BATCH_SIZE
 from llmzip.compressor import torch_threads
-from llmzip.container import EXACT, FLOAT_PRECISIONS
+from llmzip.container import EXACT, PRECISIONS
 from llmzip.levels import FASTEST, LEVELS
 from llmzip.predictor import FloatPredictor, default_precision
 
@@ -89,7 +89,7 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=LEVELS[FASTEST].chunk_size)
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--precision", choices=[EXACT, *FLOAT_PRECISIONS], help="default: exact where the model has it")
+    parser.add_argument("--precision", choices=PRECISIONS, help="default: exact where the model has it")
     args = parser.parse_args()
     data = args.file.read_bytes()[: args.bytes]
     loaded = load_model(args.model)

@@ -20,7 +20,7 @@ from . import __version__, container, hyperprior
 from .aliases import ALIASES, DEFAULT_MODEL, alias_path
 from .chunking import DEFAULT_BATCH_SIZE
 from .cluster import Cluster
-from .container import EXACT, FLOAT_PRECISIONS, Header
+from .container import Header
 from .errors import LlmzipError
 from .levels import BEST, DEFAULT_LEVEL, FASTEST, LEVELS
 from .steering import Steering, TrainOptions
@@ -316,7 +316,7 @@ def _progress_bar(total: int | None, desc: str, quiet: bool, unit: str = "B") ->
 @_level_options
 @click.option(
     "--precision",
-    type=click.Choice([EXACT, *FLOAT_PRECISIONS]),
+    type=click.Choice(container.PRECISIONS),
     default=None,
     help="exact (default where llmzip implements the model: archives open on any machine), or a float forward "
     "fp32/bf16/int8 (machine-bound archives).",

@@ -23,7 +23,7 @@ from .aliases import DEFAULT_MODEL
 from .chunking import DEFAULT_BATCH_SIZE, TokenChunks
 from .cluster import Cluster, WorkerSpec
 from .coding import Progress, carry_flags, decode_batch, encode_batch
-from .container import EXACT, FLOAT_PRECISIONS, MIN_ROWS, ArchiveReader, ChunkEntry, Header
+from .container import EXACT, MIN_ROWS, PRECISIONS, ArchiveReader, ChunkEntry, Header
 from .errors import (
     CorruptArchiveError,
     DecodeMismatchError,
@@ -165,8 +165,8 @@ class Compressor:
             raise InvalidOptionError(f"batch size must be between 1 and {container.MAX_ROWS}")
         if threads is not None and not 1 <= threads <= container.MAX_THREADS:
             raise InvalidOptionError(f"threads must be between 1 and {container.MAX_THREADS}")
-        if precision is not None and precision not in (EXACT, *FLOAT_PRECISIONS):
-            raise InvalidOptionError(f"precision must be one of {', '.join((EXACT, *FLOAT_PRECISIONS))}")
+        if precision is not None and precision not in PRECISIONS:
+            raise InvalidOptionError(f"precision must be one of {', '.join(PRECISIONS)}")
         if precision == EXACT and not has_exact(self.model.model):
             raise InvalidOptionError(
                 f"model {self.model.name!r} ({self.model.model.config.model_type}) has no exact predictor in llmzip; "
@@ -441,7 +441,7 @@ class Compressor:
                 f"invalid header: a vocabulary of {header.roles.model_vocab} tokens, "
                 f"but the model has {self.model.tokenizer.model_vocab}"
             )
-        if header.precision not in (EXACT, *FLOAT_PRECISIONS):
+        if header.precision not in PRECISIONS:
             raise UnsupportedVersionError(f"archive uses precision {header.precision!r}, unknown to this llmzip")
         if header.precision == EXACT and not has_exact(self.model.model):  # same fingerprint: damaged
             raise CorruptArchiveError("invalid header: exact precision for a model without an exact predictor")

@@ -29,6 +29,7 @@ MAX_THREADS = 1024
 MAX_VOCAB = 1 << 24
 EXACT = "exact"  # the precision of the exact predictor (predictor.py), whose archives open anywhere
 FLOAT_PRECISIONS = ("fp32", "bf16", "int8")  # a Hugging Face forward's: machine-bound archives
+PRECISIONS = (EXACT, *FLOAT_PRECISIONS)
 # With 1 or 2-3 rows torch picks other float kernels, whose row results depend on the batch size
 # and thread count; from 4 rows on each row's result is independent of the others (shared/FACTS.md).
 MIN_ROWS = 4
