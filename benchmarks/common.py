@@ -38,6 +38,13 @@ def machine() -> dict[str, object]:
     }
 
 
+def machine_tag(machine: dict[str, object]) -> str:
+    """The CPU in a result file's name, e.g. `amd-avx2` or `intel-avx512-bf16-amx`: speeds of
+    different machines sit in different files, and compare only within one."""
+    vendor = next((v for v in ("intel", "amd") if v in str(machine["cpu"]).lower()), platform.machine())
+    return "-".join([vendor, *str(machine["cpu_capability"]).lower().split("+")])
+
+
 def _commit() -> str:
     """The llmzip commit measured (with `+` when the tree has changes), or "" outside git."""
 

@@ -447,6 +447,7 @@ def speed_tables() -> list[Table]:
             f"{r['efficiency']['compress']:.2f} / {r['efficiency']['decompress']:.2f}",
             _n(r["peak_rss_mb"]),
             f"{r['bits_per_byte']:.4f}",
+            _cpu(r["machine"]),
             r["machine"].get("commit", ""),
         ]
         for _, r in found
@@ -468,12 +469,19 @@ def speed_tables() -> list[Table]:
                 "efficiency c / d",
                 "peak RSS MB",
                 "bits/byte",
+                "CPU",
                 "commit",
             ],
             rows,
             _source(found),
         )
     ]
+
+
+def _cpu(machine: dict) -> str:
+    """A speed's CPU in a table cell, e.g. `Intel Xeon (AVX512+bf16)`: speeds compare only within one."""
+    name = machine.get("cpu", "").replace("(R)", "").replace(" Processor", "")
+    return f"{name} ({machine.get('cpu_capability', '')})"
 
 
 def roundtrip_tables() -> list[Table]:

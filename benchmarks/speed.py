@@ -6,8 +6,8 @@ Reports tokens/s and bytes/s of compress and decompress (model already loaded), 
 teacher-forced forward over the same chunks at the same rows and threads (the practical upper
 bound), their ratio ("efficiency"), peak RSS, and a cProfile breakdown of each direction:
 model forward, probabilities (softmax and copy), range coding, and the rest (Python).
-Results go to benchmarks/results/speed_<file>_<bytes>.json (speed_<model>_<file>_<bytes>.json
-for another model than the default).
+Results go to benchmarks/results/speed_[<model>_]<file>_<bytes>[_<precision>]_<cpu>.json: the
+model and precision where not the defaults, the CPU always (common.machine_tag).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import machine, save
+from common import machine, machine_tag, save
 from transformers import DynamicCache
 
 from llmzip import Compressor, container, load_model
@@ -127,7 +127,8 @@ def main() -> None:
     }
     print(json.dumps(report, indent=2))
     model = "" if args.model == DEFAULT_MODEL else f"{Path(args.model).name}_"
-    save(f"speed_{model}{args.file.name}_{len(data)}.json", report)
+    precision = "" if args.precision == default_precision(loaded.model) else f"_{args.precision}"
+    save(f"speed_{model}{args.file.name}_{len(data)}{precision}_{machine_tag(report['machine'])}.json", report)
 
 
 if __name__ == "__main__":

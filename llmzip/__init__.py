@@ -55,7 +55,7 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 __all__ = [
     "DEFAULT_MODEL",
     "CodingStats",

@@ -2,8 +2,8 @@
 
 Every chunk has its own range coder. The decoder steps all chunks of a batch in lockstep: at
 step t the predictor gives each row's distribution for token t, the decoder decodes it and
-feeds it back. An exact predictor gives the same numbers for a whole chunk at once (teacher
-forcing), so its encoder codes chunk by chunk from many positions per forward; a float
+feeds it back. An exact predictor gives the same numbers for many positions at once (teacher
+forcing), so its encoder steps the batch's rows many positions per forward; a float
 predictor's encoder must run the decoder's lockstep computation itself (`_lockstep` drives
 both directions).
 
@@ -12,6 +12,8 @@ the guess right?) in the decoder's lockstep order, the order the adaptive map le
 batch's first coded chunk carries it before its tokens (varint byte count, then the flags). The
 encoder takes the guesses from the tokens first, codes each chunk's tokens teacher-forced, and
 then the flags. One flag stream per batch, not per chunk: a stream's last word is overhead.
+From side models version 3 an adaptive bias (`bias.py`) corrects the model's weights first,
+learning from each step's rows: what the encoder's lockstep forward is for.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import constriction
 import numpy as np
 
 from . import side
+from .bias import AdaptiveBias
 from .container import Reader, varint
 from .errors import CorruptArchiveError
 from .predictor import ExactPredictor, Predictor
@@ -86,40 +89,68 @@ def _runs(mask: np.ndarray) -> list[slice]:
     return [slice(a, b) for a, b in zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True)]
 
 
+def _encode_span(
+    encoder: constriction.stream.queue.RangeEncoder,
+    probs: np.ndarray,
+    symbols: np.ndarray,
+    guess: np.ndarray | None,
+    guess_probs: np.ndarray | None,
+) -> float:
+    """Code a run of one chunk's positions; return its ideal bits. With the match model's
+    guesses, a right guess codes no token and a wrong one codes it without the guess; the
+    model's probability of each guess goes to `guess_probs` (side.guess_probabilities)."""
+    coded = [slice(0, len(probs))]
+    if guess is not None and guess_probs is not None:
+        has = np.flatnonzero(guess >= 0)
+        guess_probs[has] = side.guess_probabilities(probs, has, guess[has])
+        wrong = has[guess[has] != symbols[has]]
+        probs[wrong, guess[wrong]] = 0.0  # the predictor's buffer, rewritten by its next block
+        coded = _runs(guess != symbols)
+    bits = 0.0
+    for run in coded:
+        encoder.encode(symbols[run].astype(np.int32), CODER_MODEL, probs[run])
+        bits += ideal_bits(probs[run], symbols[run])
+    return bits
+
+
 def _encode_forced(
     predictor: ExactPredictor,
-    chunk: np.ndarray,
+    chunks: list[np.ndarray],
     roles: TokenRoles,
     progress: Progress | None,
-    guessed: np.ndarray | None = None,
-) -> tuple[bytes, float, np.ndarray | None]:
-    """One chunk coded from teacher-forced probabilities, many positions per forward. With the
-    match model's guesses, a right guess codes no token, a wrong one codes it without the guess;
-    also returns the model's probability of each guess (side.guess_probabilities)."""
-    encoder = constriction.stream.queue.RangeEncoder()
+    guessed: list[np.ndarray | None],
+    head: AdaptiveBias | None,
+) -> tuple[list[bytes], float, list[np.ndarray | None]]:
+    """The chunks coded from teacher-forced probabilities, all in lockstep as the decoder steps
+    them, many positions per forward; an adaptive bias learns from each step's rows in the
+    decoder's order. Returns each chunk's coded tokens, the ideal bits, and the model's
+    probability of each guess (where `guessed`)."""
+    live = [r for r, c in enumerate(chunks) if len(c)]  # an empty chunk's row stays idle
+    lengths = np.array([len(chunks[r]) for r in live], dtype=np.int64)
+    encoders = [constriction.stream.queue.RangeEncoder() for _ in chunks]
+    guess_probs = [None if g is None else np.zeros(len(g), dtype=np.int64) for g in guessed]
+    inputs = np.full((len(live), int(lengths.max(initial=1))), roles.start_id, dtype=np.int64)
+    for k, r in enumerate(live):
+        inputs[k, 1 : lengths[k]] = roles.model_inputs(chunks[r][:-1])
     bits = 0.0
-    guess_probs = None if guessed is None else np.zeros(len(chunk), dtype=np.int64)
-    predictor.start(1, len(chunk))
-    inputs = np.concatenate([[roles.start_id], roles.model_inputs(chunk[:-1])]).astype(np.int64)
+    predictor.start(len(live), inputs.shape[1])
     first = 0
-    for probs in predictor.forced(inputs):
-        positions = slice(first, first + len(probs))
-        symbols = chunk[positions]
-        coded = [slice(0, len(probs))]
-        if guessed is not None:
-            guess = guessed[positions]
-            has = np.flatnonzero(guess >= 0)
-            guess_probs[positions][has] = side.guess_probabilities(probs, has, guess[has])
-            wrong = has[guess[has] != symbols[has]]
-            probs[wrong, guess[wrong]] = 0.0  # the predictor's buffer, rewritten by its next block
-            coded = _runs(guess != symbols)
-        for run in coded:
-            encoder.encode(symbols[run].astype(np.int32), CODER_MODEL, probs[run])
-            bits += ideal_bits(probs[run], symbols[run])
-        first += len(probs)
-        if progress:
-            progress(symbols)
-    return _words(encoder), bits, guess_probs
+    for probs in predictor.forced(inputs) if live else ():
+        if head is not None:
+            for t in range(first, first + probs.shape[1]):
+                active = np.flatnonzero(lengths > t).tolist()
+                head.learn([head.apply(probs[k, t - first]) for k in active], [int(chunks[live[k]][t]) for k in active])
+        coded = []
+        for k, r in enumerate(live):
+            span = slice(first, min(first + probs.shape[1], int(lengths[k])))
+            if span.start < span.stop:
+                guess, out = (None, None) if guessed[r] is None else (guessed[r][span], guess_probs[r][span])
+                bits += _encode_span(encoders[r], probs[k, : span.stop - span.start], chunks[r][span], guess, out)
+                coded.append(chunks[r][span])
+        first += probs.shape[1]
+        if progress and coded:
+            progress(np.concatenate(coded))
+    return [_words(e) if len(c) else b"" for e, c in zip(encoders, chunks, strict=True)], bits, guess_probs
 
 
 def _flag_probs(p: list[int]) -> np.ndarray:
@@ -162,22 +193,20 @@ def encode_batch(
     roles: TokenRoles,
     progress: Progress | None = None,
     adaptive: side.AdaptiveMap | None = None,
+    biased: bool = False,
 ) -> tuple[list[bytes], bytes, float]:
     """Code each chunk (an empty chunk leaves its row idle); return each chunk's coded tokens,
     the batch's flags and the ideal code length, sum of -log2 p over the coded tokens and
     flags, in bits. With an adaptive map (exact predictors) the side models code along, the
     map learns, and `carry_flags` then puts the flags where the decoder reads them; without,
-    the flags are empty."""
+    the flags are empty. `biased`: with the batch's adaptive bias (exact predictors)."""
     if predictor.exact:
         guessed, match_lengths = side.guesses(chunks) if adaptive else ([None] * len(chunks), None)
-        coded = [
-            _encode_forced(predictor, c, roles, progress, g) if len(c) else (b"", 0.0, g)
-            for c, g in zip(chunks, guessed, strict=True)
-        ]
-        tokens, bits = [payload for payload, _, _ in coded], sum(b for _, b, _ in coded)
+        head = AdaptiveBias(predictor.alphabet_size) if biased else None
+        tokens, bits, guess_probs = _encode_forced(predictor, chunks, roles, progress, guessed, head)
         if adaptive is None:
             return tokens, b"", bits
-        flags, flag_bits = _encode_flags(adaptive, chunks, guessed, match_lengths, [q for _, _, q in coded])
+        flags, flag_bits = _encode_flags(adaptive, chunks, guessed, match_lengths, guess_probs)
         return tokens, flags, bits + flag_bits
     encoders = [constriction.stream.queue.RangeEncoder() for _ in chunks]
     bits = 0.0
@@ -225,9 +254,11 @@ def decode_batch(
     roles: TokenRoles,
     progress: Progress | None = None,
     adaptive: side.AdaptiveMap | None = None,
+    biased: bool = False,
 ) -> list[np.ndarray]:
     """Decode `lengths[i]` tokens from each payload (length 0 leaves the row idle); with an
-    adaptive map, as the side models coded them (the map learns along)."""
+    adaptive map, as the side models coded them (the map learns along); `biased`: with the
+    batch's adaptive bias."""
     payloads, flags = list(payloads), b""
     if adaptive and (carrier := _carrier(lengths)) is not None:
         flags, payloads[carrier] = _split(payloads[carrier])
@@ -235,8 +266,10 @@ def decode_batch(
     decoders = [_decoder(words) for words in payloads]
     tokens = [np.zeros(n, dtype=np.int64) for n in lengths]
     match = side.MatchModel(tokens)
+    head = AdaptiveBias(predictor.alphabet_size) if biased else None
 
     def code_step(t: int, active: np.ndarray, probs: np.ndarray) -> np.ndarray:
+        biased_rows = [head.apply(probs[r]) for r in active] if head else []
         guesses = {r: g for r in active if adaptive and (g := match.guess(r, t)) is not None}
         rows = np.array(list(guesses), dtype=np.int64)
         chances = side.guess_probabilities(probs, rows, np.array([g for g, _ in guesses.values()], np.int64))
@@ -254,6 +287,8 @@ def decode_batch(
                 tokens[r][t] = decoders[r].decode(CODER_MODEL, probs[r : r + 1])[0]
             except (ValueError, RuntimeError, AssertionError) as e:
                 raise CorruptArchiveError(f"coded chunk cannot be decoded: {e}") from e
+        if head:
+            head.learn(biased_rows, [int(tokens[r][t]) for r in active])
         if adaptive:
             match.advance(t, active)
         return np.array([tokens[r][t] for r in active], dtype=np.int64)

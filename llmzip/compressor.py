@@ -69,6 +69,14 @@ class CodingStats:
     unsteered_bytes: int | None = None  # archive size without steering, where it was measured (auto)
 
 
+# Older exact forwards and the llmzip that decodes them: their square root was torch's, which
+# differs between CPUs (exact.sqrt), so only on the kind of CPU that made the archive.
+FORWARD_READERS = {
+    "llmzip-exact-llama-1": "llmzip 0.4 (on the kind of CPU that made it)",
+    "llmzip-exact-gemma3-1": "llmzip 0.4 (on the kind of CPU that made it)",
+}
+
+
 @dataclass(frozen=True)
 class Plan:
     """What codes every batch of an archive besides the batch's tokens: the same wherever a
@@ -416,7 +424,9 @@ class Compressor:
             while True:
                 rows = [np.empty(0, np.int64) if r else c for c, r in zip(batch, raw, strict=True)]
                 adaptive = side.AdaptiveMap() if plan.side_models else None
-                coded, flags, ideal_bits = encode_batch(predictor, rows, tokenizer.roles, on_symbols, adaptive)
+                coded, flags, ideal_bits = encode_batch(
+                    predictor, rows, tokenizer.roles, on_symbols, adaptive, biased=adaptive is not None
+                )
                 on_symbols = None  # progress counts each byte once
                 grown = [i for i, p in enumerate(coded) if not raw[i] and len(p) >= sizes[i]]
                 for i in grown:
@@ -448,7 +458,10 @@ class Compressor:
         ours = forward_name(self.model.model, header.precision)
         # Other transformers versions may still give the same floats: the CRCs will tell.
         if header.step != ours and not (_is_transformers(header.step) and _is_transformers(ours)):
-            raise UnsupportedVersionError(f"archive was coded with forward {header.step!r}; this llmzip runs {ours!r}")
+            reader = f", which {FORWARD_READERS[header.step]} decodes" if header.step in FORWARD_READERS else ""
+            raise UnsupportedVersionError(
+                f"archive was coded with forward {header.step!r}{reader}; this llmzip runs {ours!r}"
+            )
 
     def iter_decompress(self, archive: bytes | ArchiveReader, progress: ByteProgress | None = None) -> Iterator[bytes]:
         """Yield the original bytes batch by batch. A chunk failing its CRC raises before its batch
@@ -466,7 +479,7 @@ class Compressor:
         self._check_context(0 if prefix is None else len(prefix), header.chunk_size)
         if header.side_models and header.machine_bound:  # no encoder writes them: float rows differ
             raise CorruptArchiveError("invalid header: side models on a machine-bound archive")
-        if header.side_models and (version := header.side_models_version) not in (side.CARRIED_MAP, side.VERSION):
+        if header.side_models and (version := header.side_models_version) != side.VERSION:
             raise UnsupportedVersionError(f"archive uses side models version {version}, unknown to this llmzip")
         # An exact archive decodes in any thread count and, without side models, in any batch.
         bound = header.machine_bound or header.side_models
@@ -476,8 +489,7 @@ class Compressor:
         threads = decoding_threads(header) if header.machine_bound else self.threads
         batches = enumerate(reader.payload_batches(batch))
         jobs = ((stored, header.chunks[k * batch : (k + 1) * batch]) for k, stored in batches)
-        # Float rows are machine-bound, and version 1 side models chain the batches: both decode here.
-        if self.cluster is not None and not header.machine_bound and side_models != side.CARRIED_MAP:
+        if self.cluster is not None and not header.machine_bound:  # float rows are machine-bound: decoded here
             decoded = self.cluster.decode(self.worker_spec(), plan, jobs, progress)
         else:
             decoded = self._decode_batches(plan, jobs, threads, _symbol_progress(tokenizer, progress))
@@ -500,11 +512,10 @@ class Compressor:
     def _decode_batches(
         self, plan: Plan, jobs: Iterable[Job], threads: int, on_symbols: Progress | None
     ) -> Iterator[list[bytes]]:
-        """Decode batch after batch here, carrying version 1 side models' map along."""
-        carried = side.AdaptiveMap() if plan.side_models == side.CARRIED_MAP else None
+        """Decode batch after batch here."""
         with torch_threads(threads):
             for stored, entries in jobs:
-                yield self.decode_batch(plan, stored, entries, on_symbols, carried)
+                yield self.decode_batch(plan, stored, entries, on_symbols)
 
     def decode_batch(
         self,
@@ -512,15 +523,14 @@ class Compressor:
         stored: list[bytes],
         entries: list[ChunkEntry],
         on_symbols: Progress | None = None,
-        carried: side.AdaptiveMap | None = None,
     ) -> list[bytes]:
-        """One batch's chunks as they decode (raw ones as stored), not yet checked against their
-        CRCs. `carried`: version 1 side models' map, from the batch before."""
+        """One batch's chunks as they decode (raw ones as stored), not yet checked against their CRCs."""
         predictor = self._predictor(plan)
         coded = [b"" if e.raw else p for e, p in zip(entries, stored, strict=True)]
-        adaptive = carried or (side.AdaptiveMap() if plan.side_models else None)
+        adaptive = side.AdaptiveMap() if plan.side_models else None
         roles = self.model.tokenizer.roles
-        tokens = decode_batch(predictor, coded, [e.tokens for e in entries], roles, on_symbols, adaptive)
+        lengths = [e.tokens for e in entries]
+        tokens = decode_batch(predictor, coded, lengths, roles, on_symbols, adaptive, biased=adaptive is not None)
         return [p if e.raw else self.model.tokenizer.decode(t) for e, p, t in zip(entries, stored, tokens, strict=True)]
 
     def decompress(self, archive: bytes, progress: ByteProgress | None = None) -> bytes:

@@ -33,7 +33,7 @@ from .exact import ExactLinear, attention, hadamard, quantize, quantize_normed, 
 from .kvcache import KVCache
 from .prepared import DecoderConfig, PreparedModel, Projections, decoder_fields
 
-NAME = "llmzip-exact-gemma3-1"  # archives record it: bump whenever any number computed here changes
+NAME = "llmzip-exact-gemma3-2"  # archives record it: bump whenever any number computed here changes
 V_LEVELS = 127  # as in llama.py
 NORM_LEVELS = 8191  # 13 bits for what a norm reads and what a Hadamard transform rotates online
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 class Level:
     chunk_size: int  # tokens
     window: int | None  # tokens; None: each token sees its whole chunk
-    side: bool = True  # side models (side.py): a match model and an adaptive map
+    side: bool = True  # side models: an adaptive bias (bias.py), a match model and an adaptive map (side.py)
 
 
 LEVELS = {

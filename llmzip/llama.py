@@ -28,7 +28,7 @@ from .exact import ExactLinear, attention, hadamard, quantize, quantize_normed, 
 from .kvcache import KVCache
 from .prepared import DecoderConfig, PreparedModel, Projections, decoder_fields
 
-NAME = "llmzip-exact-llama-1"  # archives record it: bump whenever any number computed here changes
+NAME = "llmzip-exact-llama-2"  # archives record it: bump whenever any number computed here changes
 QK_LEVELS = 511  # head_dim * 511**2 < 2**24 for head_dim <= 64: exact scores with 10-bit q and k
 V_LEVELS = 127  # attention weights sum to ~2**16, so 2**16 * 127 * (1 + ...) < 2**24
 DOWN_LEVELS = 8191  # the down projection's input before its Hadamard: 13 bits, n * 8191 < 2**24

@@ -10,8 +10,9 @@ The decoder steps a batch's chunks in lockstep, so at step t it knows every row'
 t. The match model indexes all of them, row by row at each step, and the map learns from every
 row's flags in the same order: repeated lines in one chunk teach the others. So the batch
 grouping is part of the archive (the decoder runs the encoder's). Each batch starts a new map,
-so batches code independently, on any worker (cluster.py); version 1 carried the map from batch
-to batch, and its archives decode in one process.
+so batches code independently, on any worker (cluster.py). The weights these models see are
+the adaptive bias's (bias.py). Versions 1 and 2 (no bias; version 1 carried the map from batch
+to batch) were written by llmzip 0.4's forwards only, which this llmzip refuses.
 """
 
 from __future__ import annotations
@@ -20,10 +21,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-VERSION = 2  # what archives record (container.SIDE_EXTENSION): these models, these constants
-CARRIED_MAP = 1  # the version whose map carries on from batch to batch
+VERSION = 3  # what archives record (container.SIDE_EXTENSION): these models, the adaptive bias, these constants
 MIN_MATCH = 3  # tokens a match starts from (simulated: 2 saves 0.1-0.2% more on prose, 3 saves 3.8% more on JSON)
-FIXED_SCALE = 2.0**32  # the language model's weights (largest exactly 1) as integers floor(w * 2**32)
+FIXED_SCALE = 2.0**32  # the language model's weights (at most 1) as integers floor(w * 2**32)
 PROB_BITS = 16  # probabilities passed between the models: integers over 2**16
 ONE = 1 << PROB_BITS
 POINTS = 31  # the map's interpolation points: 15 powers of two either side of 1/2

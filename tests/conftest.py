@@ -22,6 +22,7 @@ from transformers import (
 )
 
 from llmzip import Compressor, LoadedModel
+from llmzip.predictor import ExactModel, exact_architecture
 from llmzip.tokenization import byte_level_alphabet
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
@@ -123,6 +124,17 @@ def tiny_hf(tiny_fallback: LoadedModel) -> LoadedModel:
     """An architecture without an exact forward (Gemma 3 with attention logit soft-capping, as
     Gemma 2 has): it runs through the Hugging Face float forward, machine-bound."""
     return tiny_gemma(tiny_fallback.tokenizer.tokenizer, "tiny-hf", attn_logit_softcapping=50.0)
+
+
+def prepared(loaded: LoadedModel) -> ExactModel:
+    """The model's exact forward, prepared as the compressor does."""
+    architecture = exact_architecture(loaded.model)
+    return architecture.prepare(loaded.model, architecture.config_of(loaded.model))
+
+
+@pytest.fixture(scope="session")
+def exact_tiny(tiny: LoadedModel) -> ExactModel:
+    return prepared(tiny)
 
 
 @pytest.fixture(scope="session")

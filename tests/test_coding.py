@@ -2,11 +2,12 @@
 
 import numpy as np
 import pytest
+from conftest import prepared
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llmzip.coding import decode_batch, encode_batch
-from llmzip.predictor import ExactPredictor, FloatPredictor, exact_architecture
+from llmzip.predictor import ExactPredictor, FloatPredictor
 
 TEXTS = (b"the rain and the sun", b"\xff\x04 bytes", "мир".encode(), b"")
 
@@ -20,7 +21,7 @@ class Recording:
 
     def start(self, rows, steps):
         self.predictor.start(rows, steps)
-        self.live = list(range(rows)) if rows > 1 or not self.seen else [len(self.seen)]
+        self.live = list(range(rows))
 
     def step(self, input_ids):
         probs = self.predictor.step(input_ids)
@@ -28,18 +29,17 @@ class Recording:
             self.seen.setdefault(row, []).append(p.copy())
         return probs
 
-    def forced(self, input_ids):  # one chunk per call, in order: row k is the k-th chunk
-        row = len(self.seen)
+    def forced(self, input_ids):  # row k is the k-th chunk with tokens
         for probs in self.predictor.forced(input_ids):
-            self.seen.setdefault(row, []).extend(p.copy() for p in probs)
+            for row, p in zip(self.live, probs, strict=True):
+                self.seen.setdefault(row, []).extend(w.copy() for w in p)
             yield probs
 
 
 def predictors(loaded, kind):
     alphabet = loaded.tokenizer.alphabet_size
     if kind == "exact":
-        architecture = exact_architecture(loaded.model)
-        model = architecture.prepare(loaded.model, architecture.config_of(loaded.model))
+        model = prepared(loaded)
         return Recording(ExactPredictor(model, alphabet)), Recording(ExactPredictor(model, alphabet))
     return tuple(Recording(FloatPredictor(loaded.model, 5, alphabet, kind)) for _ in range(2))
 
@@ -49,7 +49,7 @@ def predictors(loaded, kind):
     [("tiny", "exact"), ("tiny_gemma3", "exact"), ("tiny", "fp32"), ("tiny_hf", "fp32"), ("tiny_hf", "bf16")],
 )
 def test_decoder_probabilities_equal_encoders(request, model, kind):
-    """Exact: the encoder teacher-forces each chunk alone, the decoder steps all of them together."""
+    """Exact: the encoder teacher-forces the chunks many positions at a time, the decoder steps them."""
     loaded = request.getfixturevalue(model)
     tokenizer = loaded.tokenizer
     chunks = [tokenizer.encode(t) for t in TEXTS]

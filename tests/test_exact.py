@@ -177,6 +177,15 @@ def test_rotary_table_matches_the_float64_reference():
     assert np.abs(sin[:, 32:].double().numpy() - np.sin(angles)).max() < 1e-7
 
 
+def test_sqrt_is_correctly_rounded():
+    """Against numpy's sqrt (the SSE instruction, correctly rounded), over every exponent and the
+    ends: torch.sqrt missed on 0.7% of these on an Intel Xeon (MKL's vector math)."""
+    rng = np.random.default_rng(0)
+    x = (rng.random(1_000_000) * 10.0 ** rng.integers(-40, 39, 1_000_000)).astype(np.float32)
+    x[:6] = [0.0, 1.0, 2.0, 1e-45, 3.4e38, 0.25]
+    assert np.array_equal(exact.sqrt(torch.from_numpy(x)).numpy(), np.sqrt(x))
+
+
 def test_quantize_stays_in_range_and_keeps_zero_rows_finite():
     x = torch.cat([torch.randn(6, 100) * 1e4, torch.zeros(1, 100)])
     q, scale = exact.quantize(x, 127)

@@ -106,7 +106,6 @@ def tiny_archives(request, tmp_path_factory):
             compress(model, text, golden, *flags)
         archives[f"golden{kind}"], archives[f"fresh{kind}"] = golden, folder / f"fresh{kind}.lz"
         compress(model, text, archives[f"fresh{kind}"], *flags)
-    archives["golden-side-v1"] = GOLDEN / f"alice1200-{request.param}-side-v1.lz"  # llmzip 0.4: one map per archive
     return archives
 
 
@@ -117,13 +116,13 @@ FLOAT_CHANGERS = ("as installed", "ATEN_CPU_CAPABILITY=default", "DNNL_MAX_CPU_I
 @pytest.mark.parametrize("environment", ENVIRONMENTS)
 def test_tiny_models_decode_in_every_environment(tiny_archives, tmp_path, environment):
     names = ["golden", "fresh"]
-    names += ["golden-window", "golden-side", "golden-side-v1"] if environment in FLOAT_CHANGERS else []
+    names += ["golden-window", "golden-side"] if environment in FLOAT_CHANGERS else []
     names += ["fresh-window", "fresh-side"] if environment == "as installed" else []
     archives = {}
     for name in names:
         copy = tmp_path / f"{name}.lz"
         copy.write_bytes(tiny_archives[name].read_bytes())
-        archives[name] = copy, TINY_ARCHIVES[name.removeprefix("golden").removeprefix("fresh").removesuffix("-v1")][0]
+        archives[name] = copy, TINY_ARCHIVES[name.removeprefix("golden").removeprefix("fresh")][0]
     decode_everywhere(archives, tiny_archives["model"], environment, GEOMETRIES)
 
 

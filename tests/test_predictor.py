@@ -4,9 +4,11 @@ steps give the same bits) and the Hugging Face float forward (machine-bound)."""
 import numpy as np
 import pytest
 import torch
+from conftest import prepared
 
 from llmzip import (
     Compressor,
+    CorruptArchiveError,
     DecodeMismatchError,
     LlmzipError,
     UnsupportedVersionError,
@@ -24,21 +26,11 @@ from llmzip.predictor import ExactPredictor, FloatPredictor, exact_architecture,
 TEXT = b"the rain and the sun in the morning, \xd0\x9f\xd1\x80\xd0\xb8\xd0\xb2\xd0\xb5\xd1\x82 and the " * 3
 
 
-def _prepared(loaded):
-    architecture = exact_architecture(loaded.model)
-    return architecture.prepare(loaded.model, architecture.config_of(loaded.model))
-
-
 @pytest.fixture(scope="module", params=["tiny", "tiny_gemma3"])
 def exact_pair(request):
     """A tiny model of each exact architecture and its prepared exact model."""
     loaded = request.getfixturevalue(request.param)
-    return loaded, _prepared(loaded)
-
-
-@pytest.fixture(scope="module")
-def exact_tiny(tiny):
-    return _prepared(tiny)
+    return loaded, prepared(loaded)
 
 
 def test_exact_models_compute_the_hugging_face_model(exact_pair):
@@ -91,7 +83,7 @@ def test_exact_weights_do_not_depend_on_forcing_rows_or_threads(exact_pair, thre
     try:
         predictor.start(1, len(chunk))
         inputs = np.concatenate([[tokenizer.roles.start_id], chunk[:-1]])
-        forced = np.concatenate([w.copy() for w in predictor.forced(inputs)])  # each valid until the next
+        forced = np.concatenate([w[0].copy() for w in predictor.forced(inputs[None])])  # each valid until the next
         for rows, row in [(1, 0), (3, 2), (7, 6)]:
             assert np.array_equal(_stepped(predictor, rows, chunk, row, tokenizer.roles.start_id), forced)
     finally:
@@ -111,7 +103,7 @@ def test_a_window_gives_the_same_bits_forced_stepped_and_slid(exact_pair, monkey
     def forced(window):
         predictor = ExactPredictor(model, tokenizer.alphabet_size, prefix, window)
         predictor.start(1, len(chunk))
-        return np.concatenate([w.copy() for w in predictor.forced(inputs)]), predictor
+        return np.concatenate([w[0].copy() for w in predictor.forced(inputs[None])]), predictor
 
     windowed, predictor = forced(40)
     assert predictor.cache.capacity < len(chunk) and predictor.cache.dropped > 0
@@ -166,21 +158,35 @@ def test_precision_changes_the_archive(tiny):
     assert container.unpack(archives["exact"])[1] != container.unpack(archives["fp32"])[1]
 
 
-@pytest.mark.parametrize("field, value", [("step", "llmzip-exact-llama-0"), ("precision", "fp8")])
-def test_decoder_refuses_a_forward_it_does_not_run(compressor, field, value):
+@pytest.mark.parametrize(
+    "field, value, names",
+    [
+        ("step", "llmzip-exact-llama-0", ""),
+        ("step", "llmzip-exact-llama-1", "llmzip 0.4 .on the kind of CPU that made it"),
+        ("precision", "fp8", ""),
+    ],
+)
+def test_decoder_refuses_a_forward_it_does_not_run(compressor, field, value, names):
+    """Version 1 of the exact forwards took torch's square root: the message names the llmzip
+    that decodes them."""
     header, payloads = container.unpack(compressor.compress(TEXT))
     setattr(header, field, value)
-    with pytest.raises(UnsupportedVersionError, match=value):
+    with pytest.raises(UnsupportedVersionError, match=f"{value}.*{names}"):
         compressor.decompress(container.pack(header, payloads))
 
 
 @pytest.mark.parametrize(
     ("precision", "cpu", "expected"),
-    [("exact", "NEON", "damaged"), ("fp32", None, "damaged"), ("fp32", "NEON", "NEON.*probabilities differ")],
+    [
+        ("exact", "NEON", "damaged|cannot be decoded"),
+        ("fp32", None, "damaged"),
+        ("fp32", "NEON", "NEON.*probabilities differ"),
+    ],
 )
 def test_decoder_with_other_floats_names_the_cause(tiny, monkeypatch, precision, cpu, expected):
-    """Probabilities that differ in the 20th bit fail the chunk CRC, never pass silently. For an
-    exact archive the runtime cannot be the cause; for a float one a differing CPU is named."""
+    """Probabilities that differ in the 20th bit fail the chunk CRC or the range decoder, never
+    pass silently. For an exact archive the runtime cannot be the cause: the archive is damaged;
+    for a float one a differing CPU is named."""
     compressor = Compressor(tiny, chunk_size=64, batch_size=4, threads=1, precision=precision)
     header, payloads = container.unpack(compressor.compress(TEXT))
     header.cpu_capability = cpu or header.cpu_capability
@@ -194,7 +200,7 @@ def test_decoder_with_other_floats_names_the_cause(tiny, monkeypatch, precision,
         return probs
 
     monkeypatch.setattr(kind, "step", perturbed)
-    with pytest.raises(DecodeMismatchError, match=expected):
+    with pytest.raises((DecodeMismatchError, CorruptArchiveError), match=expected):
         compressor.decompress(archive)
 
 

@@ -100,7 +100,7 @@ def test_levels_choose_side_models(tiny):
     with pytest.raises(InvalidOptionError, match="side models need the exact predictor"):
         Compressor(tiny, side_models=True, precision="fp32")
     archive = Compressor(tiny, level=FASTEST).compress(LOG)
-    assert not container.unpack(archive)[0].side_models
+    assert not container.unpack(archive)[0].side_models and Compressor(tiny).decompress(archive) == LOG
 
 
 @pytest.fixture(scope="module")

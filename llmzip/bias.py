@@ -1,0 +1,68 @@
+"""An adaptive bias: a per-token correction of the language model's log-probabilities, learned
+online from the tokens coded so far (Nacrith's "adaptive head"). Tokens the text uses more often
+than the model expects gain weight, tokens it expects but the text does not use lose it. It
+learns by the gradient of the code length: after coding token x under q, bias_y += rate * ([y = x] - q_y).
+
+Integers only, so that encoder and decoder compute the same bits: the model's weights (largest
+exactly 1) as integers floor(w * 2**WEIGHT_BITS), biases in 1/2**16 of a bit, and a table of
+2**(k/256) built with integer square roots. A batch starts with no bias: batches code
+independently, in any order and on any worker.
+"""
+
+from __future__ import annotations
+
+from math import isqrt
+
+import numpy as np
+
+WEIGHT_BITS = 26  # the model's weights as integers up to 2**26
+FINE_BITS = 16  # biases in units of 2**-16 bits (log2)
+STEP_BITS = 8  # the table's steps: 2**-8 bits
+LOW, HIGH = -8, 6  # biases are clipped to [2**-8, 2**6] times the model's weight
+RATE = 9457  # 0.1 nats in units of 2**-16 bits: the learning rate (simulated: 0.05-0.2 nats)
+MULTIPLIER_BITS = 6 - LOW  # the table's value at bias 0: 2**14, at LOW: 2**6, at HIGH: 2**20
+OUTPUT_SCALE = 2.0 ** -(WEIGHT_BITS + MULTIPLIER_BITS + HIGH)  # biased weights back to at most 1
+
+
+def _root_table() -> np.ndarray:
+    """floor(2**(6 + j/256)) for j in 0..255, exactly: the 256th root of 2**(j + 256*6) by eight
+    integer square roots (floor(sqrt(floor(x))) = floor(sqrt(x)) for integers)."""
+    table = []
+    for j in range(1 << STEP_BITS):
+        x = 1 << (j + (6 << STEP_BITS))
+        for _ in range(STEP_BITS):
+            x = isqrt(x)
+        table.append(x)
+    return np.array(table, dtype=np.int64)
+
+
+_ROOTS = _root_table()
+# 2**(6 + k/256) for every step k from LOW to HIGH bits, bias 0 at k = -LOW * 256
+MULTIPLIERS = np.concatenate([_ROOTS << octave for octave in range(HIGH - LOW)] + [_ROOTS[:1] << (HIGH - LOW)])
+
+
+class AdaptiveBias:
+    """One batch's bias over the alphabet, shared by its chunks as the decoder steps them in
+    lockstep: `apply` turns a row's model weights into the weights the coder uses, `learn` takes
+    the tokens coded at that step, so every row of a step sees the bias of the steps before."""
+
+    def __init__(self, alphabet_size: int) -> None:
+        self.bias = np.zeros(alphabet_size, dtype=np.int64)  # units of 2**-16 bits
+
+    def apply(self, weights: np.ndarray) -> np.ndarray:
+        """Rewrite the model's weights (float64, largest exactly 1) in place as weights * 2**bias,
+        still at most 1 (integers times a power of two: float64 holds them exactly); return them
+        as those integers, for `learn`."""
+        steps = (self.bias >> (FINE_BITS - STEP_BITS)) - (LOW << STEP_BITS)
+        biased = np.floor(weights * 2.0**WEIGHT_BITS).astype(np.int64) * MULTIPLIERS[steps]
+        np.multiply(biased, OUTPUT_SCALE, out=weights)
+        return biased
+
+    def learn(self, biased: list[np.ndarray], tokens: list[int]) -> None:
+        """After one step: move each bias by RATE * ([y = token] - q_y) for every row's token and
+        q (its `apply`d weights, normalized). Integer sums (at most 2**(26 + 20 + 16)) fit int64
+        and commute, so the rows' order does not matter."""
+        for weights, token in zip(biased, tokens, strict=True):
+            self.bias -= (weights * RATE) // int(weights.sum())
+            self.bias[token] += RATE
+        np.clip(self.bias, LOW << FINE_BITS, HIGH << FINE_BITS, out=self.bias)
