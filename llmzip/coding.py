@@ -126,16 +126,18 @@ def _encode_forced(
     decoder's order. Returns each chunk's coded tokens, the ideal bits, and the model's
     probability of each guess (where `guessed`)."""
     live = [r for r, c in enumerate(chunks) if len(c)]  # an empty chunk's row stays idle
-    lengths = np.array([len(chunks[r]) for r in live], dtype=np.int64)
     encoders = [constriction.stream.queue.RangeEncoder() for _ in chunks]
     guess_probs = [None if g is None else np.zeros(len(g), dtype=np.int64) for g in guessed]
-    inputs = np.full((len(live), int(lengths.max(initial=1))), roles.start_id, dtype=np.int64)
+    if not live:
+        return [b""] * len(chunks), 0.0, guess_probs
+    lengths = np.array([len(chunks[r]) for r in live], dtype=np.int64)
+    inputs = np.full((len(live), int(lengths.max())), roles.start_id, dtype=np.int64)
     for k, r in enumerate(live):
         inputs[k, 1 : lengths[k]] = roles.model_inputs(chunks[r][:-1])
     bits = 0.0
     predictor.start(len(live), inputs.shape[1])
     first = 0
-    for probs in predictor.forced(inputs) if live else ():
+    for probs in predictor.forced(inputs):
         if head is not None:
             for t in range(first, first + probs.shape[1]):
                 active = np.flatnonzero(lengths > t).tolist()
