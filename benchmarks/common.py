@@ -46,13 +46,15 @@ def machine_tag(machine: dict[str, object]) -> str:
 
 
 def _commit() -> str:
-    """The llmzip commit measured (with `+` when the tree has changes), or "" outside git."""
+    """The llmzip commit measured (with `+` when the code has changes: new results, such as the
+    file written just before by the same run, do not count), or "" outside git."""
 
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=RESULTS.parent, capture_output=True, text=True).stdout.strip()
 
     commit = git("rev-parse", "--short", "HEAD")
-    return commit + "+" * bool(commit and git("status", "--porcelain", "--untracked-files=no"))
+    changes = git("status", "--porcelain", "--untracked-files=no", "--", ":/", ":(top,exclude)benchmarks/results")
+    return commit + "+" * bool(commit and changes)
 
 
 def load_input(spec: str, nbytes: int | None = None) -> tuple[str, bytes]:
