@@ -20,16 +20,18 @@ FINE_BITS = 16  # biases in units of 2**-16 bits (log2)
 STEP_BITS = 8  # the table's steps: 2**-8 bits
 LOW, HIGH = -8, 6  # biases are clipped to [2**-8, 2**6] times the model's weight
 RATE = 9457  # 0.1 nats in units of 2**-16 bits: the learning rate (simulated: 0.05-0.2 nats)
-MULTIPLIER_BITS = 6 - LOW  # the table's value at bias 0: 2**14, at LOW: 2**6, at HIGH: 2**20
+LOWEST_BITS = 6  # the table's value at LOW: 2**6, so its steps stay distinct there
+MULTIPLIER_BITS = LOWEST_BITS - LOW  # the table's value at bias 0: 2**14 (at HIGH: 2**20)
 OUTPUT_SCALE = 2.0 ** -(WEIGHT_BITS + MULTIPLIER_BITS + HIGH)  # biased weights back to at most 1
 
 
 def _root_table() -> np.ndarray:
-    """floor(2**(6 + j/256)) for j in 0..255, exactly: the 256th root of 2**(j + 256*6) by eight
-    integer square roots (floor(sqrt(floor(x))) = floor(sqrt(x)) for integers)."""
+    """floor(2**(LOWEST_BITS + j/256)) for j in 0..255, exactly: the 256th root of
+    2**(j + 256 * LOWEST_BITS) by eight integer square roots (floor(sqrt(floor(x))) =
+    floor(sqrt(x)) for integers)."""
     table = []
     for j in range(1 << STEP_BITS):
-        x = 1 << (j + (6 << STEP_BITS))
+        x = 1 << (j + (LOWEST_BITS << STEP_BITS))
         for _ in range(STEP_BITS):
             x = isqrt(x)
         table.append(x)
@@ -37,7 +39,7 @@ def _root_table() -> np.ndarray:
 
 
 _ROOTS = _root_table()
-# 2**(6 + k/256) for every step k from LOW to HIGH bits, bias 0 at k = -LOW * 256
+# 2**(LOWEST_BITS + k/256) for every step k from LOW to HIGH bits, bias 0 at k = -LOW * 256
 MULTIPLIERS = np.concatenate([_ROOTS << octave for octave in range(HIGH - LOW)] + [_ROOTS[:1] << (HIGH - LOW)])
 
 

@@ -86,10 +86,10 @@ def sqrt(x: torch.Tensor) -> torch.Tensor:
     float64 (and never equal x: no ties)."""
     y = torch.sqrt(x)
     up, down = torch.nextafter(y, torch.full_like(y, math.inf)), torch.nextafter(y, torch.zeros_like(y))
-    wide = y.double()
+    wide, square = y.double(), x.double()
     above, below = (wide + up.double()) / 2, (wide + down.double()) / 2
-    y = torch.where(x.double() > above * above, up, y)
-    return torch.where(x.double() < below * below, down, y)
+    y = torch.where(square > above * above, up, y)
+    return torch.where(square < below * below, down, y)
 
 
 class ExactLinear:
