@@ -14,6 +14,9 @@ from __future__ import annotations
 from math import isqrt
 
 import numpy as np
+import torch
+
+from .exact import kernels
 
 WEIGHT_BITS = 26  # the model's weights as integers up to 2**26
 FINE_BITS = 16  # biases in units of 2**-16 bits (log2)
@@ -41,30 +44,47 @@ def _root_table() -> np.ndarray:
 _ROOTS = _root_table()
 # 2**(LOWEST_BITS + k/256) for every step k from LOW to HIGH bits, bias 0 at k = -LOW * 256
 MULTIPLIERS = np.concatenate([_ROOTS << octave for octave in range(HIGH - LOW)] + [_ROOTS[:1] << (HIGH - LOW)])
+_MULTIPLIERS = torch.from_numpy(MULTIPLIERS)
 
 
 class AdaptiveBias:
     """One batch's bias over the alphabet, shared by its chunks as the decoder steps them in
-    lockstep: `apply` turns a row's model weights into the weights the coder uses, `learn` takes
-    the tokens coded at that step, so every row of a step sees the bias of the steps before."""
+    lockstep: `apply` turns a step's rows of model weights into the weights the coder uses,
+    `learn` takes the tokens coded at that step, so every row of a step sees the bias of the
+    steps before. kernels.cpp computes both in one pass; the numpy code here is the definition
+    and the fallback."""
 
     def __init__(self, alphabet_size: int) -> None:
         self.bias = np.zeros(alphabet_size, dtype=np.int64)  # units of 2**-16 bits
+        self.kernels = kernels()
 
     def apply(self, weights: np.ndarray) -> np.ndarray:
-        """Rewrite the model's weights (float64, largest exactly 1) in place as weights * 2**bias,
-        still at most 1 (integers times a power of two: float64 holds them exactly); return them
-        as those integers, for `learn`."""
-        steps = (self.bias >> (FINE_BITS - STEP_BITS)) - (LOW << STEP_BITS)
-        biased = np.floor(weights * 2.0**WEIGHT_BITS).astype(np.int64) * MULTIPLIERS[steps]
+        """Rewrite rows of the model's weights (float64 [rows, alphabet], largest exactly 1) in
+        place as weights * 2**bias, still at most 1 (integers times a power of two: float64
+        holds them exactly); return them as those integers, for `learn`."""
+        shift, low_step = FINE_BITS - STEP_BITS, LOW << STEP_BITS
+        if self.kernels:
+            scales = 2.0**WEIGHT_BITS, OUTPUT_SCALE
+            return self.kernels.bias_apply(
+                torch.from_numpy(weights), torch.from_numpy(self.bias), _MULTIPLIERS, shift, low_step, *scales
+            ).numpy()
+        biased = np.floor(weights * 2.0**WEIGHT_BITS).astype(np.int64) * MULTIPLIERS[(self.bias >> shift) - low_step]
         np.multiply(biased, OUTPUT_SCALE, out=weights)
         return biased
 
-    def learn(self, biased: list[np.ndarray], tokens: list[int]) -> None:
+    def learn(self, biased: np.ndarray, tokens: np.ndarray) -> None:
         """After one step: move each bias by RATE * ([y = token] - q_y) for every row's token and
-        q (its `apply`d weights, normalized). Integer sums (at most 2**(26 + 20 + 16)) fit int64
-        and commute, so the rows' order does not matter."""
-        for weights, token in zip(biased, tokens, strict=True):
-            self.bias -= (weights * RATE) // int(weights.sum())
-            self.bias[token] += RATE
-        np.clip(self.bias, LOW << FINE_BITS, HIGH << FINE_BITS, out=self.bias)
+        q (its `apply`d weights [rows, alphabet], normalized); a row whose token is -1 (idle)
+        teaches nothing. Integer sums (at most 2**(26 + 20 + 16)) fit int64 and commute, so the
+        rows' order does not matter."""
+        low, high = LOW << FINE_BITS, HIGH << FINE_BITS
+        if self.kernels:
+            self.kernels.bias_learn(
+                torch.from_numpy(biased), torch.from_numpy(tokens), torch.from_numpy(self.bias), RATE, low, high
+            )
+            return
+        coded = tokens >= 0
+        biased, tokens = biased[coded], tokens[coded]
+        self.bias -= (biased * RATE // biased.sum(1, keepdims=True)).sum(0)
+        np.add.at(self.bias, tokens, RATE)
+        np.clip(self.bias, low, high, out=self.bias)

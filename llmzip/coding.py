@@ -134,14 +134,16 @@ def _encode_forced(
     inputs = np.full((len(live), int(lengths.max())), roles.start_id, dtype=np.int64)
     for k, r in enumerate(live):
         inputs[k, 1 : lengths[k]] = roles.model_inputs(chunks[r][:-1])
+    targets = np.full_like(inputs, -1)  # each row's token at each step, -1 past its end
+    for k, r in enumerate(live):
+        targets[k, : lengths[k]] = chunks[r]
     bits = 0.0
     predictor.start(len(live), inputs.shape[1])
     first = 0
     for probs in predictor.forced(inputs):
         if head is not None:
             for t in range(first, first + probs.shape[1]):
-                active = np.flatnonzero(lengths > t).tolist()
-                head.learn([head.apply(probs[k, t - first]) for k in active], [int(chunks[live[k]][t]) for k in active])
+                head.learn(head.apply(probs[:, t - first]), targets[:, t])
         coded = []
         for k, r in enumerate(live):
             span = slice(first, min(first + probs.shape[1], int(lengths[k])))
@@ -271,7 +273,7 @@ def decode_batch(
     head = AdaptiveBias(predictor.alphabet_size) if biased else None
 
     def code_step(t: int, active: np.ndarray, probs: np.ndarray) -> np.ndarray:
-        biased_rows = [head.apply(probs[r]) for r in active] if head else []
+        biased = head.apply(probs) if head else None
         guesses = {r: g for r in active if adaptive and (g := match.guess(r, t)) is not None}
         rows = np.array(list(guesses), dtype=np.int64)
         chances = side.guess_probabilities(probs, rows, np.array([g for g, _ in guesses.values()], np.int64))
@@ -289,11 +291,13 @@ def decode_batch(
                 tokens[r][t] = decoders[r].decode(CODER_MODEL, probs[r : r + 1])[0]
             except (ValueError, RuntimeError, AssertionError) as e:
                 raise CorruptArchiveError(f"coded chunk cannot be decoded: {e}") from e
+        coded = np.full(len(probs), -1, dtype=np.int64)  # idle rows: -1
+        coded[active] = [tokens[r][t] for r in active]
         if head:
-            head.learn(biased_rows, [int(tokens[r][t]) for r in active])
+            head.learn(biased, coded)
         if adaptive:
             match.advance(t, active)
-        return np.array([tokens[r][t] for r in active], dtype=np.int64)
+        return coded[active]
 
     _lockstep(predictor, _row_lengths(predictor, list(lengths)), roles, code_step, progress)
     return tokens

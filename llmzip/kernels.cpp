@@ -1,8 +1,9 @@
-// Fused CPU versions of exact.py's pipelines: the same IEEE operations in the same order, and
-// the same integer sums (int32 here, float32 below 2**24 there), so the same bits, in one pass
-// over memory instead of one pass per torch op. Compiled with -ffp-contract=off (no fused
-// multiply-add), without -ffast-math and with OpenMP (at::parallel_for); exact.py's torch code
-// is the definition and the fallback, and tests/test_exact.py checks that both agree bit for bit.
+// Fused CPU versions of exact.py's pipelines and bias.py's: the same IEEE operations in the
+// same order, and the same integer sums (int32 here, float32 below 2**24 there), so the same
+// bits, in one pass over memory instead of one pass per torch op. Compiled with -ffp-contract=off
+// (no fused multiply-add), without -ffast-math and with OpenMP (at::parallel_for); the Python
+// code is the definition and the fallback, and tests/test_exact.py and tests/test_bias.py check
+// that both agree bit for bit.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #if defined(__AVX2__)
@@ -14,6 +15,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <numeric>
 #include <vector>
 
 #ifndef LLMZIP_EXP2_POLY
@@ -476,6 +478,72 @@ torch::Tensor attention_cached(torch::Tensor q, torch::Tensor q_scale, torch::Te
   return out;
 }
 
+// bias.AdaptiveBias.apply over rows: weights [R, V] float64 (any row stride) rewritten in place
+// as floor(w * weight_scale) * multipliers[(bias >> shift) - low_step] * output_scale; returns
+// those integer products [R, V]. Every step is exact, so the bits are numpy's.
+torch::Tensor bias_apply(torch::Tensor weights, torch::Tensor bias, torch::Tensor multipliers, int64_t shift,
+                         int64_t low_step, double weight_scale, double output_scale) {
+  TORCH_CHECK(weights.dim() == 2 && weights.stride(1) == 1 && weights.scalar_type() == torch::kFloat64);
+  auto b = bias.contiguous(), m = multipliers.contiguous();
+  const int64_t rows = weights.size(0), n = weights.size(1), stride = weights.stride(0);
+  TORCH_CHECK(b.numel() == n);
+  auto biased = torch::empty({rows, n}, b.options());
+  double* w = weights.data_ptr<double>();
+  const int64_t* bp = b.data_ptr<int64_t>();
+  const int64_t* mp = m.data_ptr<int64_t>();
+  int64_t* out = biased.data_ptr<int64_t>();
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      double* row = w + r * stride;
+      int64_t* o = out + r * n;
+      for (int64_t j = 0; j < n; ++j) {
+        o[j] = static_cast<int64_t>(std::floor(row[j] * weight_scale)) * mp[(bp[j] >> shift) - low_step];
+        row[j] = static_cast<double>(o[j]) * output_scale;
+      }
+    }
+  });
+  return biased;
+}
+
+// bias.AdaptiveBias.learn: bias -= sum over rows of biased[r] * rate // sum(biased[r]), then
+// bias[tokens[r]] += rate, for the rows whose token is not -1; then clipped to [low, high].
+// Integers: any order.
+void bias_learn(torch::Tensor biased, torch::Tensor tokens, torch::Tensor bias, int64_t rate, int64_t low,
+                int64_t high) {
+  auto q = biased.contiguous(), t = tokens.contiguous();
+  TORCH_CHECK(bias.is_contiguous() && q.dim() == 2 && q.size(1) == bias.numel() && t.numel() == q.size(0));
+  const int64_t rows = q.size(0), n = q.size(1);
+  const int64_t* qp = q.data_ptr<int64_t>();
+  const int64_t* tp = t.data_ptr<int64_t>();
+  int64_t* bp = bias.data_ptr<int64_t>();
+  std::vector<int64_t> coded, totals;
+  for (int64_t r = 0; r < rows; ++r)
+    if (tp[r] >= 0) coded.push_back(r);
+  totals.resize(coded.size());
+  at::parallel_for(0, coded.size(), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i)
+      totals[i] = std::accumulate(qp + coded[i] * n, qp + (coded[i] + 1) * n, int64_t{0});
+  });
+  at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {
+    for (size_t i = 0; i < coded.size(); ++i) {
+      const int64_t* row = qp + coded[i] * n;
+      const int64_t total = totals[i];
+      const double inverse = 1.0 / static_cast<double>(total);
+      for (int64_t j = begin; j < end; ++j) {
+        // floor(x / total) without a division: x / total <= rate, so the float64 estimate is
+        // off by at most one, which the remainder corrects.
+        const int64_t x = row[j] * rate;
+        int64_t quotient = static_cast<int64_t>(static_cast<double>(x) * inverse);
+        const int64_t remainder = x - quotient * total;
+        quotient += (remainder >= total) - (remainder < 0);
+        bp[j] -= quotient;
+      }
+    }
+  });
+  for (const int64_t r : coded) bp[tp[r]] += rate;
+  for (int64_t j = 0; j < n; ++j) bp[j] = std::clamp(bp[j], low, high);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -487,4 +555,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("silu_mul", &silu_mul);
   m.def("attention_weights", &attention_weights);
   m.def("attention_cached", &attention_cached);
+  m.def("bias_apply", &bias_apply);
+  m.def("bias_learn", &bias_learn);
 }
