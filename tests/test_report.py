@@ -65,7 +65,8 @@ def test_latex_escapes_what_tex_would_read_as_commands() -> None:
 def test_make_builds_the_paper_from_the_results(tmp_path: Path) -> None:
     shutil.copytree(ROOT / "paper", tmp_path / "paper", ignore=shutil.ignore_patterns("llmzip.pdf"))
     (tmp_path / "benchmarks").mkdir()
-    shutil.copy(ROOT / "benchmarks" / "report.py", tmp_path / "benchmarks")
+    for name in ("report.py", "peers.json"):
+        shutil.copy(ROOT / "benchmarks" / name, tmp_path / "benchmarks")
     shutil.copytree(report.RESULTS, tmp_path / "benchmarks" / "results")
     shutil.copy(report.README, tmp_path / "README.md")
     done = subprocess.run(["make", "-C", str(tmp_path / "paper"), f"PYTHON={sys.executable}"], capture_output=True)
