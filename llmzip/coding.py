@@ -132,10 +132,9 @@ def _encode_forced(
         return [b""] * len(chunks), 0.0, guess_probs
     lengths = np.array([len(chunks[r]) for r in live], dtype=np.int64)
     inputs = np.full((len(live), int(lengths.max())), roles.start_id, dtype=np.int64)
-    for k, r in enumerate(live):
-        inputs[k, 1 : lengths[k]] = roles.model_inputs(chunks[r][:-1])
     targets = np.full_like(inputs, -1)  # each row's token at each step, -1 past its end
     for k, r in enumerate(live):
+        inputs[k, 1 : lengths[k]] = roles.model_inputs(chunks[r][:-1])
         targets[k, : lengths[k]] = chunks[r]
     bits = 0.0
     predictor.start(len(live), inputs.shape[1])
