@@ -1,9 +1,10 @@
 // Fused CPU versions of exact.py's pipelines and bias.py's: the same IEEE operations in the
 // same order, and the same integer sums (int32 here, float32 below 2**24 there), so the same
 // bits, in one pass over memory instead of one pass per torch op. Compiled with -ffp-contract=off
-// (no fused multiply-add), without -ffast-math and with OpenMP (at::parallel_for); the Python
-// code is the definition and the fallback, and tests/test_exact.py and tests/test_bias.py check
-// that both agree bit for bit.
+// (no fused multiply-add), without -ffast-math and with OpenMP (at::parallel_for); explicit
+// fused multiply-adds appear only where every product and sum is an integer below 2**24, exact
+// either way. The Python code is the definition and the fallback, and tests/test_exact.py and
+// tests/test_bias.py check that both agree bit for bit.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #if defined(__AVX2__)
@@ -388,27 +389,71 @@ inline void query_scores(const int16_t* q, const int16_t* k, int64_t n, int64_t 
   }
 }
 
-// sums[d] += sum_j w[j] * v[j * dim + d] for j < n, d < dim. The weights are integers summing
-// to about 2**16 and |v| <= 127: every product and partial sum is an integer below 2**24, exact
-// in float32 in any order.
-inline void add_weighted_values(const float* w, const float* v, int64_t n, int64_t dim, float* sums) {
+// sums[i * dim + d] += sum_j w[i * w_stride + j] * v[j * dim + d] for queries i < Q, keys j < n
+// and d < dim: each value is read and converted once for all Q queries. The weights are
+// integers summing to about 2**16 and |v| <= 127: every product and partial sum is an integer
+// below 2**24, exact in float32 in any order, fused or not.
+template <int Q>
+inline void add_weighted_values(const float* w, int64_t w_stride, const int8_t* v, int64_t n, int64_t dim,
+                                float* sums) {
   int64_t d0 = 0;
-#if defined(__AVX2__)
-  for (; d0 + 64 <= dim; d0 += 64) {  // 64 dimensions held in eight registers
-    __m256 acc[8];
-    for (int s = 0; s < 8; ++s) acc[s] = _mm256_loadu_ps(sums + d0 + 8 * s);
+#if defined(__AVX512F__)
+  for (; d0 + 64 <= dim; d0 += 64) {  // 64 dimensions in four registers per query
+    __m512 acc[Q][4];
+    for (int i = 0; i < Q; ++i)
+      for (int s = 0; s < 4; ++s) acc[i][s] = _mm512_loadu_ps(sums + i * dim + d0 + 16 * s);
     for (int64_t j = 0; j < n; ++j) {
-      const __m256 wj = _mm256_broadcast_ss(w + j);
-      const float* vr = v + j * dim + d0;
-      for (int s = 0; s < 8; ++s) acc[s] = _mm256_add_ps(acc[s], _mm256_mul_ps(wj, _mm256_loadu_ps(vr + 8 * s)));
+      const int8_t* vj = v + j * dim + d0;
+      __m512 x[4];
+      for (int s = 0; s < 4; ++s)
+        x[s] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(vj + 16 * s))));
+      for (int i = 0; i < Q; ++i) {
+        const __m512 wj = _mm512_set1_ps(w[i * w_stride + j]);
+        for (int s = 0; s < 4; ++s) acc[i][s] = _mm512_fmadd_ps(wj, x[s], acc[i][s]);
+      }
     }
-    for (int s = 0; s < 8; ++s) _mm256_storeu_ps(sums + d0 + 8 * s, acc[s]);
+    for (int i = 0; i < Q; ++i)
+      for (int s = 0; s < 4; ++s) _mm512_storeu_ps(sums + i * dim + d0 + 16 * s, acc[i][s]);
+  }
+#elif defined(__AVX2__) && defined(__FMA__)
+  for (; d0 + 16 <= dim; d0 += 16) {  // 16 dimensions in two registers per query
+    __m256 acc[Q][2];
+    for (int i = 0; i < Q; ++i)
+      for (int s = 0; s < 2; ++s) acc[i][s] = _mm256_loadu_ps(sums + i * dim + d0 + 8 * s);
+    for (int64_t j = 0; j < n; ++j) {
+      const int8_t* vj = v + j * dim + d0;
+      __m256 x[2];
+      for (int s = 0; s < 2; ++s)
+        x[s] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(vj + 8 * s))));
+      for (int i = 0; i < Q; ++i) {
+        const __m256 wj = _mm256_set1_ps(w[i * w_stride + j]);
+        for (int s = 0; s < 2; ++s) acc[i][s] = _mm256_fmadd_ps(wj, x[s], acc[i][s]);
+      }
+    }
+    for (int i = 0; i < Q; ++i)
+      for (int s = 0; s < 2; ++s) _mm256_storeu_ps(sums + i * dim + d0 + 8 * s, acc[i][s]);
   }
 #endif
-  for (; d0 < dim; ++d0) {
-    float sum = sums[d0];
-    for (int64_t j = 0; j < n; ++j) sum += w[j] * v[j * dim + d0];
-    sums[d0] = sum;
+  for (; d0 < dim; ++d0)
+    for (int i = 0; i < Q; ++i) {
+      float sum = sums[i * dim + d0];
+      for (int64_t j = 0; j < n; ++j) sum += w[i * w_stride + j] * static_cast<float>(v[j * dim + d0]);
+      sums[i * dim + d0] = sum;
+    }
+}
+
+// add_weighted_values for any number of queries, up to four at a time (registers).
+inline void add_weighted_values(int64_t queries, const float* w, int64_t w_stride, const int8_t* v, int64_t n,
+                                int64_t dim, float* sums) {
+  for (int64_t i = 0; i < queries; i += 4) {
+    const float* wi = w + i * w_stride;
+    float* si = sums + i * dim;
+    switch (std::min<int64_t>(4, queries - i)) {
+      case 4: add_weighted_values<4>(wi, w_stride, v, n, dim, si); break;
+      case 3: add_weighted_values<3>(wi, w_stride, v, n, dim, si); break;
+      case 2: add_weighted_values<2>(wi, w_stride, v, n, dim, si); break;
+      default: add_weighted_values<1>(wi, w_stride, v, n, dim, si); break;
+    }
   }
 }
 
@@ -445,9 +490,11 @@ torch::Tensor attention_cached(torch::Tensor q, torch::Tensor q_scale, torch::Te
   }
   const int64_t sink_end = std::min(sinks, lo);
   // One (row, key/value head) at a time, with all its queries: each key and value is read and
-  // converted once for all of them.
+  // converted once for all of them. Each query's weights are spread over the keys some query
+  // attends, zero where it does not: a zero weight adds exactly nothing.
   at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> acc(queries * keys), w(keys), scaled(keys), e(keys), values(hi * dim), packed(3 * keys), sums(dim);
+    std::vector<float> acc(queries * keys), spread(queries * keys), w(keys), scaled(keys), e(keys), packed(3 * keys),
+        factors(queries), sums(queries * dim);
     std::vector<int16_t> qi(queries * dim);  // |q| <= 511: int16 products summed in int32
     for (int64_t b = begin; b < end; ++b) {
       const int16_t* kb = kp + b * k_stride;
@@ -457,22 +504,22 @@ torch::Tensor attention_cached(torch::Tensor q, torch::Tensor q_scale, torch::Te
         float* scores = acc.data() + i * keys;
         query_scores(qi.data() + i * dim, kb, sink_end, dim, scores);
         query_scores(qi.data() + i * dim, kb + lo * dim, hi - lo, dim, scores + lo);
-      }
-      for (int64_t j = 0; j < sink_end * dim; ++j) values[j] = static_cast<float>(vb[j]);
-      for (int64_t j = lo * dim; j < hi * dim; ++j) values[j] = static_cast<float>(vb[j]);
-      for (int64_t i = 0; i < queries; ++i) {
-        const int64_t row = b * queries + i;
         const Visible seen(pp[i], keys, window, sinks);
-        const float factor = query_weights(
-            seen.pack(acc.data() + i * keys, packed.data()), seen.pack(ksp + b * ks_stride, packed.data() + keys),
-            seen.pack(vsp + b * vs_stride, packed.data() + 2 * keys), qsp[row], seen.count(), w.data(), scaled.data(),
-            e.data());
-        std::fill(sums.begin(), sums.end(), 0.0f);
-        add_weighted_values(w.data(), values.data(), seen.sink_end, dim, sums.data());
-        add_weighted_values(w.data() + seen.sink_end, values.data() + seen.first * dim, seen.end - seen.first, dim,
-                            sums.data());
-        for (int64_t d = 0; d < dim; ++d) op[row * dim + d] = sums[d] * factor;
+        factors[i] = query_weights(
+            seen.pack(scores, packed.data()), seen.pack(ksp + b * ks_stride, packed.data() + keys),
+            seen.pack(vsp + b * vs_stride, packed.data() + 2 * keys), qsp[b * queries + i], seen.count(), w.data(),
+            scaled.data(), e.data());
+        float* wi = spread.data() + i * keys;
+        std::fill(wi, wi + sink_end, 0.0f);
+        std::fill(wi + lo, wi + hi, 0.0f);
+        std::copy(w.data(), w.data() + seen.sink_end, wi);
+        std::copy(w.data() + seen.sink_end, w.data() + seen.count(), wi + seen.first);
       }
+      std::fill(sums.begin(), sums.end(), 0.0f);
+      add_weighted_values(queries, spread.data(), keys, vb, sink_end, dim, sums.data());
+      add_weighted_values(queries, spread.data() + lo, keys, vb + lo * dim, hi - lo, dim, sums.data());
+      for (int64_t i = 0; i < queries; ++i)
+        for (int64_t d = 0; d < dim; ++d) op[(b * queries + i) * dim + d] = sums[i * dim + d] * factors[i];
     }
   });
   return out;

@@ -79,6 +79,10 @@ def test_kernels_give_the_torch_codes_bits(torch_only, monkeypatch):
             *exact.quantize(torch.cat([x[:4096].view(64, 64).T, torch.zeros(1, 64)]), 511),  # strided, a zero row
             exact.attention(q, scales[0], k, scales[1], v, scales[2], positions),
             exact.attention(q[..., :3, :], scales[0][..., :3, :], k.short(), scales[1], v.char(), scales[2], step),
+            exact.attention(q, scales[0], k.short(), scales[1], v.char(), scales[2], positions),  # 12 queries
+            exact.attention(
+                q[..., :5, :], scales[0][..., :5, :], k.short(), scales[1], v.char(), scales[2], positions[:5]
+            ),
             exact.attention(q, scales[0], k, scales[1], v, scales[2], positions, window=7),  # sliding window
             exact.attention(q[..., :3, :], scales[0][..., :3, :], k.short(), scales[1], v.char(), scales[2], step, 7),
             exact.attention(q, scales[0], k, scales[1], v, scales[2], positions, 7, 3),  # and attention sinks
