@@ -33,7 +33,7 @@ def one(model: str, spec: str, nbytes: int | None, level: int) -> dict[str, obje
         raise SystemExit(f"level {level}: the round trip of {spec} failed")
     return result | {
         "level": level,
-        "chunk_size": compressor.chunk_size,
+        "chunk_size": compressor.stats.chunk_size,
         "window": compressor.stats.window,
         "side_models": compressor.stats.side_models,
         "tokens": compressor.stats.tokens,

@@ -612,9 +612,10 @@ def scale_tables() -> list[Table]:
             for p in r["projected_enwik8"]
         ]  # fmt: skip
         last = r["measured"][-1]
+        chunk_size = settings.get("enwik8_chunk_size", settings["chunk_size"])  # older results: no growth
         caption = (f"enwik8 projected from the measured {last['workers']}-worker run above ({last['threads']} "
                    f"thread{'s' if last['threads'] > 1 else ''} a worker): "
-                   f"batches of {settings['enwik8_batch_size']} chunks of {settings['chunk_size']} tokens, "
+                   f"batches of {settings['enwik8_batch_size']} chunks of {chunk_size} tokens, "
                    f"{settings['tokens_per_byte']} tokens/byte, each worker coding as fast as one did there "
                    f"({_rates(last)}, over the workers' own coding time), plus the measured start")  # fmt: skip
         columns = ["workers", "batches", "rounds of batches", "compress hours", "decompress hours"]

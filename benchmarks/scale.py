@@ -115,14 +115,16 @@ def main() -> None:
 def save_report(args: argparse.Namespace, name: str, data: bytes, single: Compressor, rows: list[dict]) -> None:
     """The settings measured so far and enwik8 projected from the last (saved after each setting)."""
     tokens_per_byte = single.stats.tokens / len(data)
-    projection = project(rows, tokens_per_byte, single.chunk_size, DEFAULT_BATCH_SIZE)
+    enwik8_chunk_size = single.chunk_size_for(math.ceil(ENWIK8_BYTES * tokens_per_byte))
+    projection = project(rows, tokens_per_byte, enwik8_chunk_size, DEFAULT_BATCH_SIZE)
     for p in projection:
         print(f"enwik8 on {p['workers']} workers (projected): {p}", flush=True)
     report = {
         "machine": machine(),
         "settings": {"input": name, "bytes": len(data), "level": args.level, "batch_size": args.batch_size,
-                     "model": args.model, "chunk_size": single.chunk_size, "tokens_per_byte": round(tokens_per_byte, 4),
-                     "enwik8_batch_size": DEFAULT_BATCH_SIZE},
+                     "model": args.model, "chunk_size": single.stats.chunk_size,
+                     "tokens_per_byte": round(tokens_per_byte, 4), "enwik8_batch_size": DEFAULT_BATCH_SIZE,
+                     "enwik8_chunk_size": enwik8_chunk_size},
         "measured": rows,
         "projected_enwik8": projection,
     }  # fmt: skip

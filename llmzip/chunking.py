@@ -41,7 +41,8 @@ def read_blocks(stream: BinaryIO, size: int) -> Iterator[bytes]:
 
 
 class TokenChunks(Sequence[np.ndarray]):
-    """A stream's token ids on disk; item i is chunk i (`chunk_size` ids, the last maybe fewer)."""
+    """A stream's token ids on disk; item i is chunk i (`chunk_size` ids, the last maybe fewer).
+    `chunk_size` may be set after reading, from the token count."""
 
     def __init__(self, stream: BinaryIO, tokenizer: ByteTokenizer, chunk_size: int) -> None:
         """Read and tokenize `stream` to its end."""

@@ -129,9 +129,10 @@ def _level_options(f: Callable) -> Callable:
         level = LEVELS[n]
         sees = "each token sees its whole chunk" if level.window is None else f"window {level.window}"
         sees += ", side models" if level.side else ""
+        more = "" if level.window is None else " (more on large files)"
         default = " (default)" if n == DEFAULT_LEVEL else ""
         f = click.option(f"-{n}", "level", type=int, flag_value=n,
-                         help=f"Level {n}{default}: chunks of {level.chunk_size} tokens, {sees}.")(f)  # fmt: skip
+                         help=f"Level {n}{default}: chunks of {level.chunk_size} tokens{more}, {sees}.")(f)  # fmt: skip
     return f
 
 

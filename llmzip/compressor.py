@@ -31,7 +31,7 @@ from .errors import (
     UnsupportedVersionError,
     WrongModelError,
 )
-from .levels import BEST, DEFAULT_LEVEL, FASTEST, LEVELS, Level
+from .levels import BEST, DEFAULT_LEVEL, FASTEST, LEVELS, Level, chunk_size_for
 from .models import LoadedModel, exact_model, load_model
 from .predictor import (
     ExactModel,
@@ -55,6 +55,7 @@ class CodingStats:
     input_bytes: int = 0
     tokens: int = 0
     chunks: int = 0
+    chunk_size: int = 0  # tokens per chunk (the last may have fewer)
     window: int | None = None  # the attention window coded with (None: whole chunks)
     side_models: bool = False
     raw_chunks: int = 0
@@ -189,6 +190,7 @@ class Compressor:
             if asked and self.precision != EXACT:
                 raise InvalidOptionError(f"{what} the exact predictor, not precision {self.precision}")
         self.level, self.chunk_size, self.window = level, *self._geometry(LEVELS[level], chunk_size, window)
+        self.chunk_size_given = chunk_size is not None
         self.side_models = (LEVELS[level].side if side_models is None else side_models) and self.precision == EXACT
         self.device_option, self.device = device, resolve_device(device)
         self.cluster = cluster
@@ -209,8 +211,19 @@ class Compressor:
         if self.precision != EXACT:
             return chunk_size or level.window or level.chunk_size, None
         if chunk_size is None:
-            chunk_size = min(level.chunk_size, (self._context() - 1) * 15 // 16)
+            chunk_size = min(level.chunk_size, self._longest_chunk())
         return chunk_size, level.window if window is None else window
+
+    def _longest_chunk(self) -> int:
+        """The longest chunk a level codes: 15/16 of the model's context (the rest for steering)."""
+        return (self._context() - 1) * 15 // 16
+
+    def chunk_size_for(self, tokens: int) -> int:
+        """Tokens per chunk for an input of `tokens` tokens: the chunk size asked for, else the
+        level's, grown on large inputs where a window bounds the attention (`levels.chunk_size_for`)."""
+        if self.chunk_size_given:
+            return self.chunk_size
+        return chunk_size_for(self.chunk_size, self.window, tokens, self._longest_chunk())
 
     def _context(self) -> int:
         """Positions the model takes (the largest chunk size where it does not say)."""
@@ -251,9 +264,10 @@ class Compressor:
             )
         started = time.perf_counter()
         with closing(TokenChunks(stream, self.model.tokenizer, self.chunk_size)) as chunks:
+            chunks.chunk_size = self.chunk_size_for(chunks.tokens)
             auto = steer is None and self.steer[0] == "auto"
             if steer is None and self.steer[0] != "text":  # before minutes of training, not after
-                self._check_context(int(self.steer[1]))
+                self._check_context(int(self.steer[1]), chunks.chunk_size)
             steer = steer or self._steering(*self.steer, chunks, on_train_step)
             trained_seconds = time.perf_counter() - started
             if auto and steer.kind != "none":
@@ -294,9 +308,8 @@ class Compressor:
             )
         return Steering()
 
-    def _check_context(self, prefix_length: int, chunk_size: int | None = None) -> None:
+    def _check_context(self, prefix_length: int, chunk_size: int) -> None:
         """Chunk and prefix must fit the model's context (the decoder checks an archive's the same way)."""
-        chunk_size = chunk_size or self.chunk_size
         context = self._context()
         if chunk_size + prefix_length >= context:  # the start token takes one position
             raise InvalidOptionError(
@@ -311,15 +324,16 @@ class Compressor:
         cluster's workers), into a payload spool; return the archive and its stats."""
         tokenizer = self.model.tokenizer
         prefix = steer.prefix(tokenizer, embedding_width(self.model))
-        self._check_context(0 if prefix is None else len(prefix))
+        self._check_context(0 if prefix is None else len(prefix), chunks.chunk_size)
         batch_size = balanced_batch_size(len(chunks), self.batch_size)
-        longest = min(chunks.tokens, self.chunk_size)
+        longest = min(chunks.tokens, chunks.chunk_size)
         window = self.window if self.window is not None and self.window < longest else None  # else it changes nothing
         plan = Plan(self.precision, batch_size, steer.to_bytes(), window, side.VERSION if self.side_models else 0)
         stats = CodingStats(
             input_bytes=chunks.input_bytes,
             tokens=chunks.tokens,
             chunks=len(chunks),
+            chunk_size=chunks.chunk_size,
             window=window,
             side_models=self.side_models,
             steering=steer.describe(),
@@ -360,7 +374,7 @@ class Compressor:
             model_name=self.model.name,
             model_fingerprint=self.model.fingerprint,
             roles=tokenizer.roles,
-            chunk_size=self.chunk_size,
+            chunk_size=chunks.chunk_size,
             batch_size=batch_size,
             threads=self.threads,
             precision=self.precision,

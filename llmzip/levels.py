@@ -5,8 +5,9 @@ models (`side.py`) code along.
 
 Longer chunks restart the context less often and a longer window sees more of it; both cost
 time: a window of 2048 makes a decoding step about 1.5x as long as one of 1024 (SmolLM2, 60
-rows), and longer chunks leave fewer rows to step together on small inputs. Figures per level:
-benchmarks/levels.py and README's levels table.
+rows), and longer chunks leave fewer rows to step together on small inputs. With a window, a
+token costs the same however long its chunk is, so a level's chunks grow on large inputs
+(`chunk_size_for`). Figures per level: benchmarks/levels.py and README's levels table.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Level:
-    chunk_size: int  # tokens
+    chunk_size: int  # tokens; with a window, the least (`chunk_size_for`)
     window: int | None  # tokens; None: each token sees its whole chunk
     side: bool = True  # side models: an adaptive bias (bias.py), a match model and an adaptive map (side.py)
 
@@ -34,3 +35,16 @@ LEVELS = {
 }
 DEFAULT_LEVEL = 6
 FASTEST, BEST = min(LEVELS), max(LEVELS)
+# Rows a decoding step needs before its cost per row levels off (SmolLM2, window 1024, Intel
+# Xeon AVX-512: 8.3 ms per row at 8 rows, 4.4 at 35, 4.0 at 64).
+STEP_ROWS = 32
+
+
+def chunk_size_for(chunk_size: int, window: int | None, tokens: int, longest: int) -> int:
+    """Tokens per chunk for an input of `tokens` tokens at a level of `chunk_size` and `window`.
+    With a window, longer chunks cost no time per token and save cold starts, but leave fewer
+    rows to step together: chunks grow, up to `longest`, while the input still fills STEP_ROWS
+    of them."""
+    if window is None:
+        return chunk_size
+    return max(chunk_size, min(longest, -(-tokens // STEP_ROWS)))

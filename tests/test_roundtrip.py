@@ -6,9 +6,9 @@ from conftest import byte_level_tokenizer, tiny_model
 from test_tokenization import SAMPLES
 
 import llmzip
-from llmzip import Compressor, InvalidOptionError, WrongModelError, container
+from llmzip import Compressor, InvalidOptionError, WrongModelError, container, levels
 from llmzip.compressor import balanced_batch_size
-from llmzip.levels import BEST, DEFAULT_LEVEL, FASTEST, LEVELS
+from llmzip.levels import BEST, DEFAULT_LEVEL, FASTEST, LEVELS, Level, chunk_size_for
 
 
 @pytest.mark.parametrize("data", SAMPLES, ids=range(len(SAMPLES)))
@@ -108,6 +108,29 @@ def test_levels_set_chunk_size_and_window(tiny):
     assert Compressor(tiny, level=BEST, chunk_size=100, window=7).chunk_size == 100
     floats = Compressor(tiny, level=DEFAULT_LEVEL, precision="fp32")  # no window: its chunks are the window long
     assert (floats.chunk_size, floats.window) == (LEVELS[DEFAULT_LEVEL].window, None)
+
+
+def test_a_windowed_levels_chunks_grow_while_the_input_fills_enough_rows():
+    rows = levels.STEP_ROWS
+    assert chunk_size_for(4096, None, 10**7, 7679) == 4096  # no window: a token's cost grows with its chunk
+    assert chunk_size_for(4096, 1024, 1000, 7679) == 4096  # small input: the level's
+    assert chunk_size_for(4096, 1024, rows * 5000 + 1, 7679) == 5001  # rows chunks, the last one shorter
+    assert chunk_size_for(4096, 1024, 10**7, 7679) == 7679  # large input: the longest
+
+
+def test_the_archive_holds_the_grown_chunk_size(tiny, monkeypatch):
+    """The decoder reads the chunk size the encoder chose from the header."""
+    monkeypatch.setitem(LEVELS, 2, Level(16, 8))
+    monkeypatch.setattr(levels, "STEP_ROWS", 2)
+    data = b"the rain and the sun and the wind " * 12
+    compressor = Compressor(tiny, level=2)
+    archive = compressor.compress(data)
+    header = container.unpack(archive)[0]
+    tokens = compressor.stats.tokens
+    assert header.chunk_size == compressor.stats.chunk_size == -(-tokens // 2) > 16
+    assert len(header.chunks) == 2 and header.window == 8
+    assert compressor.decompress(archive) == data
+    assert container.unpack(Compressor(tiny, level=2, chunk_size=16).compress(data))[0].chunk_size == 16  # given: kept
 
 
 def test_module_level_api(tiny):
