@@ -18,6 +18,8 @@ learning from each step's rows: what the encoder's lockstep forward is for.
 
 from __future__ import annotations
 
+import signal
+import threading
 from collections.abc import Callable
 
 import constriction
@@ -33,6 +35,27 @@ from .tokenization import TokenRoles
 # Fast quantization: every symbol gets at least the smallest representable probability.
 CODER_MODEL = constriction.stream.model.Categorical(perfect=False)
 MIN_PROBABILITY = 2.0**-24  # constriction's default range coder has 24-bit probabilities
+
+
+def _load_numpy_api() -> None:
+    """Make constriction load NumPy's C API now. Its Rust side loads it on the first array it
+    sees, running Python code (a NumPy version check); a Ctrl-C landing there becomes a Rust
+    panic with a traceback instead of KeyboardInterrupt. So load it here, with SIGINT held."""
+    handler = signal.getsignal(signal.SIGINT)
+    hold = threading.current_thread() is threading.main_thread() and handler is not None
+    held: list[int] = []
+    if hold:
+        signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        constriction.stream.queue.RangeEncoder().encode(np.zeros(1, np.int32), CODER_MODEL, np.ones((1, 2)) / 2)
+    finally:
+        if hold:
+            signal.signal(signal.SIGINT, handler)
+    if held:
+        signal.raise_signal(signal.SIGINT)  # to the handler restored
+
+
+_load_numpy_api()
 
 Progress = Callable[[np.ndarray], None]  # called with the symbols coded at each step
 

@@ -110,6 +110,20 @@ def test_an_interrupted_compress_leaves_nothing(big, tiny_dir, tmp_path):
     assert not out.exists() and temps(tmp_path) == [] and digest(source) == before
 
 
+def test_coding_runs_no_python_inside_constriction():
+    """Ctrl-C reaches Python code only: the first array constriction sees runs NumPy's version
+    check from Rust, where one became a Rust panic (CI, stop 27); importing llmzip runs it first."""
+    code = """
+import sys, numpy as np, llmzip.coding as c
+symbols, probs, called = np.zeros(3, np.int32), np.full((3, 4), 0.25), []
+sys.setprofile(lambda frame, event, arg: event == "call" and called.append(frame.f_code.co_name))
+c.constriction.stream.queue.RangeEncoder().encode(symbols, c.CODER_MODEL, probs)
+sys.setprofile(None)
+print(called)
+"""
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
+
+
 def test_a_failing_write_removes_the_temp_file(tmp_path):
     def blocks():
         yield b"some data"
