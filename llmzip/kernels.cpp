@@ -356,6 +356,12 @@ torch::Tensor linear(torch::Tensor x, torch::Tensor packed, int64_t n, torch::Te
   return out;
 }
 
+// Keys (and values) read this far ahead of their use: a decoding step streams every layer's cache
+// from memory, (row, head) by (row, head), and the hardware prefetcher stops at each 4 KB page;
+// asking for them early keeps the stream at the memory's bandwidth (attention 10% faster, SmolLM2,
+// 38 rows, window 1024, Intel Xeon AVX-512).
+constexpr int64_t kPrefetchKeys = 64;
+
 // Scores of one query against keys 0..n-1: out[j] = sum_d q[d] * k[j * dim + d], int16 products
 // summed in int32 (dim * max|q| * max|k| < 2**24 for the exact models: the integers float32 would give).
 inline void query_scores(const int16_t* q, const int16_t* k, int64_t n, int64_t dim, float* out) {
@@ -364,6 +370,8 @@ inline void query_scores(const int16_t* q, const int16_t* k, int64_t n, int64_t 
   if (dim % 16 == 0) {
     for (; j + 8 <= n; j += 8) {  // eight keys, each summed in a lane of its own vector
       const int16_t* kb = k + j * dim;
+      for (int64_t byte = 0; byte < 8 * dim * 2; byte += 64)
+        __builtin_prefetch(reinterpret_cast<const char*>(kb + kPrefetchKeys * dim) + byte);
       __m256i r[8];
       for (int t = 0; t < 8; ++t) r[t] = _mm256_setzero_si256();
       for (int64_t d = 0; d < dim; d += 16) {
@@ -404,6 +412,7 @@ inline void add_weighted_values(const float* w, int64_t w_stride, const int8_t* 
       for (int s = 0; s < 4; ++s) acc[i][s] = _mm512_loadu_ps(sums + i * dim + d0 + 16 * s);
     for (int64_t j = 0; j < n; ++j) {
       const int8_t* vj = v + j * dim + d0;
+      __builtin_prefetch(vj + kPrefetchKeys * dim);
       __m512 x[4];
       for (int s = 0; s < 4; ++s)
         x[s] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(vj + 16 * s))));
@@ -422,6 +431,7 @@ inline void add_weighted_values(const float* w, int64_t w_stride, const int8_t* 
       for (int s = 0; s < 2; ++s) acc[i][s] = _mm256_loadu_ps(sums + i * dim + d0 + 8 * s);
     for (int64_t j = 0; j < n; ++j) {
       const int8_t* vj = v + j * dim + d0;
+      __builtin_prefetch(vj + kPrefetchKeys * dim);
       __m256 x[2];
       for (int s = 0; s < 2; ++s)
         x[s] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(vj + 8 * s))));
