@@ -539,7 +539,7 @@ def levels_tables() -> list[Table]:
         for x in sorted(r["levels"], key=lambda x: x["level"]):
             window = "whole chunk" if x["window"] is None else _n(x["window"])
             speeds = [_n(x["compress_bytes_per_s"]), _n(x["decompress_bytes_per_s"])]
-            side = "yes" if x.get("side_models") else "no"  # runs before side models existed lack the key
+            side = _side_models(x.get("side_models"))
             rows.append([label, f"-{x['level']}", _n(x["chunk_size"]), window, side, f"{x['bits_per_byte']:.4f}",
                          *speeds, _n(x["peak_rss_mb"])])  # fmt: skip
         for name in ("xz -9e", "brotli -11"):
@@ -561,6 +561,14 @@ def levels_tables() -> list[Table]:
     return [Table("levels", caption, columns, rows, f"{_source(found)} Peers (benchmarks/peers.json): {cited}")]
 
 
+def _side_models(recorded: bool | int | None) -> str:
+    """The side models a run coded with: their version where it recorded it, "yes" where it recorded
+    only that it had them (runs of versions 1 to 3), "no" where none or before they existed."""
+    if type(recorded) is int and recorded:
+        return f"v{recorded}"
+    return "yes" if recorded else "no"
+
+
 def side_tables() -> list[Table]:
     found = _load("side_models*.json")
     rows = []
@@ -572,13 +580,14 @@ def side_tables() -> list[Table]:
             classical = [f"{x['baselines'][name]['bits_per_byte']:.4f}" for name in ("xz -9e", "brotli -11")]
             whole = r["settings"]["bytes"] is None
             label = x["file"] if whole else _label(x["file"], x["bytes"], FULL_SIZES)
-            rows.append([label, x["kind"], *sizes, f"{x['gain_percent']:+.2f}%", *speeds, *classical])
+            version = _side_models(x.get("side_models_version", True))
+            rows.append([label, x["kind"], version, *sizes, f"{x['gain_percent']:+.2f}%", *speeds, *classical])
     if not rows:
         return []
     level = found[0][1]["settings"]["level"]
-    columns = ["input", "kind", "bits/byte without", "with side models", "smaller by", "compress B/s without",
-               "with", "decompress B/s with", "xz -9e", "brotli -11"]  # fmt: skip
-    caption = f"Side models (match model and adaptive map) at level -{level}, SmolLM2, real archives"
+    columns = ["input", "kind", "side models", "bits/byte without", "with side models", "smaller by",
+               "compress B/s without", "with", "decompress B/s with", "xz -9e", "brotli -11"]  # fmt: skip
+    caption = f"Side models at level -{level}, SmolLM2, real archives"
     return [Table("side_models", caption, columns, rows, _source(found))]
 
 

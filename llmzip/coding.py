@@ -13,7 +13,8 @@ batch's first coded chunk carries it before its tokens (varint byte count, then 
 encoder takes the guesses from the tokens first, codes each chunk's tokens teacher-forced, and
 then the flags. One flag stream per batch, not per chunk: a stream's last word is overhead.
 From side models version 3 an adaptive bias (`bias.py`) corrects the model's weights first,
-learning from each step's rows: what the encoder's lockstep forward is for.
+learning from each step's rows: what the encoder's lockstep forward is for; from version 4 token
+n-grams (`ngrams.py`) are mixed in next, learning the same way.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from . import side
 from .bias import AdaptiveBias
 from .container import Reader, varint
 from .errors import CorruptArchiveError
+from .ngrams import NgramMixer
 from .predictor import ExactPredictor, Predictor
 from .tokenization import TokenRoles
 
@@ -143,10 +145,11 @@ def _encode_forced(
     progress: Progress | None,
     guessed: list[np.ndarray | None],
     head: AdaptiveBias | None,
+    mixed: bool,
 ) -> tuple[list[bytes], float, list[np.ndarray | None]]:
     """The chunks coded from teacher-forced probabilities, all in lockstep as the decoder steps
-    them, many positions per forward; an adaptive bias learns from each step's rows in the
-    decoder's order. Returns each chunk's coded tokens, the ideal bits, and the model's
+    them, many positions per forward; an adaptive bias (and, if `mixed`, token n-grams) learns
+    from each step's rows in the decoder's order. Returns each chunk's coded tokens, the ideal bits, and the model's
     probability of each guess (where `guessed`)."""
     live = [r for r, c in enumerate(chunks) if len(c)]  # an empty chunk's row stays idle
     encoders = [constriction.stream.queue.RangeEncoder() for _ in chunks]
@@ -159,13 +162,19 @@ def _encode_forced(
     for k, r in enumerate(live):
         inputs[k, 1 : lengths[k]] = roles.model_inputs(chunks[r][:-1])
         targets[k, : lengths[k]] = chunks[r]
+    mixer = NgramMixer([chunks[r] for r in live]) if mixed else None
     bits = 0.0
     predictor.start(len(live), inputs.shape[1])
     first = 0
     for probs in predictor.forced(inputs):
         if head is not None:
             for t in range(first, first + probs.shape[1]):
-                head.learn(head.apply(probs[:, t - first]), targets[:, t])
+                step, active = probs[:, t - first], np.flatnonzero(lengths > t)
+                biased = head.apply(step)
+                mixture = mixer.mix(t, active, step) if mixer else {}
+                head.learn(biased, targets[:, t])
+                if mixer:
+                    mixer.learn(t, active, mixture)
         coded = []
         for k, r in enumerate(live):
             span = slice(first, min(first + probs.shape[1], int(lengths[k])))
@@ -220,16 +229,18 @@ def encode_batch(
     progress: Progress | None = None,
     adaptive: side.AdaptiveMap | None = None,
     biased: bool = False,
+    mixed: bool = False,
 ) -> tuple[list[bytes], bytes, float]:
     """Code each chunk (an empty chunk leaves its row idle); return each chunk's coded tokens,
     the batch's flags and the ideal code length, sum of -log2 p over the coded tokens and
     flags, in bits. With an adaptive map (exact predictors) the side models code along, the
     map learns, and `carry_flags` then puts the flags where the decoder reads them; without,
-    the flags are empty. `biased`: with the batch's adaptive bias (exact predictors)."""
+    the flags are empty. `biased`: with the batch's adaptive bias, `mixed`: and its token n-grams
+    (exact predictors)."""
     if predictor.exact:
         guessed, match_lengths = side.guesses(chunks) if adaptive else ([None] * len(chunks), None)
         head = AdaptiveBias(predictor.alphabet_size) if biased else None
-        tokens, bits, guess_probs = _encode_forced(predictor, chunks, roles, progress, guessed, head)
+        tokens, bits, guess_probs = _encode_forced(predictor, chunks, roles, progress, guessed, head, mixed)
         if adaptive is None:
             return tokens, b"", bits
         flags, flag_bits = _encode_flags(adaptive, chunks, guessed, match_lengths, guess_probs)
@@ -281,10 +292,11 @@ def decode_batch(
     progress: Progress | None = None,
     adaptive: side.AdaptiveMap | None = None,
     biased: bool = False,
+    mixed: bool = False,
 ) -> list[np.ndarray]:
     """Decode `lengths[i]` tokens from each payload (length 0 leaves the row idle); with an
     adaptive map, as the side models coded them (the map learns along); `biased`: with the
-    batch's adaptive bias."""
+    batch's adaptive bias, `mixed`: and its token n-grams."""
     payloads, flags = list(payloads), b""
     if adaptive and (carrier := _carrier(lengths)) is not None:
         flags, payloads[carrier] = _split(payloads[carrier])
@@ -293,9 +305,11 @@ def decode_batch(
     tokens = [np.zeros(n, dtype=np.int64) for n in lengths]
     match = side.MatchModel(tokens)
     head = AdaptiveBias(predictor.alphabet_size) if biased else None
+    mixer = NgramMixer(tokens) if mixed else None
 
     def code_step(t: int, active: np.ndarray, probs: np.ndarray) -> np.ndarray:
         biased = head.apply(probs) if head else None
+        mixture = mixer.mix(t, active, probs) if mixer else {}
         guesses = {r: g for r in active if adaptive and (g := match.guess(r, t)) is not None}
         rows = np.array(list(guesses), dtype=np.int64)
         chances = side.guess_probabilities(probs, rows, np.array([g for g, _ in guesses.values()], np.int64))
@@ -317,6 +331,8 @@ def decode_batch(
         coded[active] = [tokens[r][t] for r in active]
         if head:
             head.learn(biased, coded)
+        if mixer:
+            mixer.learn(t, active, mixture)
         if adaptive:
             match.advance(t, active)
         return coded[active]

@@ -57,7 +57,7 @@ class CodingStats:
     chunks: int = 0
     chunk_size: int = 0  # tokens per chunk (the last may have fewer)
     window: int | None = None  # the attention window coded with (None: whole chunks)
-    side_models: bool = False
+    side_models: int = 0  # the side models' version coded with (side.VERSION); 0: none
     raw_chunks: int = 0
     payload_bytes: int = 0
     archive_bytes: int = 0
@@ -335,7 +335,7 @@ class Compressor:
             chunks=len(chunks),
             chunk_size=chunks.chunk_size,
             window=window,
-            side_models=self.side_models,
+            side_models=plan.side_models,
             steering=steer.describe(),
         )
         starts = range(0, len(chunks), batch_size)
@@ -438,8 +438,9 @@ class Compressor:
             while True:
                 rows = [np.empty(0, np.int64) if r else c for c, r in zip(batch, raw, strict=True)]
                 adaptive = side.AdaptiveMap() if plan.side_models else None
+                mixed = plan.side_models >= side.NGRAMS_FROM
                 coded, flags, ideal_bits = encode_batch(
-                    predictor, rows, tokenizer.roles, on_symbols, adaptive, biased=adaptive is not None
+                    predictor, rows, tokenizer.roles, on_symbols, adaptive, adaptive is not None, mixed
                 )
                 on_symbols = None  # progress counts each byte once
                 grown = [i for i, p in enumerate(coded) if not raw[i] and len(p) >= sizes[i]]
@@ -493,7 +494,7 @@ class Compressor:
         self._check_context(0 if prefix is None else len(prefix), header.chunk_size)
         if header.side_models and header.machine_bound:  # no encoder writes them: float rows differ
             raise CorruptArchiveError("invalid header: side models on a machine-bound archive")
-        if header.side_models and (version := header.side_models_version) != side.VERSION:
+        if header.side_models and (version := header.side_models_version) not in side.READABLE:
             raise UnsupportedVersionError(f"archive uses side models version {version}, unknown to this llmzip")
         # An exact archive decodes in any thread count and, without side models, in any batch.
         bound = header.machine_bound or header.side_models
@@ -544,7 +545,8 @@ class Compressor:
         adaptive = side.AdaptiveMap() if plan.side_models else None
         roles = self.model.tokenizer.roles
         lengths = [e.tokens for e in entries]
-        tokens = decode_batch(predictor, coded, lengths, roles, on_symbols, adaptive, biased=adaptive is not None)
+        mixed = plan.side_models >= side.NGRAMS_FROM
+        tokens = decode_batch(predictor, coded, lengths, roles, on_symbols, adaptive, adaptive is not None, mixed)
         return [p if e.raw else self.model.tokenizer.decode(t) for e, p, t in zip(entries, stored, tokens, strict=True)]
 
     def decompress(self, archive: bytes, progress: ByteProgress | None = None) -> bytes:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 class Level:
     chunk_size: int  # tokens; with a window, the least (`chunk_size_for`)
     window: int | None  # tokens; None: each token sees its whole chunk
-    side: bool = True  # side models: an adaptive bias (bias.py), a match model and an adaptive map (side.py)
+    side: bool = True  # side models: adaptive bias, token n-grams, match model, adaptive map (side.py)
 
 
 LEVELS = {

@@ -139,9 +139,11 @@ class ExactPredictor:
 
     def _weights(self, logits: torch.Tensor) -> np.ndarray:
         # Escape symbols beyond the vocabulary get weight 0; the coder lifts every symbol to its
-        # smallest representable probability.
+        # smallest representable probability. They are zeroed at every call: the caller writes
+        # into the array it got (side models' n-gram counts), escapes included.
         if self.weights.shape[0] != len(logits):
             self.weights = torch.zeros(len(logits), self.alphabet_size, dtype=torch.float64)
+        self.weights[:, logits.shape[-1] :] = 0
         return exact.softmax_weights(logits.cpu(), self.weights).numpy()
 
 

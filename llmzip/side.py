@@ -11,8 +11,9 @@ t. The match model indexes all of them, row by row at each step, and the map lea
 row's flags in the same order: repeated lines in one chunk teach the others. So the batch
 grouping is part of the archive (the decoder runs the encoder's). Each batch starts a new map,
 so batches code independently, on any worker (cluster.py). The weights these models see are
-the adaptive bias's (bias.py). Versions 1 and 2 (no bias; version 1 carried the map from batch
-to batch) were written by llmzip 0.4's forwards only, which this llmzip refuses.
+the adaptive bias's (bias.py), and from version 4 their mixture with token n-grams (ngrams.py).
+Versions 1 and 2 (no bias; version 1 carried the map from batch to batch) were written by
+llmzip 0.4's forwards only, which this llmzip refuses.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-VERSION = 3  # what archives record (container.SIDE_EXTENSION): these models, the adaptive bias, these constants
+VERSION = 4  # what archives record (container.SIDE_EXTENSION): these models, the adaptive bias, these constants
+READABLE = (3, 4)  # version 3: without token n-grams
+NGRAMS_FROM = 4  # the first version that mixes token n-grams in
 MIN_MATCH = 3  # tokens a match starts from (simulated: 2 saves 0.1-0.2% more on prose, 3 saves 3.8% more on JSON)
 FIXED_SCALE = 2.0**32  # the language model's weights (at most 1) as integers floor(w * 2**32)
 PROB_BITS = 16  # probabilities passed between the models: integers over 2**16

@@ -91,6 +91,8 @@ TINY_ARCHIVES = {
     "-window": (TEXTS["tiny"] * 3, ("--chunk-size", "600", "--window", "8", "--steer", "random:2")),
     "-side": (TEXTS["tiny"] * 3, ("--chunk-size", "300", "--window", "8", "--batch-size", "2", "--steer", "random:2")),
 }
+# The same, coded by side models version 3 (no token n-grams) as llmzip wrote them before 4: golden only.
+LEGACY_ARCHIVES = {"-side-v3": TINY_ARCHIVES["-side"][0]}
 
 
 @pytest.fixture(scope="module", params=["tiny", "tiny-gemma3"])
@@ -106,6 +108,8 @@ def tiny_archives(request, tmp_path_factory):
             compress(model, text, golden, *flags)
         archives[f"golden{kind}"], archives[f"fresh{kind}"] = golden, folder / f"fresh{kind}.lz"
         compress(model, text, archives[f"fresh{kind}"], *flags)
+    for kind in LEGACY_ARCHIVES:
+        archives[f"golden{kind}"] = GOLDEN / f"alice1200-{request.param}{kind}.lz"
     return archives
 
 
@@ -116,13 +120,14 @@ FLOAT_CHANGERS = ("as installed", "ATEN_CPU_CAPABILITY=default", "DNNL_MAX_CPU_I
 @pytest.mark.parametrize("environment", ENVIRONMENTS)
 def test_tiny_models_decode_in_every_environment(tiny_archives, tmp_path, environment):
     names = ["golden", "fresh"]
-    names += ["golden-window", "golden-side"] if environment in FLOAT_CHANGERS else []
+    names += ["golden-window", "golden-side", "golden-side-v3"] if environment in FLOAT_CHANGERS else []
     names += ["fresh-window", "fresh-side"] if environment == "as installed" else []
+    texts = {kind: text for kind, (text, _) in TINY_ARCHIVES.items()} | LEGACY_ARCHIVES
     archives = {}
     for name in names:
         copy = tmp_path / f"{name}.lz"
         copy.write_bytes(tiny_archives[name].read_bytes())
-        archives[name] = copy, TINY_ARCHIVES[name.removeprefix("golden").removeprefix("fresh")][0]
+        archives[name] = copy, texts[name.removeprefix("golden").removeprefix("fresh")]
     decode_everywhere(archives, tiny_archives["model"], environment, GEOMETRIES)
 
 
