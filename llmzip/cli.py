@@ -517,7 +517,7 @@ def _describe_level(h: Header) -> str:
     whether side models coded along."""
     sees = "each token sees its whole chunk" if h.window is None else f"window {h.window} tokens"
     if h.side_models:
-        sees += ", side models"
+        sees += f", side models v{h.side_models_version}"
     if (level := h.extensions.get(container.LEVEL_EXTENSION)) is None:
         return sees
     return f"{container.Reader(level).varint()}, {sees}"

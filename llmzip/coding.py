@@ -149,8 +149,8 @@ def _encode_forced(
 ) -> tuple[list[bytes], float, list[np.ndarray | None]]:
     """The chunks coded from teacher-forced probabilities, all in lockstep as the decoder steps
     them, many positions per forward; an adaptive bias (and, if `mixed`, token n-grams) learns
-    from each step's rows in the decoder's order. Returns each chunk's coded tokens, the ideal bits, and the model's
-    probability of each guess (where `guessed`)."""
+    from each step's rows in the decoder's order. Returns each chunk's coded tokens, the ideal
+    bits, and the model's probability of each guess (where `guessed`)."""
     live = [r for r, c in enumerate(chunks) if len(c)]  # an empty chunk's row stays idle
     encoders = [constriction.stream.queue.RangeEncoder() for _ in chunks]
     guess_probs = [None if g is None else np.zeros(len(g), dtype=np.int64) for g in guessed]
