@@ -55,7 +55,8 @@ def main() -> None:
                 raise SystemExit(f"{name}: the round trip with side models failed")
             key = "with_side_models" if side_models else "without"
             row[key] = result
-            row["side_models_version"] = compressor.stats.side_models or row.get("side_models_version", 0)
+            if side_models:
+                row["side_models_version"] = compressor.stats.side_models
         row["gain_percent"] = round(
             100 * (1 - row["with_side_models"]["archive_bytes"] / row["without"]["archive_bytes"]), 2
         )

@@ -89,6 +89,11 @@ class Plan:
     window: int | None
     side_models: int  # side.py's version; 0: none
 
+    @property
+    def ngrams(self) -> bool:
+        """Side models that mix token n-grams in (version 4 on)."""
+        return self.side_models >= side.NGRAMS_FROM
+
 
 Job = tuple[list[bytes], list[ChunkEntry]]  # a batch to decode: stored payloads and their entries
 
@@ -438,9 +443,8 @@ class Compressor:
             while True:
                 rows = [np.empty(0, np.int64) if r else c for c, r in zip(batch, raw, strict=True)]
                 adaptive = side.AdaptiveMap() if plan.side_models else None
-                mixed = plan.side_models >= side.NGRAMS_FROM
                 coded, flags, ideal_bits = encode_batch(
-                    predictor, rows, tokenizer.roles, on_symbols, adaptive, adaptive is not None, mixed
+                    predictor, rows, tokenizer.roles, on_symbols, adaptive, adaptive is not None, plan.ngrams
                 )
                 on_symbols = None  # progress counts each byte once
                 grown = [i for i, p in enumerate(coded) if not raw[i] and len(p) >= sizes[i]]
@@ -545,8 +549,8 @@ class Compressor:
         adaptive = side.AdaptiveMap() if plan.side_models else None
         roles = self.model.tokenizer.roles
         lengths = [e.tokens for e in entries]
-        mixed = plan.side_models >= side.NGRAMS_FROM
-        tokens = decode_batch(predictor, coded, lengths, roles, on_symbols, adaptive, adaptive is not None, mixed)
+        biased = adaptive is not None
+        tokens = decode_batch(predictor, coded, lengths, roles, on_symbols, adaptive, biased, plan.ngrams)
         return [p if e.raw else self.model.tokenizer.decode(t) for e, p, t in zip(entries, stored, tokens, strict=True)]
 
     def decompress(self, archive: bytes, progress: ByteProgress | None = None) -> bytes:

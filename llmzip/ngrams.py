@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .side import FIXED_SCALE  # the model's weights (at most 1) as integers floor(w * 2**32)
+
 ORDERS = (1, 2, 3, 4)  # context lengths in tokens (simulated on enwik5: 5 and 6 add 0.02%)
 WEIGHT_BITS = 16  # each order's weights are integers summing to 2**16
 ONE = 1 << WEIGHT_BITS
@@ -31,7 +33,6 @@ MODEL_START = ONE * 9 // 10  # the language model's first weight; the orders sha
 RATE_BITS = 6  # learning rate 1/64 (simulated: 1/100 to 1/20 within 0.05%)
 FLOOR = ONE >> 10  # no weight falls below 1/1024: a model that was wrong can come back
 PROB_BITS = 32  # probabilities while learning: integers over 2**32
-FIXED_SCALE = 2.0**PROB_BITS  # the model's weights (at most 1) as integers floor(w * 2**32)
 
 
 @dataclass
