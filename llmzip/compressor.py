@@ -39,6 +39,7 @@ from .predictor import (
     FloatPredictor,
     Predictor,
     default_precision,
+    exact_architecture,
     forward_name,
     has_exact,
 )
@@ -84,6 +85,7 @@ class Plan:
     batch is coded."""
 
     precision: str
+    forward: str  # the implementation computing the probabilities (forward_name; an archive's step)
     rows: int  # chunks per batch
     steering: bytes  # Steering.to_bytes()
     window: int | None
@@ -333,7 +335,8 @@ class Compressor:
         batch_size = balanced_batch_size(len(chunks), self.batch_size)
         longest = min(chunks.tokens, chunks.chunk_size)
         window = self.window if self.window is not None and self.window < longest else None  # else it changes nothing
-        plan = Plan(self.precision, batch_size, steer.to_bytes(), window, side.VERSION if self.side_models else 0)
+        forward, side_models = forward_name(self.model.model, self.precision), side.VERSION if self.side_models else 0
+        plan = Plan(self.precision, forward, batch_size, steer.to_bytes(), window, side_models)
         stats = CodingStats(
             input_bytes=chunks.input_bytes,
             tokens=chunks.tokens,
@@ -425,7 +428,7 @@ class Compressor:
         else:
             self.prepare()
             assert self._exact_model is not None
-            predictor = ExactPredictor(self._exact_model, alphabet_size, prefix, plan.window)
+            predictor = ExactPredictor(self._exact_model, alphabet_size, prefix, plan.window, plan.forward)
         self._plan_predictor = plan, predictor
         return predictor
 
@@ -475,8 +478,9 @@ class Compressor:
         if header.precision == EXACT and not has_exact(self.model.model):  # same fingerprint: damaged
             raise CorruptArchiveError("invalid header: exact precision for a model without an exact predictor")
         ours = forward_name(self.model.model, header.precision)
+        computed = exact_architecture(self.model.model).FORWARDS if header.precision == EXACT else (ours,)
         # Other transformers versions may still give the same floats: the CRCs will tell.
-        if header.step != ours and not (_is_transformers(header.step) and _is_transformers(ours)):
+        if header.step not in computed and not (_is_transformers(header.step) and _is_transformers(ours)):
             reader = f", which {FORWARD_READERS[header.step]} decodes" if header.step in FORWARD_READERS else ""
             raise UnsupportedVersionError(
                 f"archive was coded with forward {header.step!r}{reader}; this llmzip runs {ours!r}"
@@ -504,7 +508,7 @@ class Compressor:
         bound = header.machine_bound or header.side_models
         batch = header.batch_size if bound else balanced_batch_size(len(header.chunks), self.batch_size)
         side_models = header.side_models_version if header.side_models else 0
-        plan = Plan(header.precision, batch, steer.to_bytes(), header.window, side_models)
+        plan = Plan(header.precision, header.step, batch, steer.to_bytes(), header.window, side_models)
         threads = decoding_threads(header) if header.machine_bound else self.threads
         batches = enumerate(reader.payload_batches(batch))
         jobs = ((stored, header.chunks[k * batch : (k + 1) * batch]) for k, stored in batches)

@@ -269,11 +269,13 @@ def attention(
     exactly 0, so a query sees the same numbers whether later keys exist (teacher forcing) or
     not (one step with a KV cache).
 
-    k and v may be a cache's int16 and int8 tensors: a few queries (a decoding step) then read
-    them directly in the fused kernel, a quarter and an eighth of float32's memory traffic."""
+    k and v may be a cache's integer tensors (int8 or int16 keys, int8 values): a few queries (a
+    decoding step) then read them directly in the fused kernel, at most a quarter of float32's
+    memory traffic."""
     window = window or NO_WINDOW
     fused = _fused(q, q_scale, k_scale, v_scale)
-    if fused and k.dtype == torch.int16 and v.dtype == torch.int8 and q.shape[-2] <= CACHED_QUERIES:
+    integer_keys = k.dtype in (torch.int8, torch.int16)
+    if fused and integer_keys and v.dtype == torch.int8 and q.shape[-2] <= CACHED_QUERIES:
         flat = [t.reshape(-1, *t.shape[-2:]) for t in (q, q_scale, k, k_scale, v, v_scale)]
         return fused.attention_cached(*flat, positions, window, sinks).view(q.shape)
     k, v = k.float(), v.float()

@@ -96,6 +96,7 @@ class ExactGemma3(PreparedModel):
     """The prepared model: call `forward` with input embeddings and the position of the first."""
 
     NAME = NAME
+    FORWARDS = (NAME,)
     Block = Block
     TENSORS = ("embed", "final_gain")
     config: Gemma3Config
@@ -158,13 +159,19 @@ class ExactGemma3(PreparedModel):
             config, blocks, ExactLinear.of(reads_residual(head)), embed=embed, final_gain=gain("model.norm.weight")
         )
 
-    def new_cache(self, rows: int, positions: int, window: int | None = None, sinks: int = 0) -> KVCache:
+    @staticmethod
+    def key_levels(config: Gemma3Config, forward: str) -> int:
+        return config.qk_levels
+
+    def new_cache(
+        self, rows: int, positions: int, window: int | None = None, sinks: int = 0, forward: str = NAME
+    ) -> KVCache:
         if not self.tables or self.tables[0][0].shape[0] < positions:
             self.tables = [
                 tuple(t.to(self.device) for t in exact.rotary_table(positions, self.config.head_dim, theta))
                 for theta in self.config.rope_theta
             ]
-        return KVCache(self.config, rows, positions, self.device, window, sinks)
+        return KVCache(self.config, self.key_levels(self.config, forward), rows, positions, self.device, window, sinks)
 
     def embed_vectors(self, vectors: Tensor) -> Tensor:
         """Input embeddings given as vectors (steering), as the model reads them."""

@@ -362,15 +362,25 @@ torch::Tensor linear(torch::Tensor x, torch::Tensor packed, int64_t n, torch::Te
 // 38 rows, window 1024, Intel Xeon AVX-512).
 constexpr int64_t kPrefetchKeys = 64;
 
+// Keys as 8 or 16 bits wide in registers: int16 lanes for _mm256_madd_epi16.
+#if defined(__AVX2__)
+inline __m256i load_keys(const int16_t* k) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(k)); }
+inline __m256i load_keys(const int8_t* k) {
+  return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(k)));
+}
+#endif
+
 // Scores of one query against keys 0..n-1: out[j] = sum_d q[d] * k[j * dim + d], int16 products
-// summed in int32 (dim * max|q| * max|k| < 2**24 for the exact models: the integers float32 would give).
-inline void query_scores(const int16_t* q, const int16_t* k, int64_t n, int64_t dim, float* out) {
+// summed in int32 (dim * max|q| * max|k| < 2**24 for the exact models: the integers float32 would
+// give). Keys are int16 or int8 (Key), the same integers either way.
+template <typename Key>
+inline void query_scores(const int16_t* q, const Key* k, int64_t n, int64_t dim, float* out) {
   int64_t j = 0;
 #if defined(__AVX2__)
   if (dim % 16 == 0) {
     for (; j + 8 <= n; j += 8) {  // eight keys, each summed in a lane of its own vector
-      const int16_t* kb = k + j * dim;
-      for (int64_t byte = 0; byte < 8 * dim * 2; byte += 64)
+      const Key* kb = k + j * dim;
+      for (int64_t byte = 0; byte < 8 * dim * static_cast<int64_t>(sizeof(Key)); byte += 64)
         __builtin_prefetch(reinterpret_cast<const char*>(kb + kPrefetchKeys * dim) + byte);
       __m256i r[8];
       for (int t = 0; t < 8; ++t) r[t] = _mm256_setzero_si256();
@@ -378,7 +388,7 @@ inline void query_scores(const int16_t* q, const int16_t* k, int64_t n, int64_t 
         const __m256i qv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + d));
 #pragma GCC unroll 8
         for (int t = 0; t < 8; ++t) {
-          const __m256i kv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kb + t * dim + d));
+          const __m256i kv = load_keys(kb + t * dim + d);
           r[t] = _mm256_add_epi32(r[t], _mm256_madd_epi16(qv, kv));
         }
       }
@@ -467,15 +477,16 @@ inline void add_weighted_values(int64_t queries, const float* w, int64_t w_strid
   }
 }
 
-// exact.attention with the integer cache read directly (int16 keys, int8 values: a quarter and
-// an eighth of float32's memory traffic, which bounds a decoding step): q [B, Q, D] integers,
-// q_scale [B, Q, 1], k [B, T, D] int16, k_scale [B, 1, T], v [B, T, D] int8, v_scale [B, 1, T]
+// exact.attention with the integer cache read directly (int8 or int16 keys, int8 values: at most
+// a quarter of float32's memory traffic, which bounds a decoding step): q [B, Q, D] integers,
+// q_scale [B, Q, 1], k [B, T, D] Key, k_scale [B, 1, T], v [B, T, D] int8, v_scale [B, 1, T]
 // (B may be strided: rows of a larger cache), positions [Q], window and sinks as in
 // attention_weights. The dot products in int32 and the weighted sums are the integers the
 // float32 products give, so the output has their bits.
-torch::Tensor attention_cached(torch::Tensor q, torch::Tensor q_scale, torch::Tensor k, torch::Tensor k_scale,
-                               torch::Tensor v, torch::Tensor v_scale, torch::Tensor positions, int64_t window,
-                               int64_t sinks) {
+template <typename Key>
+torch::Tensor attention_cached_keys(torch::Tensor q, torch::Tensor q_scale, torch::Tensor k, torch::Tensor k_scale,
+                                    torch::Tensor v, torch::Tensor v_scale, torch::Tensor positions, int64_t window,
+                                    int64_t sinks) {
   auto qc = q.contiguous(), qs = q_scale.contiguous(), pos = positions.contiguous();
   const int64_t batch = qc.size(0), queries = qc.size(1), dim = qc.size(2), keys = k.size(1);
   TORCH_CHECK(k.stride(2) == 1 && v.stride(2) == 1 && k.stride(1) == dim && v.stride(1) == dim);
@@ -483,7 +494,7 @@ torch::Tensor attention_cached(torch::Tensor q, torch::Tensor q_scale, torch::Te
   auto out = torch::empty_like(qc);
   const float* qp = qc.data_ptr<float>();
   const float* qsp = qs.data_ptr<float>();
-  const int16_t* kp = k.data_ptr<int16_t>();
+  const Key* kp = k.data_ptr<Key>();
   const int8_t* vp = v.data_ptr<int8_t>();
   const float* ksp = k_scale.data_ptr<float>();
   const float* vsp = v_scale.data_ptr<float>();
@@ -507,7 +518,7 @@ torch::Tensor attention_cached(torch::Tensor q, torch::Tensor q_scale, torch::Te
         factors(queries), sums(queries * dim);
     std::vector<int16_t> qi(queries * dim);  // |q| <= 511: int16 products summed in int32
     for (int64_t b = begin; b < end; ++b) {
-      const int16_t* kb = kp + b * k_stride;
+      const Key* kb = kp + b * k_stride;
       const int8_t* vb = vp + b * v_stride;
       for (int64_t d = 0; d < queries * dim; ++d) qi[d] = static_cast<int16_t>(qp[b * queries * dim + d]);
       for (int64_t i = 0; i < queries; ++i) {
@@ -533,6 +544,15 @@ torch::Tensor attention_cached(torch::Tensor q, torch::Tensor q_scale, torch::Te
     }
   });
   return out;
+}
+
+torch::Tensor attention_cached(torch::Tensor q, torch::Tensor q_scale, torch::Tensor k, torch::Tensor k_scale,
+                               torch::Tensor v, torch::Tensor v_scale, torch::Tensor positions, int64_t window,
+                               int64_t sinks) {
+  TORCH_CHECK(k.scalar_type() == torch::kChar || k.scalar_type() == torch::kShort, "keys must be int8 or int16");
+  if (k.scalar_type() == torch::kChar)
+    return attention_cached_keys<int8_t>(q, q_scale, k, k_scale, v, v_scale, positions, window, sinks);
+  return attention_cached_keys<int16_t>(q, q_scale, k, k_scale, v, v_scale, positions, window, sinks);
 }
 
 // bias.AdaptiveBias.apply over rows: weights [R, V] float64 (any row stride) rewritten in place

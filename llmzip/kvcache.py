@@ -18,24 +18,31 @@ from .prepared import DecoderConfig
 SLACK = 256  # positions written between two slides: at least the longest write, a teacher-forced block
 
 
+def key_dtype(key_levels: int) -> torch.dtype:
+    """The narrowest integer type holding keys in [-key_levels, key_levels]."""
+    return torch.int8 if key_levels <= 127 else torch.int16
+
+
 class KVCache:
-    """Integer keys (int16, |k| <= 511) and values (int8) with their float32 scales, per layer,
-    for `rows` sequences of up to `positions` positions, of which the cache holds the first
-    `sinks` and the last `window` (all of them when window is None)."""
+    """Integer keys (|k| <= key_levels: int8 or int16) and values (int8) with their float32
+    scales, per layer, for `rows` sequences of up to `positions` positions, of which the cache
+    holds the first `sinks` and the last `window` (all of them when window is None)."""
 
     def __init__(
         self,
         config: DecoderConfig,
+        key_levels: int,
         rows: int,
         positions: int,
         device: torch.device,
         window: int | None = None,
         sinks: int = 0,
     ) -> None:
+        self.key_levels = key_levels  # the forward quantizes keys to these levels
         self.rows, self.positions, self.window, self.sinks = rows, positions, window, sinks
         self.capacity = self.slots(positions, window, sinks)
         shape = (config.layers, rows, config.kv_heads, self.capacity)
-        self.keys = torch.zeros(*shape, config.head_dim, dtype=torch.int16, device=device)
+        self.keys = torch.zeros(*shape, config.head_dim, dtype=key_dtype(key_levels), device=device)
         self.values = torch.zeros(*shape, config.head_dim, dtype=torch.int8, device=device)
         self.key_scales = torch.zeros(*shape, device=device)
         self.value_scales = torch.zeros(*shape, device=device)
@@ -47,8 +54,9 @@ class KVCache:
         return positions if window is None else min(positions, sinks + window + SLACK)
 
     @staticmethod
-    def bytes_per_position(config: DecoderConfig) -> int:
-        return config.layers * config.kv_heads * (3 * config.head_dim + 8)
+    def bytes_per_position(config: DecoderConfig, key_levels: int) -> int:
+        key_bytes = key_dtype(key_levels).itemsize
+        return config.layers * config.kv_heads * ((key_bytes + 1) * config.head_dim + 8)
 
     def restart(self) -> None:
         """New sequences over the same steering prefix: its keys stay, first; the rest is overwritten."""
@@ -74,7 +82,7 @@ class KVCache:
         """Store positions start.. of integer k, v [rows, kv_heads, T, head_dim] and scales [rows, kv_heads, T]."""
         first = self.slot(start)
         end = first + k.shape[2]
-        self.keys[layer, :, :, first:end] = k.to(torch.int16)
+        self.keys[layer, :, :, first:end] = k.to(self.keys.dtype)
         self.key_scales[layer, :, :, first:end] = k_scale
         self.values[layer, :, :, first:end] = v.to(torch.int8)
         self.value_scales[layer, :, :, first:end] = v_scale

@@ -6,8 +6,8 @@ into the projections that read the norms, the residual stream is rotated by a Ha
 matrix, each value head and its slice of the output projection by another, and the down
 projection's input by a third, applied online; then every projection is quantized per output
 channel. Rotations spread the outliers that 8-bit activations could not carry. Every
-projection input is quantized per row to 8 bits, queries and keys per head to 10 bits and
-values to 8, and attention runs in integers (`exact.attention`).
+projection input is quantized per row to 8 bits, queries per head to 10 bits, keys and values
+to 8, and attention runs in integers (`exact.attention`).
 
 One forward serves teacher forcing (many positions of a chunk at once, for the encoder) and
 KV-cache steps (one position for many chunks, for the decoder): a position's numbers do not
@@ -28,8 +28,12 @@ from .exact import ExactLinear, attention, hadamard, quantize, quantize_normed, 
 from .kvcache import KVCache
 from .prepared import DecoderConfig, PreparedModel, Projections, decoder_fields
 
-NAME = "llmzip-exact-llama-2"  # archives record it: bump whenever any number computed here changes
-QK_LEVELS = 511  # head_dim * 511**2 < 2**24 for head_dim <= 64: exact scores with 10-bit q and k
+NAME = "llmzip-exact-llama-3"  # archives record it: bump whenever any number computed here changes
+QUERY_LEVELS = 511  # 10-bit queries; head_dim * 511 * KEY_LEVELS < 2**24: exact scores
+# Keys' levels in each forward computed here (all that differs between them): version 2 had
+# 10-bit keys (int16 in the cache), version 3 has 8-bit ones (int8: a decoding step, which
+# streams the whole cache, reads a third less; +0.03% bits on enwik5).
+KEY_LEVELS = {"llmzip-exact-llama-2": 511, NAME: 127}
 V_LEVELS = 127  # attention weights sum to ~2**16, so 2**16 * 127 * (1 + ...) < 2**24
 DOWN_LEVELS = 8191  # the down projection's input before its Hadamard: 13 bits, n * 8191 < 2**24
 
@@ -51,7 +55,7 @@ class LlamaConfig(DecoderConfig):
             and c.hidden_act == "silu"
             and not getattr(c, "attention_bias", False)
             and not getattr(c, "mlp_bias", False)
-            and head_dim * QK_LEVELS**2 < exact.EXACT_SUM
+            and head_dim * QUERY_LEVELS * max(KEY_LEVELS.values()) < exact.EXACT_SUM
             and c.hidden_size <= exact.MAX_PIECE  # exact sums of squares in the norms
         )
         sizes = decoder_fields(model, head_dim) if plain else None
@@ -62,6 +66,7 @@ class ExactLlama(PreparedModel):
     """The prepared model: call `forward` with input embeddings and the position of the first."""
 
     NAME = NAME
+    FORWARDS = tuple(KEY_LEVELS)
     Block = Projections
     config: LlamaConfig
     embed: Tensor  # input embeddings, rotated [vocab, hidden]
@@ -113,11 +118,18 @@ class ExactLlama(PreparedModel):
         embed = exact.rotate_weights(w["model.embed_tokens.weight"], into).float()
         return cls(config, blocks, ExactLinear.of(reads_residual(head, w["model.norm.weight"])), embed=embed)
 
-    def new_cache(self, rows: int, positions: int, window: int | None = None, sinks: int = 0) -> KVCache:
+    @staticmethod
+    def key_levels(config: LlamaConfig, forward: str) -> int:
+        return KEY_LEVELS[forward]
+
+    def new_cache(
+        self, rows: int, positions: int, window: int | None = None, sinks: int = 0, forward: str = NAME
+    ) -> KVCache:
+        """A cache for `forward` (one of FORWARDS): `forward` computes with its keys."""
         if self.cos.shape[0] < positions:
             cos, sin = exact.rotary_table(positions, self.config.head_dim, self.config.rope_theta)
             self.cos, self.sin = cos.to(self.device), sin.to(self.device)
-        return KVCache(self.config, rows, positions, self.device, window, sinks)
+        return KVCache(self.config, self.key_levels(self.config, forward), rows, positions, self.device, window, sinks)
 
     def embed_vectors(self, vectors: torch.Tensor) -> torch.Tensor:
         """Input embeddings given as vectors (steering) in the model's own basis, rotated."""
@@ -143,12 +155,12 @@ class ExactLlama(PreparedModel):
             q = rotary(qkv[:, :, : c.heads], cos, sin)
             k = rotary(qkv[:, :, c.heads : c.heads + c.kv_heads], cos, sin)
             v = qkv[:, :, c.heads + c.kv_heads :]
-            k, k_scale = quantize(k.transpose(1, 2), QK_LEVELS)
+            k, k_scale = quantize(k.transpose(1, 2), cache.key_levels)
             v, v_scale = quantize(v.transpose(1, 2), V_LEVELS)
             cache.write(i, start, k, (k_scale * key_scale).squeeze(-1), v, v_scale.squeeze(-1))
             # [rows, kv_heads, groups * T, head_dim]: each key/value head with all its queries
             q = q.view(rows, length, c.kv_heads, groups, c.head_dim).permute(0, 2, 3, 1, 4)
-            q, q_scale = quantize(q.reshape(rows, c.kv_heads, groups * length, c.head_dim), QK_LEVELS)
+            q, q_scale = quantize(q.reshape(rows, c.kv_heads, groups * length, c.head_dim), QUERY_LEVELS)
             o = attention(q, q_scale, *cache.read(i, end), positions, window, sinks)
             o = o.view(rows, c.kv_heads, groups, length, c.head_dim).permute(0, 3, 1, 2, 4)
             o, o_scale = quantize(o.reshape(rows, length, c.heads * c.head_dim), exact.ACTIVATION_LEVELS)

@@ -85,9 +85,16 @@ class ExactPredictor:
     exact = True
 
     def __init__(
-        self, model: ExactModel, alphabet_size: int, prefix: Prefix | None = None, window: int | None = None
+        self,
+        model: ExactModel,
+        alphabet_size: int,
+        prefix: Prefix | None = None,
+        window: int | None = None,
+        forward: str | None = None,
     ) -> None:
+        """`forward`: which of the model's FORWARDS to compute (an archive's), its newest if None."""
         self.model, self.alphabet_size, self.window = model, alphabet_size, window
+        self.forward = forward or model.NAME
         self.vocab = model.config.vocab
         self.prefix = None if prefix is None else self._embed(torch.as_tensor(prefix))
         self.cache: KVCache | None = None
@@ -111,8 +118,9 @@ class ExactPredictor:
         sinks = self.prefix_length + SINK_TOKENS if self.window else 0
         slots = KVCache.slots(positions, self.window, sinks)
         if self.cache is None or self.cache.rows != rows or self.cache.positions < positions:
-            _check_memory(rows * slots * KVCache.bytes_per_position(self.model.config), rows, slots)
-            self.cache = self.model.new_cache(rows, positions, self.window, sinks)
+            key_levels = self.model.key_levels(self.model.config, self.forward)
+            _check_memory(rows * slots * KVCache.bytes_per_position(self.model.config, key_levels), rows, slots)
+            self.cache = self.model.new_cache(rows, positions, self.window, sinks, self.forward)
             if self.prefix is not None:
                 self.model.forward(self.prefix.expand(rows, -1, -1), 0, self.cache)
         self.cache.restart()
@@ -247,7 +255,10 @@ def state_bytes(model: PreTrainedModel, rows: int, positions: int, alphabet_size
 def cache_bytes(model: PreTrainedModel, precision: str, rows: int, positions: int) -> int:
     """KV cache memory of `rows` sequences of `positions`, exact or float."""
     if precision == EXACT:
-        return rows * positions * KVCache.bytes_per_position(exact_architecture(model).config_of(model))
+        architecture = exact_architecture(model)
+        config = architecture.config_of(model)
+        key_levels = architecture.key_levels(config, architecture.NAME)
+        return rows * positions * KVCache.bytes_per_position(config, key_levels)
     return state_bytes(model, rows, positions, 0, precision)
 
 

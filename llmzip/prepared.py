@@ -66,6 +66,8 @@ class PreparedModel:
     """Blocks (dataclasses of ExactLinear and Tensor fields), an ExactLinear `head` and the
     model-level tensors named in TENSORS; the subclass's constructor takes them by name."""
 
+    NAME: ClassVar[str]  # the forward archives record
+    FORWARDS: ClassVar[tuple[str, ...]]  # the forwards computed: NAME and older ones, whose archives still decode
     Block: ClassVar[type]
     TENSORS: ClassVar[tuple[str, ...]] = ("embed",)
     blocks: list
