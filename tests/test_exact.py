@@ -66,6 +66,7 @@ def test_kernels_give_the_torch_codes_bits(torch_only, monkeypatch):
     long_v = torch.randint(-127, 128, (2, 3, 300, 64), generator=rng).float()
     long_scales = [torch.rand(2, 3, 1, 300, generator=rng) * 1e-3 + 1e-5 for _ in range(2)]
     far = torch.tensor([299, 2, 130])
+    k8 = torch.randint(-127, 128, k.shape, generator=rng).char()  # 8-bit keys (the Llama's forward 3)
 
     def calls() -> list[torch.Tensor]:
         return [
@@ -79,6 +80,16 @@ def test_kernels_give_the_torch_codes_bits(torch_only, monkeypatch):
             *exact.quantize(torch.cat([x[:4096].view(64, 64).T, torch.zeros(1, 64)]), 511),  # strided, a zero row
             exact.attention(q, scales[0], k, scales[1], v, scales[2], positions),
             exact.attention(q[..., :3, :], scales[0][..., :3, :], k.short(), scales[1], v.char(), scales[2], step),
+            exact.attention(q[..., :3, :], scales[0][..., :3, :], k8, scales[1], v.char(), scales[2], step, 7, 3),
+            exact.attention(
+                q[..., :3, :40],
+                scales[0][..., :3, :],
+                k8[..., :40].contiguous(),
+                scales[1],
+                v[..., :40].char(),
+                scales[2],
+                step,
+            ),
             exact.attention(q, scales[0], k.short(), scales[1], v.char(), scales[2], positions),  # 12 queries
             exact.attention(
                 q[..., :5, :], scales[0][..., :5, :], k.short(), scales[1], v.char(), scales[2], positions[:5]

@@ -91,7 +91,8 @@ TINY_ARCHIVES = {
     "-window": (TEXTS["tiny"] * 3, ("--chunk-size", "600", "--window", "8", "--steer", "random:2")),
     "-side": (TEXTS["tiny"] * 3, ("--chunk-size", "300", "--window", "8", "--batch-size", "2", "--steer", "random:2")),
 }
-# The same, coded by side models version 3 (no token n-grams) as llmzip wrote them before 4: golden only.
+# The same, as llmzip wrote them before side models version 4 (no token n-grams) and, for the
+# Llama, before its forward 3 (10-bit keys): golden only.
 LEGACY_ARCHIVES = {"-side-v3": TINY_ARCHIVES["-side"][0]}
 
 

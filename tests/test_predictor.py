@@ -90,6 +90,21 @@ def test_exact_weights_do_not_depend_on_forcing_rows_or_threads(exact_pair, thre
         torch.set_num_threads(old)
 
 
+def test_the_llama_computes_each_of_its_forwards_forced_and_stepped(tiny, exact_tiny):
+    """Forward 3 (8-bit keys) and, for older archives, forward 2 (10-bit keys): each gives the
+    same bits teacher-forced and stepped, from a cache of its own key width, and they differ."""
+    chunk, start_id = tiny.tokenizer.encode(TEXT)[:50], tiny.tokenizer.roles.start_id
+    inputs = np.concatenate([[start_id], chunk[:-1]])
+    forced = []
+    for forward, key_levels in llama.KEY_LEVELS.items():
+        predictor = ExactPredictor(exact_tiny, tiny.tokenizer.alphabet_size, forward=forward)
+        predictor.start(1, len(chunk))
+        forced.append(np.concatenate([w[0].copy() for w in predictor.forced(inputs[None])]))
+        assert predictor.cache.keys.dtype == kvcache.key_dtype(key_levels)
+        assert np.array_equal(_stepped(predictor, 3, chunk, 2, start_id), forced[-1])
+    assert llama.NAME in llama.KEY_LEVELS and not np.array_equal(*forced)
+
+
 def test_a_window_gives_the_same_bits_forced_stepped_and_slid(exact_pair, monkeypatch):
     """With a window (and attention sinks), a chunk longer than the cache holds: teacher forcing
     = KV steps in row 2 of 3, both sliding the cache several times, = a cache that holds every
