@@ -98,11 +98,12 @@ def _source(found: list[tuple[str, dict]]) -> str:
     )
     machines: dict[str, list[str]] = {}  # where -> the files measured there
     for name, report in found:
-        machine = report.get("machine", {})
-        where = f"{machine.get('cpus', '?')}-core {machine.get('cpu', 'CPU')}".strip()
-        if machine.get("torch"):
-            where += f", torch {machine['torch']} ({machine.get('cpu_capability', '')})"
-        machines.setdefault(where, []).append(name)
+        for machine in [report["machine"]] if "machine" in report else [r["machine"] for r in report["rows"]]:
+            where = f"{machine.get('cpus', '?')}-core {machine.get('cpu', 'CPU')}".strip()
+            if machine.get("torch"):
+                where += f", torch {machine['torch']} ({machine.get('cpu_capability', '')})"
+            if name not in machines.setdefault(where, []):
+                machines[where].append(name)
     if len(machines) == 1:
         text = f"Measured on {next(iter(machines))}. Data: {', '.join(f'benchmarks/results/{f}' for f in files)}"
     else:
@@ -561,6 +562,28 @@ def levels_tables() -> list[Table]:
     return [Table("levels", caption, columns, rows, f"{_source(found)} Peers (benchmarks/peers.json): {cited}")]
 
 
+def corpus_tables() -> list[Table]:
+    """Whole corpus files: each level's size beside the classical compressors, and how the default
+    level's compares with level 1's (llmzip 0.2's cold chunks)."""
+    found = _load("corpus.json")
+    if not found:
+        return []
+    ((name, report),) = found
+    levels = sorted({int(k) for r in report["rows"] for k in r["levels"]})
+    rows = []
+    default = report["rows"][-1]["default_level"]
+    for r in report["rows"]:
+        bpb = {int(k): v["bits_per_byte"] for k, v in r["levels"].items()}
+        change = f"{100 * (bpb[default] / bpb[1] - 1):+.1f}%" if {1, default} <= bpb.keys() else ""
+        sizes = [f"{bpb[n]:.4f}" if n in bpb else "not measured" for n in levels]
+        classical = [f"{r['baselines'][b]:.4f}" for b in ("xz -9e", "brotli -11")]
+        rows.append([r["file"], _n(r["bytes"]), *sizes, change, *classical, r["machine"]["commit"]])
+    columns = ["file", "bytes", *(f"-{n} bits/byte" for n in levels), f"-{default} vs -1", "xz -9e",
+               "brotli -11", "llmzip commit"]  # fmt: skip
+    caption = "Whole corpus files (SmolLM2), compressed only: exact archives, whose sizes do not depend on the machine"
+    return [Table("corpus", caption, columns, rows, _source([(name, report)]))]
+
+
 def _side_models(recorded: bool | int | None) -> str:
     """The side models a run coded with: their version where it recorded it, "yes" where it recorded
     only that it had them (runs of versions 1 to 3), "no" where none or before they existed."""
@@ -637,6 +660,7 @@ def scale_tables() -> list[Table]:
 def all_tables() -> list[Table]:
     return [
         *levels_tables(),
+        *corpus_tables(),
         *side_tables(),
         *scale_tables(),
         *roundtrip_tables(),
