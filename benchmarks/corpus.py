@@ -4,12 +4,12 @@ does any file get larger at the default? Sizes beside the classical compressors.
     python benchmarks/corpus.py                       # every file of the corpus folder
     python benchmarks/corpus.py paper1 progc --levels 1,6
 
-Compression only: sizes are what this table is for (levels.py times both directions and checks
-the round trip; the test suite proves that decoding gives the coded bytes back). An exact
-archive's size depends on the file, the model and the llmzip commit, not on the machine, so a
-long corpus can be measured a few files per run: rows accumulate in
-benchmarks/results/corpus.json, one per file, replaced when the file is measured again, each
-with the commit and machine that measured it.
+Compression only, and no speeds: sizes are what this table is for (levels.py times both
+directions and checks the round trip; the test suite proves that decoding gives the coded bytes
+back). An exact archive's size depends on the file, the model and the llmzip commit, not on the
+machine or its load, so a long corpus can be measured a few files per run, beside other work:
+rows accumulate in benchmarks/results/corpus.json, one per file, replaced when the file is
+measured again, each with the commit and machine that measured it.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def main() -> None:
         sizes = {}
         for level in levels:
             result = round_trip(Compressor(loaded, level=level), data, verify=False)
-            sizes[str(level)] = {k: result[k] for k in ("archive_bytes", "bits_per_byte", "compress_bytes_per_s")}
+            sizes[str(level)] = {k: result[k] for k in ("archive_bytes", "bits_per_byte")}  # no speeds: any load
         rows[name] = {
             "file": name,
             "bytes": len(data),
