@@ -7,9 +7,10 @@ does any file get larger at the default? Sizes beside the classical compressors.
 Compression only, and no speeds: sizes are what this table is for (levels.py times both
 directions and checks the round trip; the test suite proves that decoding gives the coded bytes
 back). An exact archive's size depends on the file, the model and the llmzip commit, not on the
-machine or its load, so a long corpus can be measured a few files per run, beside other work:
-rows accumulate in benchmarks/results/corpus.json, one per file, replaced when the file is
-measured again, each with the commit and machine that measured it.
+machine or its load (but for the few header bytes that name the torch and CPU kernels), so a
+long corpus can be measured a few files per run, beside other work: rows accumulate in
+benchmarks/results/corpus.json, one per file, replaced when the file is measured again, each
+with the commit and machine that measured it.
 """
 
 from __future__ import annotations

@@ -580,7 +580,7 @@ def corpus_tables() -> list[Table]:
         rows.append([r["file"], _n(r["bytes"]), *sizes, change, *classical, r["machine"]["commit"]])
     columns = ["file", "bytes", *(f"-{n} bits/byte" for n in levels), f"-{default} vs -1", "xz -9e",
                "brotli -11", "llmzip commit"]  # fmt: skip
-    caption = "Whole corpus files (SmolLM2), compressed only: exact archives, whose sizes do not depend on the machine"
+    caption = "Whole corpus files (SmolLM2), compressed only (exact archives: sizes independent of the machine)"
     return [Table("corpus", caption, columns, rows, _source([(name, report)]))]
 
 
