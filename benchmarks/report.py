@@ -571,14 +571,14 @@ def corpus_tables() -> list[Table]:
     ((name, report),) = found
     levels = sorted({int(k) for r in report["rows"] for k in r["levels"]})
     rows = []
-    default = report["rows"][-1]["default_level"]
     for r in report["rows"]:
         bpb = {int(k): v["bits_per_byte"] for k, v in r["levels"].items()}
+        default = r["default_level"]  # of the commit that measured the row
         change = f"{100 * (bpb[default] / bpb[1] - 1):+.1f}%" if {1, default} <= bpb.keys() else ""
         sizes = [f"{bpb[n]:.4f}" if n in bpb else "not measured" for n in levels]
         classical = [f"{r['baselines'][b]:.4f}" for b in ("xz -9e", "brotli -11")]
         rows.append([r["file"], _n(r["bytes"]), *sizes, change, *classical, r["machine"]["commit"]])
-    columns = ["file", "bytes", *(f"-{n} bits/byte" for n in levels), f"-{default} vs -1", "xz -9e",
+    columns = ["file", "bytes", *(f"-{n} bits/byte" for n in levels), "default vs -1", "xz -9e",
                "brotli -11", "llmzip commit"]  # fmt: skip
     caption = "Whole corpus files (SmolLM2), compressed only (exact archives: sizes independent of the machine)"
     return [Table("corpus", caption, columns, rows, _source([(name, report)]))]

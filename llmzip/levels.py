@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .chunking import DEFAULT_BATCH_SIZE
+
 
 @dataclass(frozen=True)
 class Level:
@@ -37,7 +39,7 @@ DEFAULT_LEVEL = 6
 FASTEST, BEST = min(LEVELS), max(LEVELS)
 # Rows a decoding step needs before its cost per row levels off: a default batch (SmolLM2, window
 # 1024, 8-bit keys, Intel Xeon AVX-512, one process: 4.92 ms per row at 38 rows, 4.47 at 64).
-STEP_ROWS = 64
+STEP_ROWS = DEFAULT_BATCH_SIZE
 
 
 def chunk_size_for(chunk_size: int, window: int | None, tokens: int, longest: int) -> int:
