@@ -122,7 +122,9 @@ class Worker:
         figures = self.load()
         assert self.compressor is not None
         id_nbytes = self.compressor.model.tokenizer.id_nbytes
-        self.board.started.remote(index)
+        # Waited for: the result must not reach the driver before the board counts this start
+        # (a retry), or the driver's last snapshot can miss it.
+        _ray().get(self.board.started.remote(index))
         coded, reported = 0, time.perf_counter()
 
         def on_symbols(symbols: np.ndarray) -> None:
