@@ -444,6 +444,7 @@ def speed_tables() -> list[Table]:
             _label(r["settings"]["file"], r["bytes"], FULL_SIZES),
             _n(r["tokens"]),
             r["settings"]["precision"],
+            str(r["settings"].get("level", "not recorded")),
             _n(r["compress"]["bytes_per_s"]),
             _n(r["decompress"]["bytes_per_s"]),
             f"{_n(r['teacher_forced']['tokens_per_s'])} "
@@ -467,6 +468,7 @@ def speed_tables() -> list[Table]:
                 "input",
                 "tokens",
                 "precision",
+                "level",
                 "compress B/s",
                 "decompress B/s",
                 "HF teacher-forced tok/s",

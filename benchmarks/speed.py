@@ -6,8 +6,10 @@ Reports tokens/s and bytes/s of compress and decompress (model already loaded), 
 teacher-forced forward over the same chunks at the same rows and threads (the practical upper
 bound), their ratio ("efficiency"), peak RSS, and a cProfile breakdown of each direction:
 model forward, probabilities (softmax and copy), range coding, and the rest (Python).
-Results go to benchmarks/results/speed_[<model>_]<file>_<bytes>[_<precision>]_<cpu>.json: the
-model and precision where not the defaults, the CPU always (common.machine_tag).
+`--level` sets the window and side models (default: the default level); chunks stay
+`--chunk-size` tokens. Results go to
+benchmarks/results/speed_[<model>_]<file>_<bytes>[_<precision>][_level<N>]_<cpu>.json: the model,
+precision and level where not the defaults, the CPU always (common.machine_tag).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from llmzip.aliases import DEFAULT_MODEL
 from llmzip.chunking import DEFAULT_BATCH_SIZE
 from llmzip.compressor import torch_threads
 from llmzip.container import EXACT, PRECISIONS
-from llmzip.levels import FASTEST, LEVELS
+from llmzip.levels import DEFAULT_LEVEL, FASTEST, LEVELS
 from llmzip.predictor import FloatPredictor, default_precision
 
 SLICE = 256  # teacher-forced positions per forward: 26 rows x 256 x 49152 float32 logits = 1.3 GB
@@ -86,6 +88,7 @@ def main() -> None:
     parser.add_argument("file", type=Path)
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--bytes", type=int, default=None, help="code only this prefix of the file")
+    parser.add_argument("--level", type=int, choices=sorted(LEVELS), default=DEFAULT_LEVEL, help="window, side models")
     parser.add_argument("--chunk-size", type=int, default=LEVELS[FASTEST].chunk_size)
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -96,7 +99,12 @@ def main() -> None:
     args.precision = args.precision or default_precision(loaded.model)
     float_precision = "bf16" if default_precision(None) == "bf16" else "fp32"  # the machine's fast float forward
     compressor = Compressor(
-        loaded, chunk_size=args.chunk_size, batch_size=args.batch_size, threads=args.threads, precision=args.precision
+        loaded,
+        level=args.level,
+        chunk_size=args.chunk_size,
+        batch_size=args.batch_size,
+        threads=args.threads,
+        precision=args.precision,
     )
     archive, c_seconds, c_parts = profile(lambda: compressor.compress(data))
     restored, d_seconds, d_parts = profile(lambda: compressor.decompress(archive))
@@ -128,7 +136,8 @@ def main() -> None:
     print(json.dumps(report, indent=2))
     model = "" if args.model == DEFAULT_MODEL else f"{Path(args.model).name}_"
     precision = "" if args.precision == default_precision(loaded.model) else f"_{args.precision}"
-    save(f"speed_{model}{args.file.name}_{len(data)}{precision}_{machine_tag(report['machine'])}.json", report)
+    level = "" if args.level == DEFAULT_LEVEL else f"_level{args.level}"
+    save(f"speed_{model}{args.file.name}_{len(data)}{precision}{level}_{machine_tag(report['machine'])}.json", report)
 
 
 if __name__ == "__main__":

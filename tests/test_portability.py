@@ -132,6 +132,14 @@ def test_tiny_models_decode_in_every_environment(tiny_archives, tmp_path, enviro
     decode_everywhere(archives, tiny_archives["model"], environment, GEOMETRIES)
 
 
+# Short chunks (made on an Intel Xeon), and the default level's side models over the text twice
+# in chunks of 300 tokens with a window of 8, so that the cache slides (made on an AMD EPYC).
+SMOLLM2_ARCHIVES = {
+    "": (TEXTS["smollm2-135m"], ("--chunk-size", "128")),
+    "-window": (TEXTS["smollm2-135m"] * 2, ("--chunk-size", "300", "--window", "8")),
+}
+
+
 @pytest.mark.real_model
 @pytest.mark.parametrize(
     ("environment", "geometry"),
@@ -139,14 +147,16 @@ def test_tiny_models_decode_in_every_environment(tiny_archives, tmp_path, enviro
     # together they cover every thread count and batch size.
     [(env, GEOMETRIES[(k * 4) % len(GEOMETRIES)]) for k, env in enumerate(ENVIRONMENTS)],
 )
-def test_smollm2_golden_archive_decodes_in_every_environment(tmp_path, environment, geometry):
-    golden = GOLDEN / "alice1200-smollm2.lz"
-    text = TEXTS["smollm2-135m"]
-    if os.environ.get("LLMZIP_WRITE_GOLDEN") and not golden.exists():
-        compress("smollm2-135m", text, golden, "--chunk-size", "128")
-    copy = tmp_path / "archive.lz"
-    copy.write_bytes(golden.read_bytes())
-    decode_everywhere({"smollm2": (copy, text)}, "smollm2-135m", environment, [geometry])
+def test_smollm2_golden_archives_decode_in_every_environment(tmp_path, environment, geometry):
+    archives = {}
+    for kind, (text, flags) in SMOLLM2_ARCHIVES.items():
+        golden = GOLDEN / f"alice1200-smollm2{kind}.lz"
+        if os.environ.get("LLMZIP_WRITE_GOLDEN") and not golden.exists():
+            compress("smollm2-135m", text, golden, *flags)
+        copy = tmp_path / f"archive{kind}.lz"
+        copy.write_bytes(golden.read_bytes())
+        archives[f"smollm2{kind}"] = copy, text
+    decode_everywhere(archives, "smollm2-135m", environment, [geometry])
 
 
 @pytest.mark.real_model
