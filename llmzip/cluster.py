@@ -3,8 +3,8 @@ and a driver that hands batches out and takes results back in order.
 
 A batch of an exact archive codes to the same bytes wherever it runs (side models start afresh
 in each batch), so the archive does not depend on how many workers there are, of what kind or
-where. Ray does the placing and the fault tolerance: a worker that dies is restarted, on another
-node where it must, and its batch is coded again. `pip install 'llmzip[ray]'`.
+where. Ray does the placing and restarts a worker that dies (on another node where it must); the
+driver then hands the dead worker's batch to it again. `pip install 'llmzip[ray]'`.
 """
 
 from __future__ import annotations
@@ -27,8 +27,12 @@ if TYPE_CHECKING:
     from .compressor import CodedBatch, Compressor, Job, Plan
     from .container import ChunkEntry
 
-RESTARTS = 3  # times a dead worker is restarted, and its batch retried, before the run fails
+RESTARTS = 3  # times a dead worker is restarted, and a batch retried, before the run fails
 REPORT_SECONDS = 0.5  # how often workers report progress and the driver looks
+
+
+class WorkerDied(ClusterError):
+    """A worker process ended (killed, out of memory, node lost) while it held a call."""
 
 
 @dataclass(frozen=True)
@@ -54,25 +58,19 @@ class WorkerFigures:
 
 
 class Board:
-    """A Ray actor: bytes coded so far per batch in flight, and how often each batch started,
-    for one map of batches at a time."""
+    """A Ray actor: bytes coded so far per batch in flight, for one map of batches at a time."""
 
     def __init__(self) -> None:
         self.reset()
 
     def reset(self) -> None:
         self.coded: dict[int, int] = {}
-        self.starts: dict[int, int] = {}
-
-    def started(self, index: int) -> None:
-        self.coded[index] = 0
-        self.starts[index] = self.starts.get(index, 0) + 1
 
     def advanced(self, index: int, coded: int) -> None:
         self.coded[index] = coded
 
-    def snapshot(self) -> tuple[dict[int, int], int]:
-        return dict(self.coded), sum(n - 1 for n in self.starts.values())
+    def snapshot(self) -> dict[int, int]:
+        return dict(self.coded)
 
 
 class Worker:
@@ -122,9 +120,7 @@ class Worker:
         figures = self.load()
         assert self.compressor is not None
         id_nbytes = self.compressor.model.tokenizer.id_nbytes
-        # Waited for: the result must not reach the driver before the board counts this start
-        # (a retry), or the driver's last snapshot can miss it.
-        _ray().get(self.board.started.remote(index))
+        self.board.advanced.remote(index, 0)  # a retry starts from nothing
         coded, reported = 0, time.perf_counter()
 
         def on_symbols(symbols: np.ndarray) -> None:
@@ -266,7 +262,9 @@ class Cluster:
         ray = _ray()
         for worker in self.workers:
             ray.kill(worker)
-        actor = ray.remote(max_restarts=RESTARTS, max_task_retries=RESTARTS)(Worker)
+        # Ray restarts a dead worker; the driver, not Ray, submits its batch again, so that it
+        # knows every retry (one Ray retries can die before its worker reports anything).
+        actor = ray.remote(max_restarts=RESTARTS, max_task_retries=0)(Worker)
         gpus = 0 if spec.device == "cpu" else min(self.gpus, self.size)
         self.workers = [
             actor.options(num_cpus=self.threads, num_gpus=int(k < gpus)).remote(spec, self.threads, self.board_name)
@@ -303,9 +301,9 @@ class Cluster:
         ray = _ray()
         idle = list(self._start(spec))
         ray.get(self.board.reset.remote())
-        retried = self.retries
         plan_ref = ray.put(plan)
-        running: dict[Any, tuple[int, Any]] = {}  # result ref -> (job index, worker)
+        running: dict[Any, tuple[int, Any, tuple]] = {}  # result ref -> (job index, worker, job)
+        tries: dict[int, int] = {}  # job index -> times its worker died coding it
         finished: dict[int, Any] = {}
         jobs, submitted, emitted = iter(jobs), 0, 0
         done_bytes, shown = 0, 0
@@ -317,20 +315,27 @@ class Cluster:
                     exhausted = True
                     break
                 worker = idle.pop()
-                running[getattr(worker, method).remote(submitted, plan_ref, *job)] = (submitted, worker)
+                running[getattr(worker, method).remote(submitted, plan_ref, *job)] = (submitted, worker, job)
                 submitted += 1
             if not running and not finished:
                 break
             ready, _ = ray.wait(list(running), num_returns=1, timeout=REPORT_SECONDS) if running else ([], [])
             for ref in ready:
-                index, worker = running.pop(ref)
+                index, worker, job = running.pop(ref)
+                try:
+                    result, coded, figures = self._get(ref)
+                except WorkerDied as e:
+                    tries[index] = tries.get(index, 0) + 1
+                    if tries[index] > RESTARTS:
+                        raise ClusterError(f"batch {index} was tried {tries[index]} times; {e}") from e
+                    self.retries += 1
+                    running[getattr(worker, method).remote(index, plan_ref, *job)] = (index, worker, job)
+                    continue
                 idle.append(worker)
-                result, coded, figures = self._get(ref)
                 finished[index] = result
                 done_bytes += coded
                 self.figures[figures.name] = figures
-            in_flight, retries = ray.get(self.board.snapshot.remote())
-            self.retries = retried + retries
+            in_flight = ray.get(self.board.snapshot.remote())
             if progress is not None:
                 now = done_bytes + sum(n for i, n in in_flight.items() if i >= emitted and i not in finished)
                 progress(now - shown)
@@ -350,4 +355,4 @@ class Cluster:
                 raise e.cause from None
             raise ClusterError(f"a worker failed: {type(e.cause).__name__}: {e.cause}") from e
         except ray.exceptions.RayActorError as e:
-            raise ClusterError(f"a worker died {RESTARTS + 1} times: {str(e).splitlines()[0]}") from e
+            raise WorkerDied(f"a worker died: {str(e).splitlines()[0]}") from e
