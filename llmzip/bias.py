@@ -51,40 +51,44 @@ class AdaptiveBias:
     """One batch's bias over the alphabet, shared by its chunks as the decoder steps them in
     lockstep: `apply` turns a step's rows of model weights into the weights the coder uses,
     `learn` takes the tokens coded at that step, so every row of a step sees the bias of the
-    steps before. kernels.cpp computes both in one pass; the numpy code here is the definition
-    and the fallback."""
+    steps before. kernels.cpp computes `apply` and its rows' share of learning in one pass per
+    row; the numpy code here is the definition and the fallback."""
 
     def __init__(self, alphabet_size: int) -> None:
         self.bias = np.zeros(alphabet_size, dtype=np.int64)  # units of 2**-16 bits
+        self.pull = np.zeros(alphabet_size, dtype=np.int64)  # this step's learning rows: sum of RATE * q
         self.kernels = kernels()
 
-    def apply(self, weights: np.ndarray) -> np.ndarray:
+    def apply(self, weights: np.ndarray, learning: np.ndarray) -> None:
         """Rewrite rows of the model's weights (float64 [rows, alphabet], largest exactly 1) in
-        place as weights * 2**bias, still at most 1 (integers times a power of two: float64
-        holds them exactly); return them as those integers, for `learn`."""
+        place as weights * 2**bias, still at most 1: integers floor(w * 2**26) * MULTIPLIERS[bias]
+        over 2**46, which float64 holds exactly. The rows where `learning` (bool
+        [rows]) is true will learn from their tokens (`learn`): their pull RATE * q_y (q: the
+        rewritten row, normalized) is summed now, while each row is in cache. Integer sums
+        (at most 2**(26 + 20 + 16)) fit int64 and commute, so the rows' order does not matter."""
         shift, low_step = FINE_BITS - STEP_BITS, LOW << STEP_BITS
         if self.kernels:
             scales = 2.0**WEIGHT_BITS, OUTPUT_SCALE
-            return self.kernels.bias_apply(
-                torch.from_numpy(weights), torch.from_numpy(self.bias), _MULTIPLIERS, shift, low_step, *scales
-            ).numpy()
+            self.kernels.bias_apply(
+                torch.from_numpy(weights), torch.from_numpy(self.bias), _MULTIPLIERS, shift, low_step, *scales,
+                torch.from_numpy(learning), torch.from_numpy(self.pull), RATE,
+            )  # fmt: skip
+            return
         biased = np.floor(weights * 2.0**WEIGHT_BITS).astype(np.int64) * MULTIPLIERS[(self.bias >> shift) - low_step]
         np.multiply(biased, OUTPUT_SCALE, out=weights)
-        return biased
+        biased = biased[learning]
+        self.pull += (biased * RATE // biased.sum(1, keepdims=True)).sum(0)
 
-    def learn(self, biased: np.ndarray, tokens: np.ndarray) -> None:
-        """After one step: move each bias by RATE * ([y = token] - q_y) for every row's token and
-        q (its `apply`d weights [rows, alphabet], normalized); a row whose token is -1 (idle)
-        teaches nothing. Integer sums (at most 2**(26 + 20 + 16)) fit int64 and commute, so the
-        rows' order does not matter."""
+    def learn(self, tokens: np.ndarray) -> None:
+        """After one step: move each bias by RATE * ([y = token] - q_y) for the token of each
+        learning row of the step's `apply` and its q."""
         low, high = LOW << FINE_BITS, HIGH << FINE_BITS
         if self.kernels:
             self.kernels.bias_learn(
-                torch.from_numpy(biased), torch.from_numpy(tokens), torch.from_numpy(self.bias), RATE, low, high
+                torch.from_numpy(self.pull), torch.from_numpy(tokens), torch.from_numpy(self.bias), RATE, low, high
             )
             return
-        coded = tokens >= 0
-        biased, tokens = biased[coded], tokens[coded]
-        self.bias -= (biased * RATE // biased.sum(1, keepdims=True)).sum(0)
+        self.bias -= self.pull
         np.add.at(self.bias, tokens, RATE)
         np.clip(self.bias, low, high, out=self.bias)
+        self.pull[:] = 0

@@ -170,9 +170,9 @@ def _encode_forced(
         if head is not None:
             for t in range(first, first + probs.shape[1]):
                 step, active = probs[:, t - first], np.flatnonzero(lengths > t)
-                biased = head.apply(step)
+                head.apply(step, lengths > t)
                 mixture = mixer.mix(t, active, step) if mixer else {}
-                head.learn(biased, targets[:, t])
+                head.learn(targets[active, t])
                 if mixer:
                     mixer.learn(t, active, mixture)
         coded = []
@@ -308,7 +308,10 @@ def decode_batch(
     mixer = NgramMixer(tokens) if mixed else None
 
     def code_step(t: int, active: np.ndarray, probs: np.ndarray) -> np.ndarray:
-        biased = head.apply(probs) if head else None
+        if head:
+            learning = np.zeros(len(probs), dtype=bool)
+            learning[active] = True
+            head.apply(probs, learning)
         mixture = mixer.mix(t, active, probs) if mixer else {}
         guesses = {r: g for r in active if adaptive and (g := match.guess(r, t)) is not None}
         rows = np.array(list(guesses), dtype=np.int64)
@@ -330,7 +333,7 @@ def decode_batch(
         coded = np.full(len(probs), -1, dtype=np.int64)  # idle rows: -1
         coded[active] = [tokens[r][t] for r in active]
         if head:
-            head.learn(biased, coded)
+            head.learn(coded[active])
         if mixer:
             mixer.learn(t, active, mixture)
         if adaptive:

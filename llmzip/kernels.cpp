@@ -16,7 +16,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
-#include <numeric>
+#include <mutex>
 #include <vector>
 
 #ifndef LLMZIP_EXP2_POLY
@@ -556,69 +556,104 @@ torch::Tensor attention_cached(torch::Tensor q, torch::Tensor q_scale, torch::Te
 }
 
 // bias.AdaptiveBias.apply over rows: weights [R, V] float64 (any row stride) rewritten in place
-// as floor(w * weight_scale) * multipliers[(bias >> shift) - low_step] * output_scale; returns
-// those integer products [R, V]. Every step is exact, so the bits are numpy's.
-torch::Tensor bias_apply(torch::Tensor weights, torch::Tensor bias, torch::Tensor multipliers, int64_t shift,
-                         int64_t low_step, double weight_scale, double output_scale) {
+// as floor(w * weight_scale) * multipliers[(bias >> shift) - low_step] * output_scale; for the
+// rows listed in `learning`, pull[j] += products[j] * rate // sum(products) is added while the
+// row is in cache (the integer products are the rewritten weights / output_scale, exactly).
+// Every step is exact and the sums are of integers, so the bits are numpy's in any order.
+void bias_apply(torch::Tensor weights, torch::Tensor bias, torch::Tensor multipliers, int64_t shift, int64_t low_step,
+                double weight_scale, double output_scale, torch::Tensor learning, torch::Tensor pull, int64_t rate) {
   TORCH_CHECK(weights.dim() == 2 && weights.stride(1) == 1 && weights.scalar_type() == torch::kFloat64);
-  auto b = bias.contiguous(), m = multipliers.contiguous();
+  auto b = bias.contiguous(), m = multipliers.contiguous(), l = learning.contiguous();
   const int64_t rows = weights.size(0), n = weights.size(1), stride = weights.stride(0);
-  TORCH_CHECK(b.numel() == n);
-  auto biased = torch::empty({rows, n}, b.options());
+  TORCH_CHECK(b.numel() == n && pull.is_contiguous() && pull.numel() == n && l.numel() == rows);
   double* w = weights.data_ptr<double>();
   const int64_t* bp = b.data_ptr<int64_t>();
   const int64_t* mp = m.data_ptr<int64_t>();
-  int64_t* out = biased.data_ptr<int64_t>();
+  const bool* lp = l.data_ptr<bool>();
+  int64_t* pp = pull.data_ptr<int64_t>();
+  const double to_integers = 1.0 / output_scale;  // a power of two
+  std::mutex merging;
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> pulled;
     for (int64_t r = begin; r < end; ++r) {
       double* row = w + r * stride;
-      int64_t* o = out + r * n;
+      int64_t total = 0;
       for (int64_t j = 0; j < n; ++j) {
-        o[j] = static_cast<int64_t>(std::floor(row[j] * weight_scale)) * mp[(bp[j] >> shift) - low_step];
-        row[j] = static_cast<double>(o[j]) * output_scale;
+        const int64_t product = static_cast<int64_t>(std::floor(row[j] * weight_scale)) * mp[(bp[j] >> shift) - low_step];
+        row[j] = static_cast<double>(product) * output_scale;
+        total += product;
       }
-    }
-  });
-  return biased;
-}
-
-// bias.AdaptiveBias.learn: bias -= sum over rows of biased[r] * rate // sum(biased[r]), then
-// bias[tokens[r]] += rate, for the rows whose token is not -1; then clipped to [low, high].
-// Integers: any order.
-void bias_learn(torch::Tensor biased, torch::Tensor tokens, torch::Tensor bias, int64_t rate, int64_t low,
-                int64_t high) {
-  auto q = biased.contiguous(), t = tokens.contiguous();
-  TORCH_CHECK(bias.is_contiguous() && q.dim() == 2 && q.size(1) == bias.numel() && t.numel() == q.size(0));
-  const int64_t rows = q.size(0), n = q.size(1);
-  const int64_t* qp = q.data_ptr<int64_t>();
-  const int64_t* tp = t.data_ptr<int64_t>();
-  int64_t* bp = bias.data_ptr<int64_t>();
-  std::vector<int64_t> coded, totals;
-  for (int64_t r = 0; r < rows; ++r)
-    if (tp[r] >= 0) coded.push_back(r);
-  totals.resize(coded.size());
-  at::parallel_for(0, coded.size(), 1, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i)
-      totals[i] = std::accumulate(qp + coded[i] * n, qp + (coded[i] + 1) * n, int64_t{0});
-  });
-  at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {
-    for (size_t i = 0; i < coded.size(); ++i) {
-      const int64_t* row = qp + coded[i] * n;
-      const int64_t total = totals[i];
+      if (!lp[r]) continue;
+      if (pulled.empty()) pulled.assign(n, 0);
       const double inverse = 1.0 / static_cast<double>(total);
-      for (int64_t j = begin; j < end; ++j) {
+      for (int64_t j = 0; j < n; ++j) {
         // floor(x / total) without a division: x / total <= rate, so the float64 estimate is
         // off by at most one, which the remainder corrects.
-        const int64_t x = row[j] * rate;
+        const int64_t x = static_cast<int64_t>(row[j] * to_integers) * rate;
         int64_t quotient = static_cast<int64_t>(static_cast<double>(x) * inverse);
         const int64_t remainder = x - quotient * total;
         quotient += (remainder >= total) - (remainder < 0);
-        bp[j] -= quotient;
+        pulled[j] += quotient;
       }
     }
+    if (pulled.empty()) return;
+    const std::lock_guard<std::mutex> lock(merging);
+    for (int64_t j = 0; j < n; ++j) pp[j] += pulled[j];
   });
-  for (const int64_t r : coded) bp[tp[r]] += rate;
+}
+
+// bias.AdaptiveBias.learn: bias -= pull, then bias[t] += rate for each token t, then clipped
+// to [low, high]; pull is zeroed for the next step. Integers: any order.
+void bias_learn(torch::Tensor pull, torch::Tensor tokens, torch::Tensor bias, int64_t rate, int64_t low,
+                int64_t high) {
+  auto t = tokens.contiguous();
+  TORCH_CHECK(bias.is_contiguous() && pull.is_contiguous() && pull.numel() == bias.numel());
+  const int64_t n = bias.numel();
+  int64_t* pp = pull.data_ptr<int64_t>();
+  const int64_t* tp = t.data_ptr<int64_t>();
+  int64_t* bp = bias.data_ptr<int64_t>();
+  for (int64_t j = 0; j < n; ++j) bp[j] -= pp[j];
+  for (int64_t i = 0; i < t.numel(); ++i) bp[tp[i]] += rate;
   for (int64_t j = 0; j < n; ++j) bp[j] = std::clamp(bp[j], low, high);
+  std::fill(pp, pp + n, int64_t{0});
+}
+
+// side.fixed_totals: for each listed row of weights [R, V] float64 (any row stride), the sum of
+// floor(w * scale), written to totals; the floors go to out's rows too where out is not empty.
+// The floors are integers whose sum stays below 2**53: exact in float64 in any order.
+void fixed_totals(torch::Tensor weights, torch::Tensor rows, double scale, torch::Tensor out, torch::Tensor totals) {
+  TORCH_CHECK(weights.dim() == 2 && weights.stride(1) == 1 && weights.scalar_type() == torch::kFloat64);
+  auto r = rows.contiguous();
+  const int64_t n = weights.size(1), stride = weights.stride(0), listed = r.numel();
+  const bool keep = out.numel() > 0;
+  TORCH_CHECK(totals.is_contiguous() && totals.numel() == listed);
+  TORCH_CHECK(!keep || (out.dim() == 2 && out.stride(1) == 1 && out.size(1) == n && out.scalar_type() == torch::kFloat64));
+  const double* w = weights.data_ptr<double>();
+  const int64_t* rp = r.data_ptr<int64_t>();
+  int64_t* tp = totals.data_ptr<int64_t>();
+  double* o = keep ? out.data_ptr<double>() : nullptr;
+  at::parallel_for(0, listed, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const double* row = w + rp[i] * stride;
+      double* floors = keep ? o + rp[i] * out.stride(0) : nullptr;
+      double lanes[kLanes] = {};
+      int64_t j = 0;
+      for (; j + kLanes <= n; j += kLanes)
+        for (int l = 0; l < kLanes; ++l) {
+          const double x = std::floor(row[j + l] * scale);
+          if (keep) floors[j + l] = x;
+          lanes[l] += x;
+        }
+      double sum = 0.0;
+      for (int l = 0; l < kLanes; ++l) sum += lanes[l];
+      for (; j < n; ++j) {
+        const double x = std::floor(row[j] * scale);
+        if (keep) floors[j] = x;
+        sum += x;
+      }
+      tp[i] = static_cast<int64_t>(sum);
+    }
+  });
 }
 
 }  // namespace
@@ -634,4 +669,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("attention_cached", &attention_cached);
   m.def("bias_apply", &bias_apply);
   m.def("bias_learn", &bias_learn);
+  m.def("fixed_totals", &fixed_totals);
 }

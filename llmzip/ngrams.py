@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .side import FIXED_SCALE  # the model's weights (at most 1) as integers floor(w * 2**32)
+from .side import fixed_totals  # the model's weights (at most 1) as integers floor(w * 2**32), summed
 
 ORDERS = (1, 2, 3, 4)  # context lengths in tokens (simulated on enwik5: 5 and 6 add 0.02%)
 WEIGHT_BITS = 16  # each order's weights are integers summing to 2**16
@@ -81,15 +81,14 @@ class NgramMixer:
     def mix(self, t: int, rows: np.ndarray, probs: np.ndarray) -> dict[int, Mixed]:
         """Rewrite probs[row] (the model's weights for token t of each of `rows`, at most 1) in
         place as the mixture, where a context was seen; return what `learn` needs."""
-        mixed = {}
         if self.models.shape[1] != probs.shape[1]:
             self.models = np.empty((len(self.tokens), probs.shape[1]))
-        for row in rows.tolist():
-            if not (followers := self._followers(row, t)):
-                continue
+        found = {row: followers for row in rows.tolist() if (followers := self._followers(row, t))}
+        listed = np.fromiter(found, dtype=np.int64, count=len(found))
+        mixed = {}
+        for row, model_total in zip(found, fixed_totals(probs, listed, self.models).tolist(), strict=True):
+            followers, model = found[row], self.models[row]
             weights = self.weights[len(followers)]
-            model = np.floor(np.multiply(probs[row], FIXED_SCALE, out=self.models[row]), out=self.models[row])
-            model_total = int(model.sum())
             np.multiply(model, weights[0] / model_total / ONE, out=probs[row])
             for weight, following in zip(weights[1:], followers, strict=True):
                 ids = np.fromiter(following.counts, dtype=np.int64, count=len(following.counts))

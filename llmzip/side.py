@@ -21,6 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
+
+from .exact import kernels
 
 VERSION = 4  # what archives record (container.SIDE_EXTENSION): these models, the adaptive bias, these constants
 READABLE = (3, 4)  # version 3: without token n-grams
@@ -36,18 +39,32 @@ RATE = 6  # an entry moves 1/64 of the way to each outcome
 LENGTH_CONTEXTS = 20  # match lengths 1..15 apart, then 16-31, 32-47, 48-63, 64+
 
 
+def fixed_totals(weights: np.ndarray, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """sum_i floor(w_i * 2**32) of each of weights[rows] (float64 rows of weights at most 1), as
+    int64, the floors written to out[rows] where given. Scaling by a power of two and floor are
+    exact, and the floored values are integers of at most 2**32 whose sums stay below 2**53, so
+    float64 adds them exactly in any order. kernels.cpp: one pass per row, the numpy code here
+    is the definition and the fallback."""
+    totals = np.empty(len(rows), dtype=np.int64)
+    if fused := kernels():
+        floors = torch.empty(0, dtype=torch.float64) if out is None else torch.from_numpy(out)
+        fused.fixed_totals(
+            torch.from_numpy(weights), torch.from_numpy(rows), FIXED_SCALE, floors, torch.from_numpy(totals)
+        )
+        return totals
+    scratch = np.empty(weights.shape[1])
+    for k, row in enumerate(rows.tolist()):
+        floors = scratch if out is None else out[row]
+        np.floor(np.multiply(weights[row], FIXED_SCALE, out=floors), out=floors)
+        totals[k] = int(floors.sum())
+    return totals
+
+
 def guess_probabilities(weights: np.ndarray, rows: np.ndarray, guesses: np.ndarray) -> np.ndarray:
     """The language model's probability of each guess (for weights[rows[k]], float64), over 2**16
-    and clipped to [1, 2**16 - 1]: floor(w_guess * 2**32) * 2**16 // sum_i floor(w_i * 2**32).
-    Scaling by a power of two and floor are exact, and the floored values are integers of at
-    most 2**32 whose sums stay below 2**53, so float64 adds them exactly in any order. Row by row
-    through one scratch row, which stays in cache (a whole block at once is 2.5x slower)."""
-    out = np.empty(len(rows), dtype=np.int64)
-    scratch = np.empty(weights.shape[1])
-    for k, (row, guess) in enumerate(zip(rows.tolist(), guesses.tolist(), strict=True)):
-        np.floor(np.multiply(weights[row], FIXED_SCALE, out=scratch), out=scratch)
-        out[k] = (int(scratch[guess]) << PROB_BITS) // int(scratch.sum())
-    return np.clip(out, 1, ONE - 1)
+    and clipped to [1, 2**16 - 1]: floor(w_guess * 2**32) * 2**16 // sum_i floor(w_i * 2**32)."""
+    guessed = np.floor(weights[rows, guesses] * FIXED_SCALE).astype(np.int64)
+    return np.clip((guessed << PROB_BITS) // fixed_totals(weights, rows), 1, ONE - 1)
 
 
 def _axis(q: int) -> int:

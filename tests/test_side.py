@@ -44,6 +44,22 @@ def test_guess_probability_is_the_exact_fraction(weights, guess):
     assert list(side.guess_probabilities(stacked, np.array([2, 1]), np.array([guess] * 2))) == [expected] * 2
 
 
+def test_the_kernel_gives_the_numpy_totals_and_floors(monkeypatch):
+    """Weights as small as the model's, strided rows, some listed, floors kept."""
+    weights = np.random.default_rng(1).random((5, 2, 3000)) ** 8 / 2**20
+    weights[:, :, 0] = 1.0
+    rows = np.array([4, 0, 2])
+    assert side.kernels() is not None
+    results = []
+    for _ in ("kernel", "numpy"):
+        out = np.full((5, 3000), -1.0)
+        results.append((side.fixed_totals(weights[:, 1], rows, out), out))
+        monkeypatch.setattr(side, "kernels", lambda: None)
+    (totals, floors), (numpy_totals, numpy_floors) = results
+    assert np.array_equal(totals, numpy_totals) and np.array_equal(floors, numpy_floors)
+    assert totals[0] == sum(int(Fraction(w) * 2**32) for w in weights[4, 1]) and floors[1, 0] == -1.0
+
+
 def test_a_match_guesses_what_followed_its_context():
     tokens = [np.array([5, 6, 7, 8, 1, 5, 6, 7, 8, 2])]
     guessed, lengths = side.guesses(tokens)
