@@ -571,34 +571,38 @@ void bias_apply(torch::Tensor weights, torch::Tensor bias, torch::Tensor multipl
   const int64_t* mp = m.data_ptr<int64_t>();
   const bool* lp = l.data_ptr<bool>();
   int64_t* pp = pull.data_ptr<int64_t>();
-  const double to_integers = 1.0 / output_scale;  // a power of two
   std::mutex merging;
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    // Locals, not the captured references: a store to an int64 array could alias those, which
+    // keeps the compiler from vectorising the loops.
+    const int64_t cols = n, row_shift = shift, low = low_step, step_rate = rate;
+    const double scale_in = weight_scale, scale_out = output_scale, to_integers = 1.0 / output_scale;  // powers of two
     std::vector<int64_t> pulled;
     for (int64_t r = begin; r < end; ++r) {
-      double* row = w + r * stride;
+      double* __restrict row = w + r * stride;
       int64_t total = 0;
-      for (int64_t j = 0; j < n; ++j) {
-        const int64_t product = static_cast<int64_t>(std::floor(row[j] * weight_scale)) * mp[(bp[j] >> shift) - low_step];
-        row[j] = static_cast<double>(product) * output_scale;
+      for (int64_t j = 0; j < cols; ++j) {
+        const int64_t product = static_cast<int64_t>(std::floor(row[j] * scale_in)) * mp[(bp[j] >> row_shift) - low];
+        row[j] = static_cast<double>(product) * scale_out;
         total += product;
       }
       if (!lp[r]) continue;
-      if (pulled.empty()) pulled.assign(n, 0);
+      if (pulled.empty()) pulled.assign(cols, 0);
+      int64_t* __restrict sums = pulled.data();
       const double inverse = 1.0 / static_cast<double>(total);
-      for (int64_t j = 0; j < n; ++j) {
+      for (int64_t j = 0; j < cols; ++j) {
         // floor(x / total) without a division: x / total <= rate, so the float64 estimate is
         // off by at most one, which the remainder corrects.
-        const int64_t x = static_cast<int64_t>(row[j] * to_integers) * rate;
+        const int64_t x = static_cast<int64_t>(row[j] * to_integers) * step_rate;
         int64_t quotient = static_cast<int64_t>(static_cast<double>(x) * inverse);
         const int64_t remainder = x - quotient * total;
         quotient += (remainder >= total) - (remainder < 0);
-        pulled[j] += quotient;
+        sums[j] += quotient;
       }
     }
     if (pulled.empty()) return;
     const std::lock_guard<std::mutex> lock(merging);
-    for (int64_t j = 0; j < n; ++j) pp[j] += pulled[j];
+    for (int64_t j = 0; j < cols; ++j) pp[j] += pulled[j];
   });
 }
 
@@ -632,22 +636,24 @@ void fixed_totals(torch::Tensor weights, torch::Tensor rows, double scale, torch
   const int64_t* rp = r.data_ptr<int64_t>();
   int64_t* tp = totals.data_ptr<int64_t>();
   double* o = keep ? out.data_ptr<double>() : nullptr;
+  const int64_t out_stride = keep ? out.stride(0) : 0;
   at::parallel_for(0, listed, 1, [&](int64_t begin, int64_t end) {
+    const double factor = scale;  // a local: a store to floors could alias the captured reference
     for (int64_t i = begin; i < end; ++i) {
       const double* row = w + rp[i] * stride;
-      double* floors = keep ? o + rp[i] * out.stride(0) : nullptr;
+      double* __restrict floors = keep ? o + rp[i] * out_stride : nullptr;
       double lanes[kLanes] = {};
       int64_t j = 0;
       for (; j + kLanes <= n; j += kLanes)
         for (int l = 0; l < kLanes; ++l) {
-          const double x = std::floor(row[j + l] * scale);
+          const double x = std::floor(row[j + l] * factor);
           if (keep) floors[j + l] = x;
           lanes[l] += x;
         }
       double sum = 0.0;
       for (int l = 0; l < kLanes; ++l) sum += lanes[l];
       for (; j < n; ++j) {
-        const double x = std::floor(row[j] * scale);
+        const double x = std::floor(row[j] * factor);
         if (keep) floors[j] = x;
         sum += x;
       }
