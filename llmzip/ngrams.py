@@ -35,12 +35,29 @@ FLOOR = ONE >> 10  # no weight falls below 1/1024: a model that was wrong can co
 PROB_BITS = 32  # probabilities while learning: integers over 2**32
 
 
-@dataclass
 class Following:
-    """What followed one context: counts per token and their total."""
+    """What followed one context: the tokens in order of first sight (`ids`), their counts
+    (integers in float64, as the mixture adds them), which slot holds each token, and the total.
+    Arrays that grow in place: a step's mixture reads them as they are, without a rebuild."""
 
-    total: int
-    counts: dict[int, int]
+    def __init__(self) -> None:
+        self.total = 0
+        self.slots: dict[int, int] = {}
+        self.ids = np.empty(4, dtype=np.int64)
+        self.counts = np.empty(4, dtype=np.float64)
+
+    def count(self, token: int) -> int:
+        slot = self.slots.get(token)
+        return 0 if slot is None else int(self.counts[slot])
+
+    def add(self, token: int) -> None:
+        self.total += 1
+        if (slot := self.slots.get(token)) is None:
+            slot = self.slots[token] = len(self.slots)
+            if slot == len(self.ids):
+                self.ids, self.counts = np.resize(self.ids, 2 * slot), np.resize(self.counts, 2 * slot)
+            self.ids[slot], self.counts[slot] = token, 0.0
+        self.counts[slot] += 1.0
 
 
 @dataclass
@@ -91,9 +108,8 @@ class NgramMixer:
             weights = self.weights[len(followers)]
             np.multiply(model, weights[0] / model_total / ONE, out=probs[row])
             for weight, following in zip(weights[1:], followers, strict=True):
-                ids = np.fromiter(following.counts, dtype=np.int64, count=len(following.counts))
-                counts = np.fromiter(following.counts.values(), dtype=np.float64, count=len(ids))
-                probs[row, ids] += counts * (weight / following.total / ONE)
+                seen = len(following.slots)
+                probs[row, following.ids[:seen]] += following.counts[:seen] * (weight / following.total / ONE)
             mixed[row] = Mixed(model, model_total, followers)
         return mixed
 
@@ -103,7 +119,7 @@ class NgramMixer:
         for row, state in mixed.items():
             token = int(self.tokens[row][t])
             chances = [(int(state.model[token]) << PROB_BITS) // state.model_total]
-            chances += [(f.counts.get(token, 0) << PROB_BITS) // f.total for f in state.followers]
+            chances += [(f.count(token) << PROB_BITS) // f.total for f in state.followers]
             weights = self.weights[len(state.followers)]
             p = max(sum(w * c for w, c in zip(weights, chances, strict=True)) >> WEIGHT_BITS, 1)
             moved = [max(w + w * (c - p) // (p << RATE_BITS), FLOOR) for w, c in zip(weights, chances, strict=True)]
@@ -116,6 +132,7 @@ class NgramMixer:
             for order, seen in zip(ORDERS, self.seen, strict=True):
                 if t < order:
                     break
-                following = seen.setdefault(tuple(self.tokens[row][t - order : t].tolist()), Following(0, {}))
-                following.total += 1
-                following.counts[token] = following.counts.get(token, 0) + 1
+                context = tuple(self.tokens[row][t - order : t].tolist())
+                if (following := seen.get(context)) is None:
+                    following = seen[context] = Following()
+                following.add(token)
