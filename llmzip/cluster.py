@@ -263,7 +263,7 @@ class Cluster:
         for worker in self.workers:
             ray.kill(worker)
         # Ray restarts a dead worker; the driver, not Ray, submits its batch again, so that it
-        # knows every retry (one Ray retries can die before its worker reports anything).
+        # knows every retry (an attempt Ray retried could die before its worker reported anything).
         actor = ray.remote(max_restarts=RESTARTS, max_task_retries=0)(Worker)
         gpus = 0 if spec.device == "cpu" else min(self.gpus, self.size)
         self.workers = [
