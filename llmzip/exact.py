@@ -59,7 +59,7 @@ def quantize(x: torch.Tensor, levels: int, dim: int = -1) -> tuple[torch.Tensor,
     """Integers q in [-levels, levels] (float32) and scales s with x ≈ q * s, one scale per
     slice along `dim` taken from max|x| (exact: max does not depend on the order)."""
     if dim in (-1, x.dim() - 1) and (fused := _fused(x)):
-        return tuple(fused.quantize(x, levels, TINY))
+        return tuple(fused.quantize(x, levels, TINY, -1.0))
     scale = torch.clamp(x.abs().amax(dim, keepdim=True), min=TINY) / levels
     return torch.round(x / scale), scale
 
@@ -68,6 +68,8 @@ def quantize_normed(x: torch.Tensor, eps: float, levels: int = ACTIVATION_LEVELS
     """RMSNorm (without gain: the gain is folded into the next weights) and quantization in one:
     q * s ≈ x / rms(x). The sum of squares is taken over the integers q, so it is exact (in
     float64 where it may pass 2**24)."""
+    if fused := _fused(x):
+        return tuple(fused.quantize(x, levels, TINY, eps))
     q, scale = quantize(x, levels)
     if x.shape[-1] * levels**2 < EXACT_SUM:
         squares = (q * q).sum(-1, keepdim=True)
@@ -194,7 +196,7 @@ def kernels() -> ModuleType | None:
 
 def _fused(*tensors: torch.Tensor) -> ModuleType | None:
     """The kernels, if they apply: float32 CPU tensors."""
-    if all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors):
+    if all([t.is_cpu and t.dtype is torch.float32 for t in tensors]):  # a list: hundreds of calls a step
         return kernels()
     return None
 
@@ -347,6 +349,17 @@ def hadamard(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(shape)
 
 
+def quantize_rotated(x: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """8-bit integers r and row scales s with r * s ≈ x @ H: x quantized to `levels` first, so
+    that `hadamard` rotates integers exactly."""
+    factors, sylvester = hadamard_factors(x.shape[-1])
+    if fused := _fused(x):
+        return tuple(fused.quantize_rotated(x, levels, ACTIVATION_LEVELS, list(factors), sylvester, TINY))
+    q, scale = quantize(x, levels)
+    r, r_scale = quantize(hadamard(q), ACTIVATION_LEVELS)
+    return r, r_scale * scale
+
+
 def rotate_weights(w: torch.Tensor, scale: float) -> torch.Tensor:
     """(w @ H) * scale over the last axis, in float64, for any float weights: w is first put
     on a 40-bit fixed-point grid (one power-of-two step for the whole matrix), so the
@@ -389,6 +402,16 @@ def _cos_sin(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     cos = torch.where(quadrant == 0, c, torch.where(quadrant == 1, -s, torch.where(quadrant == 2, -c, s)))
     sin = torch.where(quadrant == 0, s, torch.where(quadrant == 1, c, torch.where(quadrant == 2, -s, -c)))
     return cos, sin
+
+
+def rotary_quantize(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, levels: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`quantize` of `rotary`(x) with heads before positions, as attention reads them: x [rows, T,
+    heads, head_dim] -> integers [rows, heads, T, head_dim] and scales [rows, heads, T, 1]."""
+    if x.stride(-1) == 1 and (fused := _fused(x, cos, sin)):
+        return tuple(fused.rotary_quantize(x, cos, sin, levels, TINY))
+    return quantize(rotary(x, cos, sin).transpose(1, 2), levels)
 
 
 def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,7 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from . import exact
-from .exact import ExactLinear, attention, hadamard, quantize, quantize_normed, rotary
+from .exact import ExactLinear, attention, hadamard, quantize, quantize_normed, quantize_rotated, rotary_quantize
 from .kvcache import KVCache
 from .prepared import DecoderConfig, PreparedModel, Projections, decoder_fields
 
@@ -181,19 +181,17 @@ class ExactGemma3(PreparedModel):
         """8-bit integers and row scales of RMSNorm(x) * gain (of x itself if gain is None)
         times the rotation H: 13-bit integers, an exact Hadamard transform, then 8 bits."""
         if gain is None:
-            q, scale = quantize(x, NORM_LEVELS)
-        else:
-            q, factor = quantize_normed(x, self.config.rms_eps, NORM_LEVELS)
-            q, scale = quantize(q * gain, NORM_LEVELS)
-            scale = scale * factor
+            return quantize_rotated(x, NORM_LEVELS)
+        q, factor = quantize_normed(x, self.config.rms_eps, NORM_LEVELS)
+        q, scale = quantize(q * gain, NORM_LEVELS)
         r, r_scale = quantize(hadamard(q), exact.ACTIVATION_LEVELS)
-        return r, r_scale * scale
+        return r, r_scale * (scale * factor)
 
     def _head_norm(self, x: Tensor, gain: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
         """RMSNorm of each head with its gain, the rotary embedding, and 8-bit integers with scales
         [rows, heads, T, 1], heads before positions as attention reads them."""
         q, factor = quantize_normed(x, self.config.rms_eps, NORM_LEVELS)
-        q, scale = quantize(rotary(q * gain, cos, sin).transpose(1, 2), self.config.qk_levels)
+        q, scale = rotary_quantize(q * gain, cos, sin, self.config.qk_levels)
         return q, scale * factor.transpose(1, 2)
 
     def _normed(self, x: Tensor, gain: Tensor) -> Tensor:

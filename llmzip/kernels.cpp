@@ -72,8 +72,38 @@ inline double rounded_sum(const float* x, int64_t n, float scale) {
   return sum;
 }
 
-// exact.quantize over the last axis: per row, scale = max(max|x|, tiny) / levels and q = round(x / scale).
-std::vector<torch::Tensor> quantize(torch::Tensor x, double levels, double tiny) {
+// One row of exact.quantize: scale = max(max|x|, tiny) / levels and q = round(x / scale); returns the scale.
+inline float quantize_row(const float* x, int64_t n, float levels, float tiny, float* q) {
+  float lanes[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) lanes[l] = std::max(lanes[l], std::fabs(x[j + l]));
+  float top = 0.0f;
+  for (int l = 0; l < kLanes; ++l) top = std::max(top, lanes[l]);
+  for (; j < n; ++j) top = std::max(top, std::fabs(x[j]));
+  const float s = std::max(top, tiny) / levels;
+  for (j = 0; j < n; ++j) q[j] = std::nearbyint(x[j] / s);
+  return s;
+}
+
+// sum of q[j]**2 over integers q: exact in any order, in Sum (float where the sum stays below 2**24).
+template <typename Sum>
+inline Sum square_sum(const float* q, int64_t n) {
+  Sum lanes[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) lanes[l] += static_cast<Sum>(q[j + l]) * static_cast<Sum>(q[j + l]);
+  Sum sum = 0;
+  for (int l = 0; l < kLanes; ++l) sum += lanes[l];
+  for (; j < n; ++j) sum += static_cast<Sum>(q[j]) * static_cast<Sum>(q[j]);
+  return sum;
+}
+
+// exact.quantize (and with eps >= 0, exact.quantize_normed) over the last axis: q and per row
+// the scale, or the norm's factor 1 / sqrt(mean(q**2) + eps / scale**2) in the torch code's
+// operations: its divisions by a tensor are a reciprocal and a product (Tensor.__rdiv__), the
+// mean is float32 or, where the squares may pass 2**24, float64; std::sqrt is correctly rounded.
+std::vector<torch::Tensor> quantize(torch::Tensor x, double levels, double tiny, double eps) {
   auto xc = x.contiguous();
   const int64_t n = xc.size(-1), rows = xc.numel() / n;
   auto q = torch::empty_like(xc);
@@ -83,20 +113,53 @@ std::vector<torch::Tensor> quantize(torch::Tensor x, double levels, double tiny)
   const float* in = xc.data_ptr<float>();
   float* qp = q.data_ptr<float>();
   float* sp = scale.data_ptr<float>();
+  const float level = static_cast<float>(levels), smallest = static_cast<float>(tiny), epsilon = static_cast<float>(eps);
+  const bool normed = eps >= 0, wide = static_cast<double>(n) * levels * levels >= 16777216.0;
   at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
-      const float* xr = in + r * n;
-      float lanes[kLanes] = {};
-      int64_t j = 0;
-      for (; j + kLanes <= n; j += kLanes)
-        for (int l = 0; l < kLanes; ++l) lanes[l] = std::max(lanes[l], std::fabs(xr[j + l]));
-      float top = 0.0f;
-      for (int l = 0; l < kLanes; ++l) top = std::max(top, lanes[l]);
-      for (; j < n; ++j) top = std::max(top, std::fabs(xr[j]));
-      const float s = std::max(top, static_cast<float>(tiny)) / static_cast<float>(levels);
-      sp[r] = s;
       float* out = qp + r * n;
-      for (j = 0; j < n; ++j) out[j] = std::nearbyint(xr[j] / s);
+      const float s = quantize_row(in + r * n, n, level, smallest, out);
+      if (!normed) {
+        sp[r] = s;
+        continue;
+      }
+      const float pull = (1.0f / (s * s)) * epsilon;
+      const float total = wide ? static_cast<float>(square_sum<double>(out, n) / static_cast<double>(n) + pull)
+                               : square_sum<float>(out, n) / static_cast<float>(n) + pull;
+      sp[r] = 1.0f / std::sqrt(total);
+    }
+  });
+  return {q, scale};
+}
+
+// exact.rotary_quantize: the rotary embedding of each head's vector x [rows, T, heads, dim] (last
+// axis contiguous, any other strides) as the torch code computes it, x * cos + turned * sin with
+// each product and the sum rounded to float32, then quantized: q [rows, heads, T, dim] and scales
+// [rows, heads, T, 1].
+std::vector<torch::Tensor> rotary_quantize(torch::Tensor x, torch::Tensor cos, torch::Tensor sin, double levels,
+                                           double tiny) {
+  auto cc = cos.contiguous(), sc = sin.contiguous();
+  const int64_t rows = x.size(0), length = x.size(1), heads = x.size(2), dim = x.size(3), half = dim / 2;
+  TORCH_CHECK(x.dim() == 4 && x.stride(3) == 1 && dim % 2 == 0 && dim <= 1024 && cc.numel() == length * dim);
+  auto q = torch::empty({rows, heads, length, dim}, x.options());
+  auto scale = torch::empty({rows, heads, length, 1}, x.options());
+  const float* in = x.data_ptr<float>();
+  const float* cp = cc.data_ptr<float>();
+  const float* snp = sc.data_ptr<float>();
+  float* qp = q.data_ptr<float>();
+  float* sp = scale.data_ptr<float>();
+  const int64_t row_stride = x.stride(0), position_stride = x.stride(1), head_stride = x.stride(2);
+  const float level = static_cast<float>(levels), smallest = static_cast<float>(tiny);
+  at::parallel_for(0, rows * heads * length, 16, [&](int64_t begin, int64_t end) {
+    float rotated[1024];
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t r = i / (heads * length), h = i / length % heads, t = i % length;
+      const float* v = in + r * row_stride + t * position_stride + h * head_stride;
+      const float* c = cp + t * dim;
+      const float* s = snp + t * dim;
+      for (int64_t d = 0; d < half; ++d) rotated[d] = v[d] * c[d] + -v[d + half] * s[d];
+      for (int64_t d = half; d < dim; ++d) rotated[d] = v[d] * c[d] + v[d - half] * s[d];
+      sp[i] = quantize_row(rotated, dim, level, smallest, qp + i * dim);
     }
   });
   return {q, scale};
@@ -219,51 +282,91 @@ std::vector<torch::Tensor> attention_weights(torch::Tensor scores, torch::Tensor
 // as sums and differences along each factor's axis and butterflies for S. The values are
 // integers and every partial sum is bounded by n * max|x| < 2**24, so all of it is exact and
 // gives the torch code's bits.
+struct Hadamard {
+  std::vector<std::vector<float>> signs;  // each Paley factor's entries f[j][i], row major
+  std::vector<int64_t> orders;
+  int64_t sylvester;
+
+  Hadamard(const std::vector<torch::Tensor>& factors, int64_t sylvester) : sylvester(sylvester) {
+    for (const auto& f : factors) {
+      auto fc = f.to(torch::kFloat32).contiguous();
+      signs.emplace_back(fc.data_ptr<float>(), fc.data_ptr<float>() + fc.numel());
+      orders.push_back(f.size(0));
+    }
+  }
+
+  // y (n values) <- y @ H, in place; scratch holds n values.
+  void apply(float* y, int64_t n, float* scratch) const {
+    int64_t after = n;
+    for (size_t t = 0; t < orders.size(); ++t) {
+      const int64_t m = orders[t];
+      const float* f = signs[t].data();
+      after /= m;
+      for (int64_t p = 0; p < n; p += m * after) {  // y[p, i, a] = sum_j f[j][i] * y[p, j, a]
+        float* block = y + p;
+        for (int64_t i = 0; i < m; ++i) {
+          float* o = scratch + i * after;
+          for (int64_t a = 0; a < after; ++a) o[a] = 0.0f;
+          for (int64_t j = 0; j < m; ++j) {
+            const float sign = f[j * m + i];
+            const float* xj = block + j * after;
+            for (int64_t a = 0; a < after; ++a) o[a] = o[a] + sign * xj[a];
+          }
+        }
+        std::copy(scratch, scratch + m * after, block);
+      }
+    }
+    for (int64_t half = 1; half < sylvester; half *= 2)  // S = H_2 ⊗ ... ⊗ H_2 on the last axis
+      for (int64_t b = 0; b < n; b += 2 * half)
+        for (int64_t i = b; i < b + half; ++i) {
+          const float u = y[i], v = y[i + half];
+          y[i] = u + v;
+          y[i + half] = u - v;
+        }
+  }
+};
+
 torch::Tensor hadamard(torch::Tensor x, std::vector<torch::Tensor> factors, int64_t sylvester) {
   auto xc = x.contiguous();
   const int64_t n = xc.size(-1), rows = xc.numel() / n;
-  std::vector<std::vector<float>> signs;  // entries f[j][i], row major
-  for (const auto& f : factors) {
-    auto fc = f.to(torch::kFloat32).contiguous();
-    signs.emplace_back(fc.data_ptr<float>(), fc.data_ptr<float>() + fc.numel());
-  }
+  const Hadamard h(factors, sylvester);
   auto out = torch::empty_like(xc);
   const float* in = xc.data_ptr<float>();
   float* op = out.data_ptr<float>();
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scratch(n);
     for (int64_t r = begin; r < end; ++r) {
-      float* y = op + r * n;
-      std::copy(in + r * n, in + (r + 1) * n, y);
-      int64_t after = n;
-      for (size_t t = 0; t < factors.size(); ++t) {
-        const int64_t m = factors[t].size(0);
-        const float* f = signs[t].data();
-        after /= m;
-        for (int64_t p = 0; p < n; p += m * after) {  // y[p, i, a] = sum_j f[j][i] * y[p, j, a]
-          float* block = y + p;
-          for (int64_t i = 0; i < m; ++i) {
-            float* o = scratch.data() + i * after;
-            for (int64_t a = 0; a < after; ++a) o[a] = 0.0f;
-            for (int64_t j = 0; j < m; ++j) {
-              const float sign = f[j * m + i];
-              const float* xj = block + j * after;
-              for (int64_t a = 0; a < after; ++a) o[a] = o[a] + sign * xj[a];
-            }
-          }
-          std::copy(scratch.data(), scratch.data() + m * after, block);
-        }
-      }
-      for (int64_t half = 1; half < sylvester; half *= 2)  // S = H_2 ⊗ ... ⊗ H_2 on the last axis
-        for (int64_t b = 0; b < n; b += 2 * half)
-          for (int64_t i = b; i < b + half; ++i) {
-            const float u = y[i], v = y[i + half];
-            y[i] = u + v;
-            y[i + half] = u - v;
-          }
+      std::copy(in + r * n, in + (r + 1) * n, op + r * n);
+      h.apply(op + r * n, n, scratch.data());
     }
   });
   return out;
+}
+
+// exact.quantize_rotated: per row, q, s = quantize(x, levels); r, t = quantize(q @ H, rotated_levels); r and t * s.
+std::vector<torch::Tensor> quantize_rotated(torch::Tensor x, double levels, double rotated_levels,
+                                            std::vector<torch::Tensor> factors, int64_t sylvester, double tiny) {
+  auto xc = x.contiguous();
+  const int64_t n = xc.size(-1), rows = xc.numel() / n;
+  const Hadamard h(factors, sylvester);
+  auto r = torch::empty_like(xc);
+  auto sizes = xc.sizes().vec();
+  sizes.back() = 1;
+  auto scale = torch::empty(sizes, xc.options());
+  const float* in = xc.data_ptr<float>();
+  float* rp = r.data_ptr<float>();
+  float* sp = scale.data_ptr<float>();
+  const float level = static_cast<float>(levels), rotated_level = static_cast<float>(rotated_levels),
+              smallest = static_cast<float>(tiny);
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> q(n), scratch(n);
+    for (int64_t row = begin; row < end; ++row) {
+      const float s = quantize_row(in + row * n, n, level, smallest, q.data());
+      h.apply(q.data(), n, scratch.data());
+      sp[row] = quantize_row(q.data(), n, rotated_level, smallest, rp + row * n) * s;
+    }
+  });
+  return {r, scale};
 }
 
 // Integer weights for `linear`: [N, K] int16 reordered as [ceil(N/16), ceil(K/2), 16, 2], so that
@@ -666,7 +769,9 @@ void fixed_totals(torch::Tensor weights, torch::Tensor rows, double scale, torch
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("quantize", &quantize);
+  m.def("rotary_quantize", &rotary_quantize);
   m.def("hadamard", &hadamard);
+  m.def("quantize_rotated", &quantize_rotated);
   m.def("pack_weight", &pack_weight);
   m.def("linear", &linear);
   m.def("softmax_weights_into", &softmax_weights_into);

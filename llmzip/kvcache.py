@@ -82,9 +82,9 @@ class KVCache:
         """Store positions start.. of integer k, v [rows, kv_heads, T, head_dim] and scales [rows, kv_heads, T]."""
         first = self.slot(start)
         end = first + k.shape[2]
-        self.keys[layer, :, :, first:end] = k.to(self.keys.dtype)
+        self.keys[layer, :, :, first:end] = k  # integer-valued floats: the copy converts them exactly
         self.key_scales[layer, :, :, first:end] = k_scale
-        self.values[layer, :, :, first:end] = v.to(torch.int8)
+        self.values[layer, :, :, first:end] = v
         self.value_scales[layer, :, :, first:end] = v_scale
 
     def read(self, layer: int, end: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:

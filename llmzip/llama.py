@@ -24,7 +24,7 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from . import exact
-from .exact import ExactLinear, attention, hadamard, quantize, quantize_normed, rotary
+from .exact import ExactLinear, attention, quantize, quantize_normed, quantize_rotated, rotary_quantize
 from .kvcache import KVCache
 from .prepared import DecoderConfig, PreparedModel, Projections, decoder_fields
 
@@ -152,23 +152,20 @@ class ExactLlama(PreparedModel):
         for i, block in enumerate(self.blocks):
             h, h_scale = quantize_normed(x, c.rms_eps)
             qkv = block.qkv(h, h_scale).view(rows, length, c.heads + 2 * c.kv_heads, c.head_dim)
-            q = rotary(qkv[:, :, : c.heads], cos, sin)
-            k = rotary(qkv[:, :, c.heads : c.heads + c.kv_heads], cos, sin)
-            v = qkv[:, :, c.heads + c.kv_heads :]
-            k, k_scale = quantize(k.transpose(1, 2), cache.key_levels)
-            v, v_scale = quantize(v.transpose(1, 2), V_LEVELS)
+            k, k_scale = rotary_quantize(qkv[:, :, c.heads : c.heads + c.kv_heads], cos, sin, cache.key_levels)
+            v, v_scale = quantize(qkv[:, :, c.heads + c.kv_heads :].transpose(1, 2), V_LEVELS)
             cache.write(i, start, k, (k_scale * key_scale).squeeze(-1), v, v_scale.squeeze(-1))
+            q, q_scale = rotary_quantize(qkv[:, :, : c.heads], cos, sin, QUERY_LEVELS)
             # [rows, kv_heads, groups * T, head_dim]: each key/value head with all its queries
-            q = q.view(rows, length, c.kv_heads, groups, c.head_dim).permute(0, 2, 3, 1, 4)
-            q, q_scale = quantize(q.reshape(rows, c.kv_heads, groups * length, c.head_dim), QUERY_LEVELS)
+            q = q.reshape(rows, c.kv_heads, groups * length, c.head_dim)
+            q_scale = q_scale.reshape(rows, c.kv_heads, groups * length, 1)
             o = attention(q, q_scale, *cache.read(i, end), positions, window, sinks)
             o = o.view(rows, c.kv_heads, groups, length, c.head_dim).permute(0, 3, 1, 2, 4)
             o, o_scale = quantize(o.reshape(rows, length, c.heads * c.head_dim), exact.ACTIVATION_LEVELS)
             x = x + block.out(o, o_scale)
             h, h_scale = quantize_normed(x, c.rms_eps)
             gate, up = block.gate_up(h, h_scale).chunk(2, dim=-1)
-            a, a_scale = quantize(exact.silu_mul(gate, up), DOWN_LEVELS)
-            a, a_rotated_scale = quantize(hadamard(a), exact.ACTIVATION_LEVELS)
-            x = x + block.down(a, a_rotated_scale * a_scale)
+            a, a_scale = quantize_rotated(exact.silu_mul(gate, up), DOWN_LEVELS)
+            x = x + block.down(a, a_scale)
         h, h_scale = quantize_normed(x, c.rms_eps)
         return self.head(h, h_scale)

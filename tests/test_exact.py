@@ -67,6 +67,11 @@ def test_kernels_give_the_torch_codes_bits(torch_only, monkeypatch):
     long_scales = [torch.rand(2, 3, 1, 300, generator=rng) * 1e-3 + 1e-5 for _ in range(2)]
     far = torch.tensor([299, 2, 130])
     k8 = torch.randint(-127, 128, k.shape, generator=rng).char()  # 8-bit keys (the Llama's forward 3)
+    magnitudes = torch.logspace(-5, 2, 64)[:, None]  # norms' inputs, each row its own size
+    wide_rows = torch.cat([x[:3840].view(6, 640) * magnitudes[:6], torch.zeros(1, 640)])
+    heads = torch.randn(2, 5, 12, 64, generator=rng) * magnitudes[:12].view(12, 1)  # [rows, T, heads, dim]
+    cos, sin = exact.rotary_table(40, 64, 10000.0)
+    cos40, sin40 = exact.rotary_table(5, 40, 100.0)
 
     def calls() -> list[torch.Tensor]:
         return [
@@ -78,6 +83,12 @@ def test_kernels_give_the_torch_codes_bits(torch_only, monkeypatch):
             exact.softmax_weights(logits, torch.zeros(5, 3010, dtype=torch.float64)),
             *exact.quantize(x[:4096].view(64, 64), 127),
             *exact.quantize(torch.cat([x[:4096].view(64, 64).T, torch.zeros(1, 64)]), 511),  # strided, a zero row
+            *exact.quantize_normed(x[:4096].view(64, 64) * magnitudes, 1e-5),  # eps matters in the small rows
+            *exact.quantize_normed(wide_rows, 1e-6, 8191),  # squares past 2**24: float64
+            *exact.quantize_rotated(x[:3456].view(6, 576) * magnitudes[:6], 1023),  # 12, 12, 4
+            *exact.quantize_rotated(wide_rows, 8191),  # 20, 32
+            *exact.rotary_quantize(heads[:, :, 3:9], cos[30:35, None], sin[30:35, None], 511),  # strided
+            *exact.rotary_quantize(heads[..., :40], cos40[:5, None], sin40[:5, None], 127),
             exact.attention(q, scales[0], k, scales[1], v, scales[2], positions),
             exact.attention(q[..., :3, :], scales[0][..., :3, :], k.short(), scales[1], v.char(), scales[2], step),
             exact.attention(q[..., :3, :], scales[0][..., :3, :], k8, scales[1], v.char(), scales[2], step, 7, 3),
