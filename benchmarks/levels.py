@@ -28,6 +28,7 @@ def one(model: str, spec: str, nbytes: int | None, level: int) -> dict[str, obje
     """One level on one input, in this process."""
     _, data = load_input(spec, nbytes)
     compressor = Compressor(load_model(model), level=level)
+    compressor.prepare()  # before the clock: a first run on a checkout builds the kernels (about a minute)
     result = round_trip(compressor, data)
     if not result["exact"]:
         raise SystemExit(f"level {level}: the round trip of {spec} failed")

@@ -106,6 +106,7 @@ def main() -> None:
         threads=args.threads,
         precision=args.precision,
     )
+    compressor.prepare()  # before the clock: a first run on a checkout builds the kernels (about a minute)
     archive, c_seconds, c_parts = profile(lambda: compressor.compress(data))
     restored, d_seconds, d_parts = profile(lambda: compressor.decompress(archive))
     assert restored == data, "round trip failed"
