@@ -183,6 +183,22 @@ def test_linear_is_the_exact_integer_product(k, fused, monkeypatch):
     assert max(b - a for a, b in linear.bounds) * 127 * linear.int_weight.abs().max() < 2**24
 
 
+@pytest.mark.parametrize(("low", "high", "dtype"), [(-256, 255, torch.int8), (-257, 256, torch.int16)])
+def test_weights_are_packed_in_9_bits_where_they_fit(low, high, dtype):
+    """Every integer of [-256, 255] in every lane of the kernels' compact packing (a weight
+    2a + b: a byte and a bit) comes back exactly; wider weights keep 16 bits."""
+    if exact.kernels() is None:
+        pytest.skip("no kernels here")
+    k = 579  # odd: a padded pair
+    weight = (torch.arange(45 * k) * 7 % (high - low + 1) + low).view(45, k)
+    linear = exact.ExactLinear(weight, torch.ones(45))
+    assert linear.packed.dtype == dtype
+    x = torch.from_numpy(np.random.default_rng(0).integers(-127, 128, (13, k))).float()
+    expected = (x.long() @ weight.long().T).float()
+    for rows in (1, 13):
+        assert torch.equal(linear(x[:rows], torch.ones(rows, 1)), expected[:rows])
+
+
 @pytest.mark.parametrize("n", [4, 12, 64, 576, 640, 1536, 2048])
 def test_hadamard_matrices_are_hadamard_and_applied_exactly(n):
     factors, sylvester = exact.hadamard_factors(n)
