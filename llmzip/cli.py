@@ -22,7 +22,7 @@ from .chunking import DEFAULT_BATCH_SIZE
 from .cluster import Cluster
 from .container import Header
 from .errors import LlmzipError
-from .levels import BEST, DEFAULT_LEVEL, FASTEST, LEVELS
+from .levels import BEST, DEFAULT_LEVEL, FASTEST, LEVELS, MAX_STREAM
 from .steering import Steering, TrainOptions
 
 # The coder (`compressor`: torch and transformers, about 7 s to import) is imported by the
@@ -129,7 +129,7 @@ def _level_options(f: Callable) -> Callable:
         level = LEVELS[n]
         sees = "each token sees its whole chunk" if level.window is None else f"window {level.window}"
         sees += ", side models" if level.side else ""
-        more = "" if level.window is None else " (more on large files)"
+        more = "" if level.window is None or level.chunk_size >= MAX_STREAM else " (more on large files)"
         default = " (default)" if n == DEFAULT_LEVEL else ""
         f = click.option(f"-{n}", "level", type=int, flag_value=n,
                          help=f"Level {n}{default}: chunks of {level.chunk_size} tokens{more}, {sees}.")(f)  # fmt: skip

@@ -31,9 +31,10 @@ from .errors import (
     UnsupportedVersionError,
     WrongModelError,
 )
-from .levels import BEST, DEFAULT_LEVEL, FASTEST, LEVELS, Level, chunk_size_for
+from .levels import BEST, DEFAULT_LEVEL, FASTEST, LEVELS, MAX_STREAM, Level, chunk_size_for
 from .models import LoadedModel, exact_model, load_model
 from .predictor import (
+    SINK_TOKENS,
     ExactModel,
     ExactPredictor,
     FloatPredictor,
@@ -217,20 +218,30 @@ class Compressor:
         level's window is its chunk size."""
         if self.precision != EXACT:
             return chunk_size or level.window or level.chunk_size, None
+        window = level.window if window is None else window
         if chunk_size is None:
-            chunk_size = min(level.chunk_size, self._longest_chunk())
-        return chunk_size, level.window if window is None else window
+            chunk_size = min(level.chunk_size, self._longest_chunk(window))
+        return chunk_size, window
 
-    def _longest_chunk(self) -> int:
-        """The longest chunk a level codes: 15/16 of the model's context (the rest for steering)."""
-        return (self._context() - 1) * 15 // 16
+    def _pins_sinks(self, forward: str, window: int | None) -> bool:
+        """Whether `forward` with `window` keeps every query within the model's context of its
+        keys however long the chunk (`KVCache.sink_positions`)."""
+        architecture = exact_architecture(self.model.model)
+        return window is not None and architecture is not None and forward in architecture.PINNED_SINKS
+
+    def _longest_chunk(self, window: int | None) -> int:
+        """The longest chunk a level codes: 15/16 of the model's context (the rest for steering),
+        or MAX_STREAM tokens where the forward pins the sinks before a window that fits there."""
+        fits = (self._context() - 1) * 15 // 16
+        pins = self.precision == EXACT and self._pins_sinks(forward_name(self.model.model, EXACT), window)
+        return MAX_STREAM if pins and window + SINK_TOKENS <= fits else fits
 
     def chunk_size_for(self, tokens: int) -> int:
         """Tokens per chunk for an input of `tokens` tokens: the chunk size asked for, else the
         level's, grown on large inputs where a window bounds the attention (`levels.chunk_size_for`)."""
         if self.chunk_size_given:
             return self.chunk_size
-        return chunk_size_for(self.chunk_size, self.window, tokens, self._longest_chunk())
+        return chunk_size_for(self.chunk_size, self.window, tokens, self._longest_chunk(self.window))
 
     def _context(self) -> int:
         """Positions the model takes (the largest chunk size where it does not say)."""
@@ -274,7 +285,8 @@ class Compressor:
             chunks.chunk_size = self.chunk_size_for(chunks.tokens)
             auto = steer is None and self.steer[0] == "auto"
             if steer is None and self.steer[0] != "text":  # before minutes of training, not after
-                self._check_context(int(self.steer[1]), chunks.chunk_size)
+                forward = forward_name(self.model.model, self.precision)
+                self._check_context(int(self.steer[1]), chunks.chunk_size, self.window, forward)
             steer = steer or self._steering(*self.steer, chunks, on_train_step)
             trained_seconds = time.perf_counter() - started
             if auto and steer.kind != "none":
@@ -315,12 +327,18 @@ class Compressor:
             )
         return Steering()
 
-    def _check_context(self, prefix_length: int, chunk_size: int) -> None:
-        """Chunk and prefix must fit the model's context (the decoder checks an archive's the same way)."""
+    def _check_context(self, prefix_length: int, chunk_size: int, window: int | None, forward: str) -> None:
+        """What a query attends must fit the model's context: the prefix and a chunk, or where
+        `forward` pins the sinks before a shorter window, the prefix, sinks and window. The encoder
+        checks its options, the decoder an archive's longest chunk (a window as long is not
+        recorded)."""
         context = self._context()
-        if chunk_size + prefix_length >= context:  # the start token takes one position
+        span, what = chunk_size, "chunk size"
+        if self._pins_sinks(forward, window) and window + SINK_TOKENS < chunk_size:
+            span, what = window + SINK_TOKENS, "window plus sinks"
+        if span + prefix_length >= context:  # the start token takes one position
             raise InvalidOptionError(
-                f"chunk size plus steering prefix ({chunk_size} + {prefix_length} tokens) must be below "
+                f"{what} plus steering prefix ({span} + {prefix_length} tokens) must be below "
                 f"{context} tokens, this model's context"
             )
 
@@ -331,11 +349,11 @@ class Compressor:
         cluster's workers), into a payload spool; return the archive and its stats."""
         tokenizer = self.model.tokenizer
         prefix = steer.prefix(tokenizer, embedding_width(self.model))
-        self._check_context(0 if prefix is None else len(prefix), chunks.chunk_size)
         batch_size = balanced_batch_size(len(chunks), self.batch_size)
         longest = min(chunks.tokens, chunks.chunk_size)
         window = self.window if self.window is not None and self.window < longest else None  # else it changes nothing
         forward, side_models = forward_name(self.model.model, self.precision), side.VERSION if self.side_models else 0
+        self._check_context(0 if prefix is None else len(prefix), chunks.chunk_size, self.window, forward)
         plan = Plan(self.precision, forward, batch_size, steer.to_bytes(), window, side_models)
         stats = CodingStats(
             input_bytes=chunks.input_bytes,
@@ -499,7 +517,8 @@ class Compressor:
         tokenizer = self.model.tokenizer
         steer = Steering.from_bytes(header.extensions.get(container.STEERING_EXTENSION, b""))
         prefix = steer.prefix(tokenizer, embedding_width(self.model))
-        self._check_context(0 if prefix is None else len(prefix), header.chunk_size)
+        longest = max((chunk.tokens for chunk in header.chunks), default=0)
+        self._check_context(0 if prefix is None else len(prefix), longest, header.window, header.step)
         if header.side_models and header.machine_bound:  # no encoder writes them: float rows differ
             raise CorruptArchiveError("invalid header: side models on a machine-bound archive")
         if header.side_models and (version := header.side_models_version) not in side.READABLE:

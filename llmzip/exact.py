@@ -258,12 +258,15 @@ def attention(
     positions: torch.Tensor,
     window: int | None = None,
     sinks: int = 0,
+    sink_q: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """softmax(q·k) · v over integer q, k, v, with scores in log2 units (k_scale includes
     log2(e) times the attention's scaling). Shapes: q [..., Q, D], q_scale [..., Q, 1], k and v
     [..., T, D], k_scale and v_scale [..., 1, T]; positions [Q] (int64): query i attends keys
     0..positions[i], or only the last `window` of them and the first `sinks` (StreamingLLM's
     attention sinks, Xiao et al. 2023: without them a model that lost its first keys fails).
+    `sink_q` (q's shape and scales) scores the sinks instead of q: the queries rotated to a
+    position where the sinks sit right before the window (StreamingLLM's positions in the cache).
 
     The weights p_j * v_scale_j are rounded to integers W_j that sum to about 2**16, so
     sum_j W_j * v_j (|v| <= 127) stays below 2**24: an exact product. The softmax's
@@ -279,9 +282,12 @@ def attention(
     integer_keys = k.dtype in (torch.int8, torch.int16)
     if fused and integer_keys and v.dtype == torch.int8 and q.shape[-2] <= CACHED_QUERIES:
         flat = [t.reshape(-1, *t.shape[-2:]) for t in (q, q_scale, k, k_scale, v, v_scale)]
-        return fused.attention_cached(*flat, positions, window, sinks).view(q.shape)
+        sink_flat = torch.empty(0) if sink_q is None else sink_q.reshape(flat[0].shape)
+        return fused.attention_cached(*flat, positions, window, sinks, sink_flat).view(q.shape)
     k, v = k.float(), v.float()
     scores = q @ k.transpose(-1, -2)  # exact integer dot products
+    if sink_q is not None:
+        scores[..., :sinks] = sink_q @ k[..., :sinks, :].transpose(-1, -2)
     if fused:
         shape = scores.shape
         flat = [t.reshape(-1, *t.shape[-2:]) for t in (scores, k_scale, q_scale, v_scale)]
@@ -405,13 +411,19 @@ def _cos_sin(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def rotary_quantize(
-    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, levels: int
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, levels: int, scale: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`quantize` of `rotary`(x) with heads before positions, as attention reads them: x [rows, T,
-    heads, head_dim] -> integers [rows, heads, T, head_dim] and scales [rows, heads, T, 1]."""
+    heads, head_dim] -> integers [rows, heads, T, head_dim] and scales [rows, heads, T, 1]. With
+    `scale` given (another rotation's, of the same x), the integers are round(rotary(x) / scale):
+    rotations keep each pair's norm, so they stay within sqrt(2) * levels."""
     if x.stride(-1) == 1 and (fused := _fused(x, cos, sin)):
-        return tuple(fused.rotary_quantize(x, cos, sin, levels, TINY))
-    return quantize(rotary(x, cos, sin).transpose(1, 2), levels)
+        given = torch.empty(0) if scale is None else scale.contiguous()
+        return tuple(fused.rotary_quantize(x, cos, sin, levels, TINY, given))
+    rotated = rotary(x, cos, sin).transpose(1, 2)
+    if scale is None:
+        return quantize(rotated, levels)
+    return torch.round(rotated / scale), scale
 
 
 def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -135,14 +135,16 @@ std::vector<torch::Tensor> quantize(torch::Tensor x, double levels, double tiny,
 // exact.rotary_quantize: the rotary embedding of each head's vector x [rows, T, heads, dim] (last
 // axis contiguous, any other strides) as the torch code computes it, x * cos + turned * sin with
 // each product and the sum rounded to float32, then quantized: q [rows, heads, T, dim] and scales
-// [rows, heads, T, 1].
+// [rows, heads, T, 1]; or, with `given` scales of that shape, q = round(rotated / given).
 std::vector<torch::Tensor> rotary_quantize(torch::Tensor x, torch::Tensor cos, torch::Tensor sin, double levels,
-                                           double tiny) {
+                                           double tiny, torch::Tensor given) {
   auto cc = cos.contiguous(), sc = sin.contiguous();
   const int64_t rows = x.size(0), length = x.size(1), heads = x.size(2), dim = x.size(3), half = dim / 2;
   TORCH_CHECK(x.dim() == 4 && x.stride(3) == 1 && dim % 2 == 0 && dim <= 1024 && cc.numel() == length * dim);
   auto q = torch::empty({rows, heads, length, dim}, x.options());
-  auto scale = torch::empty({rows, heads, length, 1}, x.options());
+  auto scale = given.numel() ? given.contiguous() : torch::empty({rows, heads, length, 1}, x.options());
+  TORCH_CHECK(scale.numel() == rows * heads * length);
+  const bool fixed = given.numel() > 0;
   const float* in = x.data_ptr<float>();
   const float* cp = cc.data_ptr<float>();
   const float* snp = sc.data_ptr<float>();
@@ -159,7 +161,10 @@ std::vector<torch::Tensor> rotary_quantize(torch::Tensor x, torch::Tensor cos, t
       const float* s = snp + t * dim;
       for (int64_t d = 0; d < half; ++d) rotated[d] = v[d] * c[d] + -v[d + half] * s[d];
       for (int64_t d = half; d < dim; ++d) rotated[d] = v[d] * c[d] + v[d - half] * s[d];
-      sp[i] = quantize_row(rotated, dim, level, smallest, qp + i * dim);
+      if (fixed)
+        for (int64_t d = 0; d < dim; ++d) qp[i * dim + d] = std::nearbyint(rotated[d] / sp[i]);
+      else
+        sp[i] = quantize_row(rotated, dim, level, smallest, qp + i * dim);
     }
   });
   return {q, scale};
@@ -672,17 +677,21 @@ inline void add_weighted_values(int64_t queries, const float* w, int64_t w_strid
 // q_scale [B, Q, 1], k [B, T, D] Key, k_scale [B, 1, T], v [B, T, D] int8, v_scale [B, 1, T]
 // (B may be strided: rows of a larger cache), positions [Q], window and sinks as in
 // attention_weights. The dot products in int32 and the weighted sums are the integers the
-// float32 products give, so the output has their bits.
+// float32 products give, so the output has their bits. `sink_q` (q's shape, or empty: q) scores
+// the sinks.
 template <typename Key>
 torch::Tensor attention_cached_keys(torch::Tensor q, torch::Tensor q_scale, torch::Tensor k, torch::Tensor k_scale,
                                     torch::Tensor v, torch::Tensor v_scale, torch::Tensor positions, int64_t window,
-                                    int64_t sinks) {
+                                    int64_t sinks, torch::Tensor sink_q) {
   auto qc = q.contiguous(), qs = q_scale.contiguous(), pos = positions.contiguous();
+  auto sqc = sink_q.numel() ? sink_q.contiguous() : qc;
+  TORCH_CHECK(sqc.sizes() == qc.sizes());
   const int64_t batch = qc.size(0), queries = qc.size(1), dim = qc.size(2), keys = k.size(1);
   TORCH_CHECK(k.stride(2) == 1 && v.stride(2) == 1 && k.stride(1) == dim && v.stride(1) == dim);
   TORCH_CHECK(k_scale.stride(2) == 1 && v_scale.stride(2) == 1);
   auto out = torch::empty_like(qc);
   const float* qp = qc.data_ptr<float>();
+  const float* sqp = sqc.data_ptr<float>();
   const float* qsp = qs.data_ptr<float>();
   const Key* kp = k.data_ptr<Key>();
   const int8_t* vp = v.data_ptr<int8_t>();
@@ -706,15 +715,18 @@ torch::Tensor attention_cached_keys(torch::Tensor q, torch::Tensor q_scale, torc
   at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> acc(queries * keys), spread(queries * keys), w(keys), scaled(keys), e(keys), packed(3 * keys),
         factors(queries), sums(queries * dim);
-    std::vector<int16_t> qi(queries * dim);  // |q| <= 511: int16 products summed in int32
+    std::vector<int16_t> qi(queries * dim), sqi(queries * dim);  // |q| <= 723: int16 products summed in int32
     for (int64_t b = begin; b < end; ++b) {
       const Key* kb = kp + b * k_stride;
       const int8_t* vb = vp + b * v_stride;
-      for (int64_t d = 0; d < queries * dim; ++d) qi[d] = static_cast<int16_t>(qp[b * queries * dim + d]);
+      for (int64_t d = 0; d < queries * dim; ++d) {
+        qi[d] = static_cast<int16_t>(qp[b * queries * dim + d]);
+        sqi[d] = static_cast<int16_t>(sqp[b * queries * dim + d]);
+      }
       for (int64_t i = 0; i < queries; ++i) {
         float* scores = acc.data() + i * keys;
-        query_scores(qi.data() + i * dim, kb, sink_end, dim, scores);
         query_scores(qi.data() + i * dim, kb + lo * dim, hi - lo, dim, scores + lo);
+        query_scores(sqi.data() + i * dim, kb, std::min(sinks, hi), dim, scores);  // the sinks, also within [lo, hi)
         const Visible seen(pp[i], keys, window, sinks);
         factors[i] = query_weights(
             seen.pack(scores, packed.data()), seen.pack(ksp + b * ks_stride, packed.data() + keys),
@@ -738,11 +750,11 @@ torch::Tensor attention_cached_keys(torch::Tensor q, torch::Tensor q_scale, torc
 
 torch::Tensor attention_cached(torch::Tensor q, torch::Tensor q_scale, torch::Tensor k, torch::Tensor k_scale,
                                torch::Tensor v, torch::Tensor v_scale, torch::Tensor positions, int64_t window,
-                               int64_t sinks) {
+                               int64_t sinks, torch::Tensor sink_q) {
   TORCH_CHECK(k.scalar_type() == torch::kChar || k.scalar_type() == torch::kShort, "keys must be int8 or int16");
   if (k.scalar_type() == torch::kChar)
-    return attention_cached_keys<int8_t>(q, q_scale, k, k_scale, v, v_scale, positions, window, sinks);
-  return attention_cached_keys<int16_t>(q, q_scale, k, k_scale, v, v_scale, positions, window, sinks);
+    return attention_cached_keys<int8_t>(q, q_scale, k, k_scale, v, v_scale, positions, window, sinks, sink_q);
+  return attention_cached_keys<int16_t>(q, q_scale, k, k_scale, v, v_scale, positions, window, sinks, sink_q);
 }
 
 // bias.AdaptiveBias.apply over rows: weights [R, V] float64 (any row stride) rewritten in place

@@ -37,9 +37,11 @@ class KVCache:
         device: torch.device,
         window: int | None = None,
         sinks: int = 0,
+        pin_sinks: bool = False,
     ) -> None:
         self.key_levels = key_levels  # the forward quantizes keys to these levels
         self.rows, self.positions, self.window, self.sinks = rows, positions, window, sinks
+        self.pin_sinks = pin_sinks  # queries see the sinks right before their window (`sink_positions`)
         self.capacity = self.slots(positions, window, sinks)
         shape = (config.layers, rows, config.kv_heads, self.capacity)
         self.keys = torch.zeros(*shape, config.head_dim, dtype=key_dtype(key_levels), device=device)
@@ -97,6 +99,17 @@ class KVCache:
             self.values[layer, :, :, :held],
             self.value_scales[layer, :, :, None, :held],
         )
+
+    def sink_positions(self, start: int, length: int) -> Tensor | None:
+        """Where queries at positions start..start+length-1 see the sinks from: the sinks sit right
+        before the window (StreamingLLM's positions in the cache), so a query past
+        sinks + window - 1 is taken there to score them; however long the sequence, no query
+        sees a key farther than the model was trained for. None when every query is at its own
+        position (or the forward does not pin sinks)."""
+        last = self.sinks + self.window - 1 if self.pin_sinks and self.window and self.sinks else None
+        if last is None or start + length - 1 <= last:
+            return None
+        return torch.clamp(torch.arange(start, start + length), max=last)
 
     def attended(self, start: int, length: int, layer_window: int | None = None) -> tuple[Tensor, int, int]:
         """For queries at positions start..start+length-1: their slots (int64 [length]), and the

@@ -16,6 +16,11 @@ from dataclasses import dataclass
 
 from .chunking import DEFAULT_BATCH_SIZE
 
+# The longest chunk where the forward pins the sinks before the window (a query then sees no key
+# farther than the window, so chunks may outrun the model's context): its rotary table is 32 MB
+# for SmolLM2, and an input of 64 such chunks is 16 MB of text.
+MAX_STREAM = 1 << 16
+
 
 @dataclass(frozen=True)
 class Level:
@@ -33,7 +38,7 @@ LEVELS = {
     6: Level(4096, 1024),
     7: Level(7680, 1024),
     8: Level(7680, 2048),
-    9: Level(7680, 4096),
+    9: Level(MAX_STREAM, 4096),  # one stream per 2**16 tokens (the sinks pinned: past the context)
 }
 DEFAULT_LEVEL = 6
 FASTEST, BEST = min(LEVELS), max(LEVELS)

@@ -28,12 +28,14 @@ from .exact import ExactLinear, attention, quantize, quantize_normed, quantize_r
 from .kvcache import KVCache
 from .prepared import DecoderConfig, PreparedModel, Projections, decoder_fields
 
-NAME = "llmzip-exact-llama-3"  # archives record it: bump whenever any number computed here changes
-QUERY_LEVELS = 511  # 10-bit queries; head_dim * 511 * KEY_LEVELS < 2**24: exact scores
-# Keys' levels in each forward computed here (all that differs between them): version 2 had
-# 10-bit keys (int16 in the cache), version 3 has 8-bit ones (int8: a decoding step, which
-# streams the whole cache, reads a third less; +0.03% bits on enwik5).
-KEY_LEVELS = {"llmzip-exact-llama-2": 511, NAME: 127}
+NAME = "llmzip-exact-llama-4"  # archives record it: bump whenever any number computed here changes
+QUERY_LEVELS = 511  # 10-bit queries (sink queries: up to 723); head_dim * 723 * KEY_LEVELS < 2**24: exact scores
+# Keys' levels in each forward computed here: version 2 had 10-bit keys (int16 in the cache),
+# version 3 has 8-bit ones (int8: a decoding step, which streams the whole cache, reads a third
+# less; +0.03% bits on enwik5). Version 4 has version 3's keys and pins the sinks before the
+# window (`KVCache.sink_positions`: sequences may then run past the model's context).
+KEY_LEVELS = {"llmzip-exact-llama-2": 511, "llmzip-exact-llama-3": 127, NAME: 127}
+PINNED_SINKS = frozenset({NAME})
 V_LEVELS = 127  # attention weights sum to ~2**16, so 2**16 * 127 * (1 + ...) < 2**24
 DOWN_LEVELS = 8191  # the down projection's input before its Hadamard: 13 bits, n * 8191 < 2**24
 
@@ -67,6 +69,7 @@ class ExactLlama(PreparedModel):
 
     NAME = NAME
     FORWARDS = tuple(KEY_LEVELS)
+    PINNED_SINKS = PINNED_SINKS
     Block = Projections
     config: LlamaConfig
     embed: Tensor  # input embeddings, rotated [vocab, hidden]
@@ -129,7 +132,8 @@ class ExactLlama(PreparedModel):
         if self.cos.shape[0] < positions:
             cos, sin = exact.rotary_table(positions, self.config.head_dim, self.config.rope_theta)
             self.cos, self.sin = cos.to(self.device), sin.to(self.device)
-        return KVCache(self.config, self.key_levels(self.config, forward), rows, positions, self.device, window, sinks)
+        key_levels = self.key_levels(self.config, forward)
+        return KVCache(self.config, key_levels, rows, positions, self.device, window, sinks, forward in PINNED_SINKS)
 
     def embed_vectors(self, vectors: torch.Tensor) -> torch.Tensor:
         """Input embeddings given as vectors (steering) in the model's own basis, rotated."""
@@ -148,6 +152,8 @@ class ExactLlama(PreparedModel):
         cache.make_room(start, length)
         slots, window, sinks = cache.attended(start, length)
         positions = slots.repeat(groups)  # of each query row, as attention lays them out
+        pinned = cache.sink_positions(start, length)
+        sink_cos, sink_sin = (None, None) if pinned is None else (self.cos[pinned, None], self.sin[pinned, None])
         key_scale = exact.LOG2E / math.sqrt(c.head_dim)  # scores in log2 units
         for i, block in enumerate(self.blocks):
             h, h_scale = quantize_normed(x, c.rms_eps)
@@ -157,9 +163,13 @@ class ExactLlama(PreparedModel):
             cache.write(i, start, k, (k_scale * key_scale).squeeze(-1), v, v_scale.squeeze(-1))
             q, q_scale = rotary_quantize(qkv[:, :, : c.heads], cos, sin, QUERY_LEVELS)
             # [rows, kv_heads, groups * T, head_dim]: each key/value head with all its queries
+            sink_q = None
+            if pinned is not None:
+                sink_q, _ = rotary_quantize(qkv[:, :, : c.heads], sink_cos, sink_sin, QUERY_LEVELS, q_scale)
+                sink_q = sink_q.reshape(rows, c.kv_heads, groups * length, c.head_dim)
             q = q.reshape(rows, c.kv_heads, groups * length, c.head_dim)
             q_scale = q_scale.reshape(rows, c.kv_heads, groups * length, 1)
-            o = attention(q, q_scale, *cache.read(i, end), positions, window, sinks)
+            o = attention(q, q_scale, *cache.read(i, end), positions, window, sinks, sink_q)
             o = o.view(rows, c.kv_heads, groups, length, c.head_dim).permute(0, 3, 1, 2, 4)
             o, o_scale = quantize(o.reshape(rows, length, c.heads * c.head_dim), exact.ACTIVATION_LEVELS)
             x = x + block.out(o, o_scale)

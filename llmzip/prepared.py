@@ -68,6 +68,7 @@ class PreparedModel:
 
     NAME: ClassVar[str]  # the forward archives record
     FORWARDS: ClassVar[tuple[str, ...]]  # the forwards computed: NAME and older ones, whose archives still decode
+    PINNED_SINKS: ClassVar[frozenset[str]] = frozenset()  # forwards whose windowed sequences may outrun the context
     Block: ClassVar[type]
     TENSORS: ClassVar[tuple[str, ...]] = ("embed",)
     blocks: list

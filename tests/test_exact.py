@@ -72,6 +72,8 @@ def test_kernels_give_the_torch_codes_bits(torch_only, monkeypatch):
     heads = torch.randn(2, 5, 12, 64, generator=rng) * magnitudes[:12].view(12, 1)  # [rows, T, heads, dim]
     cos, sin = exact.rotary_table(40, 64, 10000.0)
     cos40, sin40 = exact.rotary_table(5, 40, 100.0)
+    rotated_scale = exact.rotary_quantize(heads[:, :, 3:9], cos[30:35, None], sin[30:35, None], 511)[1]
+    sink_q = torch.randint(-723, 724, q.shape, generator=rng).float()  # queries turned elsewhere, q's scales
 
     def calls() -> list[torch.Tensor]:
         return [
@@ -89,6 +91,7 @@ def test_kernels_give_the_torch_codes_bits(torch_only, monkeypatch):
             *exact.quantize_rotated(wide_rows, 8191),  # 20, 32
             *exact.rotary_quantize(heads[:, :, 3:9], cos[30:35, None], sin[30:35, None], 511),  # strided
             *exact.rotary_quantize(heads[..., :40], cos40[:5, None], sin40[:5, None], 127),
+            *exact.rotary_quantize(heads[:, :, 3:9], cos[[7] * 5, None], sin[[7] * 5, None], 511, rotated_scale),
             exact.attention(q, scales[0], k, scales[1], v, scales[2], positions),
             exact.attention(q[..., :3, :], scales[0][..., :3, :], k.short(), scales[1], v.char(), scales[2], step),
             exact.attention(q[..., :3, :], scales[0][..., :3, :], k8, scales[1], v.char(), scales[2], step, 7, 3),
@@ -131,6 +134,11 @@ def test_kernels_give_the_torch_codes_bits(torch_only, monkeypatch):
                 100,
                 4,
             ),  # blocks of keys: a query sees its sinks, one only keys before the window, one a window across blocks
+            exact.attention(q, scales[0], k8.float(), scales[1], v, scales[2], positions, 7, 3, sink_q),  # pinned sinks
+            exact.attention(q, scales[0], k8, scales[1], v.char(), scales[2], positions, 7, 3, sink_q),
+            exact.attention(
+                q[..., :3, :], scales[0][..., :3, :], k8, scales[1], v.char(), scales[2], step, 7, 3, sink_q[..., :3, :]
+            ),
         ]
 
     reference = calls()

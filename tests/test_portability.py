@@ -90,6 +90,12 @@ TINY_ARCHIVES = {
     "": (TEXTS["tiny"], ("--chunk-size", "24", "--steer", "random:2", "-1")),
     "-window": (TEXTS["tiny"] * 3, ("--chunk-size", "600", "--window", "8", "--steer", "random:2")),
     "-side": (TEXTS["tiny"] * 3, ("--chunk-size", "300", "--window", "8", "--batch-size", "2", "--steer", "random:2")),
+    # both, made after the Llama's forward 4 (sinks pinned before the window): the Llama's
+    # "-window" and "-side" goldens keep its forward 3 decoded
+    "-pinned": (
+        TEXTS["tiny"] * 3,
+        ("--chunk-size", "600", "--window", "8", "--batch-size", "2", "--steer", "random:2"),
+    ),
 }
 # The same, as llmzip wrote them before side models version 4 (no token n-grams) and, for the
 # Llama, before its forward 3 (10-bit keys): golden only.
@@ -121,8 +127,10 @@ FLOAT_CHANGERS = ("as installed", "ATEN_CPU_CAPABILITY=default", "DNNL_MAX_CPU_I
 @pytest.mark.parametrize("environment", ENVIRONMENTS)
 def test_tiny_models_decode_in_every_environment(tiny_archives, tmp_path, environment):
     names = ["golden", "fresh"]
-    names += ["golden-window", "golden-side", "golden-side-v3"] if environment in FLOAT_CHANGERS else []
-    names += ["fresh-window", "fresh-side"] if environment == "as installed" else []
+    names += (
+        ["golden-window", "golden-side", "golden-side-v3", "golden-pinned"] if environment in FLOAT_CHANGERS else []
+    )
+    names += ["fresh-window", "fresh-side", "fresh-pinned"] if environment == "as installed" else []
     texts = {kind: text for kind, (text, _) in TINY_ARCHIVES.items()} | LEGACY_ARCHIVES
     archives = {}
     for name in names:
@@ -133,10 +141,12 @@ def test_tiny_models_decode_in_every_environment(tiny_archives, tmp_path, enviro
 
 
 # Short chunks (made on an Intel Xeon), and the default level's side models over the text twice
-# in chunks of 300 tokens with a window of 8, so that the cache slides (made on an AMD EPYC).
+# in chunks of 300 tokens with a window of 8, so that the cache slides (made on an AMD EPYC), by
+# forward 3 and again by forward 4 (sinks pinned before the window; made on an AMD EPYC Zen 4).
 SMOLLM2_ARCHIVES = {
     "": (TEXTS["smollm2-135m"], ("--chunk-size", "128")),
     "-window": (TEXTS["smollm2-135m"] * 2, ("--chunk-size", "300", "--window", "8")),
+    "-pinned": (TEXTS["smollm2-135m"] * 2, ("--chunk-size", "300", "--window", "8")),
 }
 
 

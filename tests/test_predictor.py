@@ -1,6 +1,8 @@
 """The two predictors: the exact Llama and Gemma 3 (any rows, threads, teacher forcing or KV
 steps give the same bits) and the Hugging Face float forward (machine-bound)."""
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -91,18 +93,23 @@ def test_exact_weights_do_not_depend_on_forcing_rows_or_threads(exact_pair, thre
 
 
 def test_the_llama_computes_each_of_its_forwards_forced_and_stepped(tiny, exact_tiny):
-    """Forward 3 (8-bit keys) and, for older archives, forward 2 (10-bit keys): each gives the
-    same bits teacher-forced and stepped, from a cache of its own key width, and they differ."""
+    """Forward 4 (sinks pinned before the window), and for older archives forward 3 (8-bit keys)
+    and 2 (10-bit keys): each gives the same bits teacher-forced and stepped, from a cache of its
+    own key width, and they differ (with a window shorter than the chunk)."""
     chunk, start_id = tiny.tokenizer.encode(TEXT)[:50], tiny.tokenizer.roles.start_id
     inputs = np.concatenate([[start_id], chunk[:-1]])
     forced = []
     for forward, key_levels in llama.KEY_LEVELS.items():
-        predictor = ExactPredictor(exact_tiny, tiny.tokenizer.alphabet_size, forward=forward)
+        predictor = ExactPredictor(exact_tiny, tiny.tokenizer.alphabet_size, window=20, forward=forward)
         predictor.start(1, len(chunk))
         forced.append(np.concatenate([w[0].copy() for w in predictor.forced(inputs[None])]))
         assert predictor.cache.keys.dtype == kvcache.key_dtype(key_levels)
+        assert predictor.cache.pin_sinks == (forward in llama.PINNED_SINKS)
         assert np.array_equal(_stepped(predictor, 3, chunk, 2, start_id), forced[-1])
-    assert llama.NAME in llama.KEY_LEVELS and not np.array_equal(*forced)
+    assert list(llama.KEY_LEVELS)[-1] == llama.NAME in llama.PINNED_SINKS
+    assert not any(np.array_equal(a, b) for a, b in itertools.combinations(forced, 2))
+    # before a query is past the window and sinks (here 24 positions) pinning changes nothing
+    assert np.array_equal(forced[-1][:24], forced[-2][:24]) and not np.array_equal(forced[-1][24:], forced[-2][24:])
 
 
 def test_a_window_gives_the_same_bits_forced_stepped_and_slid(exact_pair, monkeypatch):

@@ -133,7 +133,7 @@ def test_clip_sets_the_bin_range():
 
 
 def test_prefix_beyond_the_context_is_refused_before_training(tiny):
-    compressor = Compressor(tiny, chunk_size=4090, steer="trained:8", training=QUICK)
+    compressor = Compressor(tiny, level=1, chunk_size=4090, steer="trained:8", training=QUICK)
 
     def fail(loss: float) -> None:
         raise AssertionError("trained before checking the context")
