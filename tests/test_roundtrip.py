@@ -106,6 +106,7 @@ def test_levels_set_chunk_size_and_window(tiny, tiny_gemma3):
     context = tiny.model.config.max_position_embeddings  # 4096: -9's window does not fit, -8's does
     assert best.chunk_size == min(LEVELS[BEST].chunk_size, (context - 1) * 15 // 16)
     assert Compressor(tiny, level=8).chunk_size == LEVELS[8].chunk_size  # the Llama pins its sinks
+    assert Compressor(tiny, level=2).chunk_size_for(10**7) == (context - 1) * 15 // 16  # growth stops there
     context = tiny_gemma3.model.config.max_position_embeddings  # the Gemma does not: chunks fit its context
     assert Compressor(tiny_gemma3, level=BEST).chunk_size == min(LEVELS[BEST].chunk_size, (context - 1) * 15 // 16)
     assert Compressor(tiny, level=BEST, chunk_size=100, window=7).chunk_size == 100
