@@ -213,9 +213,9 @@ class Compressor:
             self.worker_spec()  # refuses what workers cannot do before any work
 
     def _geometry(self, level: Level, chunk_size: int | None, window: int | None) -> tuple[int, int | None]:
-        """Chunk size and window: those given, else the level's. A level's chunks leave 1/16 of
-        the model's context to a steering prefix; a float forward has no window, so there the
-        level's window is its chunk size."""
+        """Chunk size and window: those given, else the level's, its chunks no longer than
+        `_longest_chunk`; a float forward has no window, so there the level's window is its chunk
+        size."""
         if self.precision != EXACT:
             return chunk_size or level.window or level.chunk_size, None
         window = level.window if window is None else window
@@ -236,7 +236,7 @@ class Compressor:
     def _longest_chunk(self, window: int | None) -> int:
         """The longest chunk a level codes: one within the context, or MAX_STREAM tokens where
         the forward pins the sinks before a window that fits there."""
-        pins = self.precision == EXACT and self._pins_sinks(forward_name(self.model.model, EXACT), window)
+        pins = self._pins_sinks(forward_name(self.model.model, self.precision), window)
         return MAX_STREAM if pins and window + SINK_TOKENS <= self._fitting_chunk() else self._fitting_chunk()
 
     def chunk_size_for(self, tokens: int) -> int:

@@ -109,7 +109,7 @@ class KVCache:
         last = self.sinks + self.window - 1 if self.pin_sinks and self.window and self.sinks else None
         if last is None or start + length - 1 <= last:
             return None
-        return torch.clamp(torch.arange(start, start + length), max=last)
+        return torch.clamp(torch.arange(start, start + length, device=self.keys.device), max=last)
 
     def attended(self, start: int, length: int, layer_window: int | None = None) -> tuple[Tensor, int, int]:
         """For queries at positions start..start+length-1: their slots (int64 [length]), and the
