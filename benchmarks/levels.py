@@ -3,10 +3,12 @@ beside the classical compressors, on the same input in the same run.
 
     python benchmarks/levels.py ../shared/corpus/enwik6 --levels 1,6
     python benchmarks/levels.py alice29.txt enwik5 --levels 1,3,6,9
+    python benchmarks/levels.py enwik5 alice29.txt --levels 9 --model gemma3-270m
 
 Each (file, level) runs in its own process (model loaded, then compress and decompress timed,
 round trip checked), so each peak RSS is its own. Results go to
-benchmarks/results/levels_<file>[_<bytes>].json, one file per input.
+benchmarks/results/levels_[<model>_]<file>[_<bytes>].json, one file per input (the model named
+where it is not the default).
 """
 
 from __future__ import annotations
@@ -75,7 +77,8 @@ def main() -> None:
             "baselines": baselines(data),
         }
         suffix = f"_{args.bytes}" if args.bytes else ""
-        save(f"levels_{name}{suffix}.json", report)
+        prefix = "" if args.model == DEFAULT_MODEL else f"{args.model}_"
+        save(f"levels_{prefix}{name}{suffix}.json", report)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmzip.aliases import DEFAULT_MODEL
+
 ROOT = Path(__file__).parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 PEERS = ROOT / "benchmarks" / "peers.json"  # other compressors' figures, measured elsewhere or published
@@ -537,29 +539,35 @@ def levels_tables() -> list[Table]:
     found = _load("levels_*.json")
     peers = json.loads(PEERS.read_text())["peers"]
     rows = []
-    for _, r in found:
-        label = _label(r["settings"]["file"], r["settings"]["bytes"], FULL_SIZES)
+    inputs = {}  # each input's rows: every model's levels, then the classical compressors and peers once
+    for _, r in sorted(found, key=lambda f: f[1]["settings"]["model"] != DEFAULT_MODEL):
+        settings = r["settings"]
+        label = _label(settings["file"], settings["bytes"], FULL_SIZES)
+        first = label not in inputs
+        rows = inputs.setdefault(label, [])
         for x in sorted(r["levels"], key=lambda x: x["level"]):
             window = "whole chunk" if x["window"] is None else _n(x["window"])
             speeds = [_n(x["compress_bytes_per_s"]), _n(x["decompress_bytes_per_s"])]
             side = _side_models(x.get("side_models"))
-            rows.append([label, f"-{x['level']}", _n(x["chunk_size"]), window, side, f"{x['bits_per_byte']:.4f}",
-                         *speeds, _n(x["peak_rss_mb"])])  # fmt: skip
+            rows.append([label, settings["model"], f"-{x['level']}", _n(x["chunk_size"]), window, side,
+                         f"{x['bits_per_byte']:.4f}", *speeds, _n(x["peak_rss_mb"])])  # fmt: skip
+        if not first:
+            continue
         for name in ("xz -9e", "brotli -11"):
             base = r["baselines"][name]
-            rows.append([label, name, "", "", "", f"{base['bits_per_byte']:.4f}", _n(base["bytes_per_s"]), "", ""])
+            rows.append([label, "", name, "", "", "", f"{base['bits_per_byte']:.4f}", _n(base["bytes_per_s"]), "", ""])
         for peer in peers:
             for x in peer["inputs"]:
-                if (x["file"], x["bytes"]) == (Path(r["settings"]["file"]).name, r["settings"]["bytes"]):
+                if (x["file"], x["bytes"]) == (Path(settings["file"]).name, settings["bytes"]):
                     speed = "" if x["bytes_per_s"] is None else _n(x["bytes_per_s"])
-                    rows.append(
-                        [label, peer["name"], "", _n(peer["window"]), "", f"{x['bits_per_byte']:.4f}", speed, speed, ""]
-                    )
+                    bpb = f"{x['bits_per_byte']:.4f}"
+                    rows.append([label, peer["model"], peer["name"], "", _n(peer["window"]), "", bpb, speed, speed, ""])
+    rows = [row for label in sorted(inputs) for row in inputs[label]]
     if not rows:
         return []
-    columns = ["input", "level", "chunk tokens", "window", "side models", "bits/byte", "compress B/s",
+    columns = ["input", "model", "level", "chunk tokens", "window", "side models", "bits/byte", "compress B/s",
                "decompress B/s", "peak RSS MB"]  # fmt: skip
-    caption = "Compression levels (SmolLM2, exact), each in its own process, beside classical and LLM compressors"
+    caption = "Compression levels (exact), each in its own process, beside classical and LLM compressors"
     cited = " ".join(f"{p['name']}: {p['setting']}; {p['source']}." for p in peers)
     return [Table("levels", caption, columns, rows, f"{_source(found)} Peers (benchmarks/peers.json): {cited}")]
 
@@ -708,6 +716,7 @@ def plots(out: Path) -> list[Path]:
         for _, r in found:
             points = sorted((x["decompress_bytes_per_s"], x["bits_per_byte"], x["level"]) for x in r["levels"])
             label = _label(r["settings"]["file"], r["settings"]["bytes"], FULL_SIZES)
+            label += "" if r["settings"]["model"] == DEFAULT_MODEL else f" ({r['settings']['model']})"
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
             for speed, bpb, level in points:
                 ax.annotate(f"-{level}", (speed, bpb), textcoords="offset points", xytext=(4, 4), fontsize=7)

@@ -128,6 +128,7 @@ def _level_options(f: Callable) -> Callable:
     for n in sorted(LEVELS, reverse=True):
         level = LEVELS[n]
         sees = "each token sees its whole chunk" if level.window is None else f"window {level.window}"
+        sees += " (or half the model's context, if longer)" if level.half_context else ""
         sees += ", side models" if level.side else ""
         more = "" if level.window is None or level.chunk_size >= MAX_STREAM else " (more on large files)"
         default = " (default)" if n == DEFAULT_LEVEL else ""

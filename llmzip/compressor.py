@@ -213,12 +213,13 @@ class Compressor:
             self.worker_spec()  # refuses what workers cannot do before any work
 
     def _geometry(self, level: Level, chunk_size: int | None, window: int | None) -> tuple[int, int | None]:
-        """Chunk size and window: those given, else the level's, its chunks no longer than
-        `_longest_chunk`; a float forward has no window, so there the level's window is its chunk
-        size."""
+        """Chunk size and window: those given, else the level's (its window up to half the
+        context where the level says), its chunks no longer than `_longest_chunk`; a float
+        forward has no window, so there the level's window is its chunk size."""
         if self.precision != EXACT:
             return chunk_size or level.window or level.chunk_size, None
-        window = level.window if window is None else window
+        if window is None:
+            window = max(level.window, self._context() // 2) if level.half_context else level.window
         if chunk_size is None:
             chunk_size = min(level.chunk_size, self._longest_chunk(window))
         return chunk_size, window

@@ -415,15 +415,16 @@ def rotary_quantize(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`quantize` of `rotary`(x) with heads before positions, as attention reads them: x [rows, T,
     heads, head_dim] -> integers [rows, heads, T, head_dim] and scales [rows, heads, T, 1]. With
-    `scale` given (another rotation's, of the same x), the integers are round(rotary(x) / scale):
-    rotations keep each pair's norm, so they stay within sqrt(2) * levels."""
+    `scale` given (another rotation's, of the same x), the integers are round(rotary(x) / scale)
+    clipped to [-levels, levels]: rotations keep each pair's norm, so they stay within sqrt(2)
+    times the other rotation's levels."""
     if x.stride(-1) == 1 and (fused := _fused(x, cos, sin)):
         given = torch.empty(0) if scale is None else scale.contiguous()
         return tuple(fused.rotary_quantize(x, cos, sin, levels, TINY, given))
     rotated = rotary(x, cos, sin).transpose(1, 2)
     if scale is None:
         return quantize(rotated, levels)
-    return torch.round(rotated / scale), scale
+    return torch.clamp(torch.round(rotated / scale), -levels, levels), scale
 
 
 def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,8 @@ Gemma differs from Llama in ways that decide where rotations can go:
 - RMSNorm of each query and key head (gain 1 + w) before the rotary embedding, local layers
   with a sliding window and their own rotary base, GELU (tanh form) in the MLP, embeddings
   scaled by sqrt(hidden), and queries scaled by query_pre_attn_scalar**-0.5;
-- head_dim 256: queries and keys take 8 bits (256 * 255**2 < 2**24).
+- head_dim 256: queries and keys take 8 bits (256 * 255**2 < 2**24); sink queries, rotated
+  on the queries' scales, are clipped to 257 levels (256 * 257 * 255 < 2**24).
 
 Value heads and the down projection's input are rotated as in `llama.py`.
 """
@@ -33,7 +34,11 @@ from .exact import ExactLinear, attention, hadamard, quantize, quantize_normed, 
 from .kvcache import KVCache
 from .prepared import DecoderConfig, PreparedModel, Projections, decoder_fields
 
-NAME = "llmzip-exact-gemma3-2"  # archives record it: bump whenever any number computed here changes
+NAME = "llmzip-exact-gemma3-3"  # archives record it: bump whenever any number computed here changes
+# Version 3 pins the sinks of the full-attention layers before the window, as llama.py's forward 4
+# (`KVCache.sink_positions`: sequences may then run past the model's context); version 2 did not.
+FORWARDS = ("llmzip-exact-gemma3-2", NAME)
+PINNED_SINKS = frozenset({NAME})
 V_LEVELS = 127  # as in llama.py
 NORM_LEVELS = 8191  # 13 bits for what a norm reads and what a Hadamard transform rotates online
 
@@ -49,6 +54,11 @@ class Gemma3Config(DecoderConfig):
     def qk_levels(self) -> int:
         """The most integer levels of queries and keys whose dot products stay below 2**24."""
         return min(511, math.isqrt((exact.EXACT_SUM - 1) // self.head_dim))
+
+    @property
+    def sink_levels(self) -> int:
+        """The most levels of sink queries (on the queries' scales) whose dot products with keys stay below 2**24."""
+        return (exact.EXACT_SUM - 1) // (self.head_dim * self.qk_levels)
 
     @classmethod
     def of(cls, model: PreTrainedModel) -> Gemma3Config | None:
@@ -96,7 +106,8 @@ class ExactGemma3(PreparedModel):
     """The prepared model: call `forward` with input embeddings and the position of the first."""
 
     NAME = NAME
-    FORWARDS = (NAME,)
+    FORWARDS = FORWARDS
+    PINNED_SINKS = PINNED_SINKS
     Block = Block
     TENSORS = ("embed", "final_gain")
     config: Gemma3Config
@@ -171,7 +182,8 @@ class ExactGemma3(PreparedModel):
                 tuple(t.to(self.device) for t in exact.rotary_table(positions, self.config.head_dim, theta))
                 for theta in self.config.rope_theta
             ]
-        return KVCache(self.config, self.key_levels(self.config, forward), rows, positions, self.device, window, sinks)
+        key_levels = self.key_levels(self.config, forward)
+        return KVCache(self.config, key_levels, rows, positions, self.device, window, sinks, forward in PINNED_SINKS)
 
     def embed_vectors(self, vectors: Tensor) -> Tensor:
         """Input embeddings given as vectors (steering), as the model reads them."""
@@ -187,12 +199,17 @@ class ExactGemma3(PreparedModel):
         r, r_scale = quantize(hadamard(q), exact.ACTIVATION_LEVELS)
         return r, r_scale * (scale * factor)
 
-    def _head_norm(self, x: Tensor, gain: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+    def _head_norm(
+        self, x: Tensor, gain: Tensor, cos: Tensor, sin: Tensor, pinned: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
         """RMSNorm of each head with its gain, the rotary embedding, and 8-bit integers with scales
-        [rows, heads, T, 1], heads before positions as attention reads them."""
-        q, factor = quantize_normed(x, self.config.rms_eps, NORM_LEVELS)
-        q, scale = rotary_quantize(q * gain, cos, sin, self.config.qk_levels)
-        return q, scale * factor.transpose(1, 2)
+        [rows, heads, T, 1], heads before positions as attention reads them; and, with the sinks'
+        `pinned` tables, the same vectors rotated there, on the same scales (`attention`'s sink_q)."""
+        normed, factor = quantize_normed(x, self.config.rms_eps, NORM_LEVELS)
+        normed = normed * gain
+        q, scale = rotary_quantize(normed, cos, sin, self.config.qk_levels)
+        sink_q = None if pinned is None else rotary_quantize(normed, *pinned, self.config.sink_levels, scale)[0]
+        return q, scale * factor.transpose(1, 2), sink_q
 
     def _normed(self, x: Tensor, gain: Tensor) -> Tensor:
         """RMSNorm(x) * gain for an output about to join the residual stream."""
@@ -212,19 +229,25 @@ class ExactGemma3(PreparedModel):
         # Of each query row, as attention lays them out: slots, window and sinks of full and local layers.
         attended = [cache.attended(start, length, window) for window in (None, c.window)]
         attended = [(slots.repeat(groups), window, sinks) for slots, window, sinks in attended]
+        pinned = cache.sink_positions(start, length)
+        sink_tables = [None if pinned is None else (cos[pinned, None], sin[pinned, None]) for cos, sin in self.tables]
         key_scale = exact.LOG2E * c.query_scale  # scores in log2 units
         for i, block in enumerate(self.blocks):
             cos, sin = tables[c.sliding[i]]
             h, h_scale = self._read(x, block.input_gain)
             qkv = block.qkv(h, h_scale).view(rows, length, c.heads + 2 * c.kv_heads, c.head_dim)
-            k, k_scale = self._head_norm(qkv[:, :, c.heads : c.heads + c.kv_heads], block.key_gain, cos, sin)
+            k, k_scale, _ = self._head_norm(qkv[:, :, c.heads : c.heads + c.kv_heads], block.key_gain, cos, sin)
             v, v_scale = quantize(qkv[:, :, c.heads + c.kv_heads :].transpose(1, 2), V_LEVELS)
             cache.write(i, start, k, (k_scale * key_scale).squeeze(-1), v, v_scale.squeeze(-1))
-            q, q_scale = self._head_norm(qkv[:, :, : c.heads], block.query_gain, cos, sin)
+            _, _, sinks = attended[c.sliding[i]]  # local layers have sinks only if the window is no longer than theirs
+            sink_pins = sink_tables[c.sliding[i]] if sinks else None
+            q, q_scale, sink_q = self._head_norm(qkv[:, :, : c.heads], block.query_gain, cos, sin, sink_pins)
             # [rows, kv_heads, groups * T, head_dim]: each key/value head with all its queries
             q = q.reshape(rows, c.kv_heads, groups * length, c.head_dim)
             q_scale = q_scale.reshape(rows, c.kv_heads, groups * length, 1)
-            o = attention(q, q_scale, *cache.read(i, end), *attended[c.sliding[i]])
+            if sink_q is not None:
+                sink_q = sink_q.reshape(q.shape)
+            o = attention(q, q_scale, *cache.read(i, end), *attended[c.sliding[i]], sink_q)
             o = o.view(rows, c.heads, length, c.head_dim).transpose(1, 2)
             o, o_scale = quantize(o.reshape(rows, length, c.heads * c.head_dim), exact.ACTIVATION_LEVELS)
             x = x + self._normed(block.out(o, o_scale), block.attention_gain)

@@ -135,7 +135,8 @@ std::vector<torch::Tensor> quantize(torch::Tensor x, double levels, double tiny,
 // exact.rotary_quantize: the rotary embedding of each head's vector x [rows, T, heads, dim] (last
 // axis contiguous, any other strides) as the torch code computes it, x * cos + turned * sin with
 // each product and the sum rounded to float32, then quantized: q [rows, heads, T, dim] and scales
-// [rows, heads, T, 1]; or, with `given` scales of that shape, q = round(rotated / given).
+// [rows, heads, T, 1]; or, with `given` scales of that shape, q = round(rotated / given) clipped
+// to [-levels, levels].
 std::vector<torch::Tensor> rotary_quantize(torch::Tensor x, torch::Tensor cos, torch::Tensor sin, double levels,
                                            double tiny, torch::Tensor given) {
   auto cc = cos.contiguous(), sc = sin.contiguous();
@@ -162,7 +163,8 @@ std::vector<torch::Tensor> rotary_quantize(torch::Tensor x, torch::Tensor cos, t
       for (int64_t d = 0; d < half; ++d) rotated[d] = v[d] * c[d] + -v[d + half] * s[d];
       for (int64_t d = half; d < dim; ++d) rotated[d] = v[d] * c[d] + v[d - half] * s[d];
       if (fixed)
-        for (int64_t d = 0; d < dim; ++d) qp[i * dim + d] = std::nearbyint(rotated[d] / sp[i]);
+        for (int64_t d = 0; d < dim; ++d)
+          qp[i * dim + d] = std::clamp(std::nearbyint(rotated[d] / sp[i]), -level, level);
       else
         sp[i] = quantize_row(rotated, dim, level, smallest, qp + i * dim);
     }

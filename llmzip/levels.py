@@ -27,6 +27,9 @@ class Level:
     chunk_size: int  # tokens; with a window, the least (`chunk_size_for`)
     window: int | None  # tokens; None: each token sees its whole chunk
     side: bool = True  # side models: adaptive bias, token n-grams, match model, adaptive map (side.py)
+    # the window grows to half the model's context where that is longer: Gemma 3's 32 768 positions
+    # give 16 384 (alice29.txt at -9: -0.9% against 4096, compress 1.5x as long)
+    half_context: bool = False
 
 
 LEVELS = {
@@ -38,7 +41,7 @@ LEVELS = {
     6: Level(4096, 1024),
     7: Level(7680, 1024),
     8: Level(7680, 2048),
-    9: Level(MAX_STREAM, 4096),  # one stream per 2**16 tokens (the sinks pinned: past the context)
+    9: Level(MAX_STREAM, 4096, half_context=True),  # one stream per 2**16 tokens (the sinks pinned: past the context)
 }
 DEFAULT_LEVEL = 6
 FASTEST, BEST = min(LEVELS), max(LEVELS)

@@ -29,7 +29,8 @@ from .kvcache import KVCache
 from .prepared import DecoderConfig, PreparedModel, Projections, decoder_fields
 
 NAME = "llmzip-exact-llama-4"  # archives record it: bump whenever any number computed here changes
-QUERY_LEVELS = 511  # 10-bit queries (sink queries: up to 723); head_dim * 723 * KEY_LEVELS < 2**24: exact scores
+QUERY_LEVELS = 511  # 10-bit queries
+SINK_QUERY_LEVELS = 723  # sink queries, on the queries' scales: within sqrt(2) * 511 (head_dim * 723 * 127 < 2**24)
 # Keys' levels in each forward computed here: version 2 had 10-bit keys (int16 in the cache),
 # version 3 has 8-bit ones (int8: a decoding step, which streams the whole cache, reads a third
 # less; +0.03% bits on enwik5). Version 4 has version 3's keys and pins the sinks before the
@@ -58,6 +59,7 @@ class LlamaConfig(DecoderConfig):
             and not getattr(c, "attention_bias", False)
             and not getattr(c, "mlp_bias", False)
             and head_dim * QUERY_LEVELS * max(KEY_LEVELS.values()) < exact.EXACT_SUM
+            and head_dim * SINK_QUERY_LEVELS * KEY_LEVELS[NAME] < exact.EXACT_SUM
             and c.hidden_size <= exact.MAX_PIECE  # exact sums of squares in the norms
         )
         sizes = decoder_fields(model, head_dim) if plain else None
@@ -165,7 +167,7 @@ class ExactLlama(PreparedModel):
             # [rows, kv_heads, groups * T, head_dim]: each key/value head with all its queries
             sink_q = None
             if pinned is not None:
-                sink_q, _ = rotary_quantize(qkv[:, :, : c.heads], sink_cos, sink_sin, QUERY_LEVELS, q_scale)
+                sink_q, _ = rotary_quantize(qkv[:, :, : c.heads], sink_cos, sink_sin, SINK_QUERY_LEVELS, q_scale)
                 sink_q = sink_q.reshape(rows, c.kv_heads, groups * length, c.head_dim)
             q = q.reshape(rows, c.kv_heads, groups * length, c.head_dim)
             q_scale = q_scale.reshape(rows, c.kv_heads, groups * length, 1)

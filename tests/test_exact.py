@@ -91,7 +91,8 @@ def test_kernels_give_the_torch_codes_bits(torch_only, monkeypatch):
             *exact.quantize_rotated(wide_rows, 8191),  # 20, 32
             *exact.rotary_quantize(heads[:, :, 3:9], cos[30:35, None], sin[30:35, None], 511),  # strided
             *exact.rotary_quantize(heads[..., :40], cos40[:5, None], sin40[:5, None], 127),
-            *exact.rotary_quantize(heads[:, :, 3:9], cos[[7] * 5, None], sin[[7] * 5, None], 511, rotated_scale),
+            *exact.rotary_quantize(heads[:, :, 3:9], cos[[7] * 5, None], sin[[7] * 5, None], 723, rotated_scale),
+            *exact.rotary_quantize(heads[:, :, 3:9], cos[[7] * 5, None], sin[[7] * 5, None], 500, rotated_scale),
             exact.attention(q, scales[0], k, scales[1], v, scales[2], positions),
             exact.attention(q[..., :3, :], scales[0][..., :3, :], k.short(), scales[1], v.char(), scales[2], step),
             exact.attention(q[..., :3, :], scales[0][..., :3, :], k8, scales[1], v.char(), scales[2], step, 7, 3),
@@ -144,6 +145,9 @@ def test_kernels_give_the_torch_codes_bits(torch_only, monkeypatch):
     reference = calls()
     monkeypatch.undo()
     assert all(torch.equal(a, b) for a, b in zip(reference, calls(), strict=True))
+    turned = [exact.rotary_quantize(heads[:, :, 3:9], cos[[7] * 5, None], sin[[7] * 5, None], n, rotated_scale)[0]
+              for n in (723, 500)]  # fmt: skip
+    assert turned[0].abs().max() > 511 and turned[1].abs().max() == 500  # past the queries' levels; clipped
 
 
 def test_gelu_tanh_is_accurate():

@@ -90,8 +90,8 @@ TINY_ARCHIVES = {
     "": (TEXTS["tiny"], ("--chunk-size", "24", "--steer", "random:2", "-1")),
     "-window": (TEXTS["tiny"] * 3, ("--chunk-size", "600", "--window", "8", "--steer", "random:2")),
     "-side": (TEXTS["tiny"] * 3, ("--chunk-size", "300", "--window", "8", "--batch-size", "2", "--steer", "random:2")),
-    # both, made after the Llama's forward 4 (sinks pinned before the window): the Llama's
-    # "-window" and "-side" goldens keep its forward 3 decoded
+    # both, made after the Llama's forward 4 and the Gemma's forward 3 (sinks pinned before the
+    # window): the "-window" and "-side" goldens keep the Llama's forward 3 and the Gemma's 2 decoded
     "-pinned": (
         TEXTS["tiny"] * 3,
         ("--chunk-size", "600", "--window", "8", "--batch-size", "2", "--steer", "random:2"),

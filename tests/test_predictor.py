@@ -23,7 +23,7 @@ from llmzip import (
 from llmzip.container import MIN_ROWS
 from llmzip.gemma3 import Gemma3Config
 from llmzip.llama import LlamaConfig
-from llmzip.predictor import ExactPredictor, FloatPredictor, exact_architecture, forward_name
+from llmzip.predictor import SINK_TOKENS, ExactPredictor, FloatPredictor, exact_architecture, forward_name
 
 TEXT = b"the rain and the sun in the morning, \xd0\x9f\xd1\x80\xd0\xb8\xd0\xb2\xd0\xb5\xd1\x82 and the " * 3
 
@@ -92,24 +92,30 @@ def test_exact_weights_do_not_depend_on_forcing_rows_or_threads(exact_pair, thre
         torch.set_num_threads(old)
 
 
-def test_the_llama_computes_each_of_its_forwards_forced_and_stepped(tiny, exact_tiny):
-    """Forward 4 (sinks pinned before the window), and for older archives forward 3 (8-bit keys)
-    and 2 (10-bit keys): each gives the same bits teacher-forced and stepped, from a cache of its
-    own key width, and they differ (with a window shorter than the chunk)."""
-    chunk, start_id = tiny.tokenizer.encode(TEXT)[:50], tiny.tokenizer.roles.start_id
+def test_each_architecture_computes_each_of_its_forwards_forced_and_stepped(exact_pair):
+    """The newest forward pins the sinks before the window; older archives' forwards (the Llama's
+    3 with 8-bit keys and 2 with 10-bit keys, the Gemma's 2) do not. Each gives the same bits
+    teacher-forced and stepped, from a cache of its own key width, and they differ (with a
+    window shorter than the chunk, and for the Gemma as long as its local layers' window, so
+    that those attend sinks too)."""
+    loaded, model = exact_pair
+    chunk, start_id = loaded.tokenizer.encode(TEXT)[:50], loaded.tokenizer.roles.start_id
     inputs = np.concatenate([[start_id], chunk[:-1]])
+    window = 16 if model.NAME == gemma3.NAME else 20
     forced = []
-    for forward, key_levels in llama.KEY_LEVELS.items():
-        predictor = ExactPredictor(exact_tiny, tiny.tokenizer.alphabet_size, window=20, forward=forward)
+    for forward in model.FORWARDS:
+        predictor = ExactPredictor(model, loaded.tokenizer.alphabet_size, window=window, forward=forward)
         predictor.start(1, len(chunk))
         forced.append(np.concatenate([w[0].copy() for w in predictor.forced(inputs[None])]))
-        assert predictor.cache.keys.dtype == kvcache.key_dtype(key_levels)
-        assert predictor.cache.pin_sinks == (forward in llama.PINNED_SINKS)
+        assert predictor.cache.keys.dtype == kvcache.key_dtype(model.key_levels(model.config, forward))
+        assert predictor.cache.pin_sinks == (forward in model.PINNED_SINKS)
         assert np.array_equal(_stepped(predictor, 3, chunk, 2, start_id), forced[-1])
-    assert list(llama.KEY_LEVELS)[-1] == llama.NAME in llama.PINNED_SINKS
+    assert model.FORWARDS[-1] == model.NAME and {model.NAME} == model.PINNED_SINKS
     assert not any(np.array_equal(a, b) for a, b in itertools.combinations(forced, 2))
-    # before a query is past the window and sinks (here 24 positions) pinning changes nothing
-    assert np.array_equal(forced[-1][:24], forced[-2][:24]) and not np.array_equal(forced[-1][24:], forced[-2][24:])
+    # before a query is past the window and sinks pinning changes nothing
+    unpinned = window + SINK_TOKENS
+    assert np.array_equal(forced[-1][:unpinned], forced[-2][:unpinned])
+    assert not np.array_equal(forced[-1][unpinned:], forced[-2][unpinned:])
 
 
 def test_a_window_gives_the_same_bits_forced_stepped_and_slid(exact_pair, monkeypatch):

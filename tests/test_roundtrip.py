@@ -100,15 +100,19 @@ def test_a_window_as_long_as_the_chunks_is_not_recorded(tiny):
     assert container.unpack(windowed.compress(data))[0].window is None and windowed.stats.window is None
 
 
-def test_levels_set_chunk_size_and_window(tiny, tiny_gemma3):
+def test_levels_set_chunk_size_and_window(tiny, tiny_gemma3, monkeypatch):
     fast, best = Compressor(tiny, level=FASTEST), Compressor(tiny, level=BEST)
     assert (fast.chunk_size, fast.window) == (LEVELS[FASTEST].chunk_size, None)
     context = tiny.model.config.max_position_embeddings  # 4096: -9's window does not fit, -8's does
     assert best.chunk_size == min(LEVELS[BEST].chunk_size, (context - 1) * 15 // 16)
     assert Compressor(tiny, level=8).chunk_size == LEVELS[8].chunk_size  # the Llama pins its sinks
     assert Compressor(tiny, level=2).chunk_size_for(10**7) == (context - 1) * 15 // 16  # growth stops there
-    context = tiny_gemma3.model.config.max_position_embeddings  # the Gemma does not: chunks fit its context
-    assert Compressor(tiny_gemma3, level=BEST).chunk_size == min(LEVELS[BEST].chunk_size, (context - 1) * 15 // 16)
+    context = tiny_gemma3.model.config.max_position_embeddings
+    assert Compressor(tiny_gemma3, level=BEST).window == LEVELS[BEST].window >= context // 2
+    monkeypatch.setattr(tiny_gemma3.model.config, "max_position_embeddings", 32_768)  # gemma3-270m's
+    best = Compressor(tiny_gemma3, level=BEST)
+    assert (best.chunk_size, best.window) == (LEVELS[BEST].chunk_size, 16_384)  # half the context
+    assert Compressor(tiny_gemma3, level=8).window == LEVELS[8].window  # the other levels keep theirs
     assert Compressor(tiny, level=BEST, chunk_size=100, window=7).chunk_size == 100
     floats = Compressor(tiny, level=DEFAULT_LEVEL, precision="fp32")  # no window: its chunks are the window long
     assert (floats.chunk_size, floats.window) == (LEVELS[DEFAULT_LEVEL].window, None)
@@ -137,20 +141,22 @@ def test_the_archive_holds_the_grown_chunk_size(tiny, monkeypatch):
     assert container.unpack(Compressor(tiny, level=2, chunk_size=16).compress(data))[0].chunk_size == 16  # given: kept
 
 
-def test_a_windowed_chunk_outruns_the_context_where_the_sinks_are_pinned(tiny, monkeypatch):
-    """The Llama's forward 4 keeps every query within window + sinks of the keys it attends, so a
-    chunk may be longer than the model's context; without a window, or with one as long as the
-    context, it is refused."""
-    monkeypatch.setattr(tiny.model.config, "max_position_embeddings", 64)
+@pytest.mark.parametrize("model", ["tiny", "tiny_gemma3"])
+def test_a_windowed_chunk_outruns_the_context_where_the_sinks_are_pinned(request, model, monkeypatch):
+    """The Llama's forward 4 and the Gemma's forward 3 keep every query within window + sinks of
+    the keys it attends, so a chunk may be longer than the model's context; without a window,
+    or with one as long as the context, it is refused."""
+    loaded = request.getfixturevalue(model)
+    monkeypatch.setattr(loaded.model.config, "max_position_embeddings", 64)
     data = b"the rain and the sun and the wind " * 12
-    compressor = Compressor(tiny, chunk_size=300, window=40)
+    compressor = Compressor(loaded, chunk_size=300, window=40)
     archive = compressor.compress(data)
     assert compressor.stats.chunks == 1 and compressor.stats.tokens > 4 * 64  # one chunk, four contexts long
     assert compressor.decompress(archive) == data
     with pytest.raises(InvalidOptionError, match=r"chunk size plus steering prefix \(300 \+ 0"):
-        Compressor(tiny, chunk_size=300).compress(data)
+        Compressor(loaded, chunk_size=300).compress(data)
     with pytest.raises(InvalidOptionError, match=r"window plus sinks plus steering prefix \(64 \+ 0"):
-        Compressor(tiny, chunk_size=300, window=60).compress(data)
+        Compressor(loaded, chunk_size=300, window=60).compress(data)
 
 
 def test_module_level_api(tiny):
