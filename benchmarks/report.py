@@ -539,20 +539,20 @@ def levels_tables() -> list[Table]:
     found = _load("levels_*.json")
     peers = json.loads(PEERS.read_text())["peers"]
     rows = []
-    inputs = {}  # each input's rows: every model's levels, then the classical compressors and peers once
+    levels, others = {}, {}  # per input: every model's levels; the classical compressors and peers, once
     for _, r in sorted(found, key=lambda f: f[1]["settings"]["model"] != DEFAULT_MODEL):
         settings = r["settings"]
         label = _label(settings["file"], settings["bytes"], FULL_SIZES)
-        first = label not in inputs
-        rows = inputs.setdefault(label, [])
         for x in sorted(r["levels"], key=lambda x: x["level"]):
             window = "whole chunk" if x["window"] is None else _n(x["window"])
             speeds = [_n(x["compress_bytes_per_s"]), _n(x["decompress_bytes_per_s"])]
             side = _side_models(x.get("side_models"))
-            rows.append([label, settings["model"], f"-{x['level']}", _n(x["chunk_size"]), window, side,
-                         f"{x['bits_per_byte']:.4f}", *speeds, _n(x["peak_rss_mb"])])  # fmt: skip
-        if not first:
+            levels.setdefault(label, []).append([label, settings["model"], f"-{x['level']}", _n(x["chunk_size"]),
+                                                 window, side, f"{x['bits_per_byte']:.4f}", *speeds,
+                                                 _n(x["peak_rss_mb"])])  # fmt: skip
+        if label in others:
             continue
+        rows = others[label] = []
         for name in ("xz -9e", "brotli -11"):
             base = r["baselines"][name]
             rows.append([label, "", name, "", "", "", f"{base['bits_per_byte']:.4f}", _n(base["bytes_per_s"]), "", ""])
@@ -562,7 +562,7 @@ def levels_tables() -> list[Table]:
                     speed = "" if x["bytes_per_s"] is None else _n(x["bytes_per_s"])
                     bpb = f"{x['bits_per_byte']:.4f}"
                     rows.append([label, peer["model"], peer["name"], "", _n(peer["window"]), "", bpb, speed, speed, ""])
-    rows = [row for label in sorted(inputs) for row in inputs[label]]
+    rows = [row for label in sorted(levels) for row in levels[label] + others[label]]
     if not rows:
         return []
     columns = ["input", "model", "level", "chunk tokens", "window", "side models", "bits/byte", "compress B/s",
