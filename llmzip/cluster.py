@@ -207,6 +207,23 @@ def _probe(address: str) -> None:
                 raise ClusterError(f"the Ray cluster at {address} did not answer in 10 s") from None
 
 
+JOIN_ATTEMPTS = 3  # a Ray client server's process for this client may die as it starts (ray-project/ray#63202)
+
+
+def _join(ray: Any, address: str, options: dict[str, Any]) -> None:
+    """ray.init at an existing cluster's address, again where Ray's client server lost the process
+    it forks for this client (its proxy then answers "Initialization failure from server": a
+    gRPC race on fork, Ray issue 63202: 2 of this project's last 5 CI runs)."""
+    for attempt in range(1, JOIN_ATTEMPTS + 1):
+        try:
+            ray.init(address=address, **options)
+            return
+        except (ConnectionError, RuntimeError) as e:
+            if attempt == JOIN_ATTEMPTS or not str(e).startswith("Initialization failure from server"):
+                raise ClusterError(f"cannot join the Ray cluster at {address}: {str(e).splitlines()[0]}") from e
+            ray.shutdown()
+
+
 class Cluster:
     """Workers on a Ray cluster: a local one started for the run (`workers`), or an existing one
     joined at `address` (HOST:PORT, ray://HOST:PORT, or auto). Close it to stop the workers."""
@@ -224,10 +241,7 @@ class Cluster:
             ray.init(address="local", num_cpus=max(cpus, workers * self.threads), include_dashboard=False, **quiet)
         else:
             _probe(address)
-            try:
-                ray.init(address=address, **quiet)
-            except (ConnectionError, RuntimeError) as e:
-                raise ClusterError(f"cannot join the Ray cluster at {address}: {str(e).splitlines()[0]}") from e
+            _join(ray, address, quiet)
             self.threads = threads or 1
         resources = ray.cluster_resources()
         self.size = workers or max(1, int(resources.get("CPU", 1)) // self.threads)

@@ -16,8 +16,8 @@ from conftest import CORPUS
 
 from llmzip import Compressor
 from llmzip.cli import main
-from llmzip.cluster import Cluster
-from llmzip.errors import InvalidOptionError
+from llmzip.cluster import JOIN_ATTEMPTS, Cluster, _join
+from llmzip.errors import ClusterError, InvalidOptionError
 
 pytest.importorskip("ray")
 
@@ -159,6 +159,36 @@ def test_joining_a_cluster_started_with_ray_start(tiny_dir, single, head, tmp_pa
         assert result.exit_code == 1 and len(result.stderr.splitlines()) == 1
         assert result.stderr.startswith(f"llmzip: error: {error}"), result.stderr
     assert sorted(os.listdir(tmp_path)) == ["a", "a.lz", "sample.txt", "sample.txt.lz"]
+
+
+def test_joining_retries_where_the_client_servers_process_died():
+    """Ray's client server may lose the process it forks for a client (ray-project/ray#63202):
+    joining tries again, JOIN_ATTEMPTS times in all; other failures are reported at once."""
+
+    class Ray:
+        def __init__(self, errors: list[Exception]) -> None:
+            self.errors, self.inits, self.shutdowns = errors, 0, 0
+
+        def init(self, address: str, **options: object) -> None:
+            self.inits += 1
+            if self.errors:
+                raise self.errors.pop(0)
+
+        def shutdown(self) -> None:
+            self.shutdowns += 1
+
+    died = ConnectionAbortedError("Initialization failure from server:\n")
+    ray = Ray([died, died])
+    _join(ray, "ray://h:1", {})
+    assert (ray.inits, ray.shutdowns) == (3, 2)
+    ray = Ray([died] * JOIN_ATTEMPTS)
+    with pytest.raises(ClusterError, match=r"^cannot join the Ray cluster at ray://h:1: Initialization failure"):
+        _join(ray, "ray://h:1", {})
+    assert ray.inits == JOIN_ATTEMPTS
+    ray = Ray([ConnectionError("refused")])
+    with pytest.raises(ClusterError, match="refused"):
+        _join(ray, "ray://h:1", {})
+    assert ray.inits == 1
 
 
 def test_workers_need_the_exact_predictor(tiny_dir):
