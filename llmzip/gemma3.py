@@ -35,8 +35,8 @@ from .kvcache import KVCache
 from .prepared import DecoderConfig, PreparedModel, Projections, decoder_fields
 
 NAME = "llmzip-exact-gemma3-3"  # archives record it: bump whenever any number computed here changes
-# Version 3 pins the sinks of the full-attention layers before the window, as llama.py's forward 4
-# (`KVCache.sink_positions`: sequences may then run past the model's context); version 2 did not.
+# Version 3 pins the sinks before the window, as llama.py's forward 4, in every layer that attends
+# them (`KVCache.sink_positions`: sequences may then run past the model's context); version 2 did not.
 FORWARDS = ("llmzip-exact-gemma3-2", NAME)
 PINNED_SINKS = frozenset({NAME})
 V_LEVELS = 127  # as in llama.py
