@@ -624,6 +624,25 @@ def side_tables() -> list[Table]:
     return [Table("side_models", caption, columns, rows, _source(found))]
 
 
+def dynamic_eval_tables() -> list[Table]:
+    """The float simulation of adapting the model's weights as it codes (benchmarks/dynamic_eval.py)."""
+    found = _load("dynamic_eval_*.json")
+    rows = [
+        [_label(r["file"], r["settings"]["bytes"], FULL_SIZES), r["settings"]["model"], x["variant"],
+         f"{x['bits_per_byte']:.4f}", f"{x['vs_model_percent']:+.2f}%", _n(x["seconds"])]
+        for _, r in found
+        for x in r["variants"]
+    ]  # fmt: skip
+    if not rows:
+        return []
+    s = found[0][1]["settings"]
+    caption = (f"Dynamic evaluation simulated in float32: the language model's code length alone, cold, with a "
+               f"learned logit bias, and with one SGD step (rate {s['weight_rate']:g}) on every weight after each "
+               f"segment of {s['segment']} tokens; context {s['context']} tokens and {s['sinks']} sinks")  # fmt: skip
+    columns = ["input", "model", "variant", "bits/byte", "against the model", "seconds"]
+    return [Table("dynamic_eval", caption, columns, rows, _source(found))]
+
+
 def _rates(row: dict) -> str:
     """One worker's measured bytes/s each way."""
     ways = [way for way in ("compress", "decompress") if f"{way}_worker_bytes_per_s" in row]
@@ -672,6 +691,7 @@ def all_tables() -> list[Table]:
         *levels_tables(),
         *corpus_tables(),
         *side_tables(),
+        *dynamic_eval_tables(),
         *scale_tables(),
         *roundtrip_tables(),
         *models_tables(),
