@@ -41,14 +41,14 @@ BIAS_RATE = 0.06  # per segment of 128 tokens (alice29.txt: 0.0125 and 0.03 wors
 
 
 def code_lengths(model: torch.nn.Module, ids: torch.Tensor, weight_rate: float, bias_rate: float) -> dict[str, float]:
-    """Bits of ids[1:] given ids[0] as the start token: without the bias and with it (the bias
-    learns beside the weights; with a weight rate, the weights learn from the biased code length)."""
+    """Bits of ids[1:] given ids[0] as the start token: without the bias, and with it where it
+    learns (beside the weights; with a weight rate, the weights learn from the biased code length)."""
     vocab = model.get_output_embeddings().weight.shape[0]
     bias = torch.zeros(vocab)
     params = list(model.parameters())
     for p in params:
         p.requires_grad_(weight_rate > 0)
-    bits = {"plain": 0.0, "biased": 0.0}
+    bits = {"plain": 0.0} | ({"biased": 0.0} if bias_rate else {})
     past: list[tuple[torch.Tensor, torch.Tensor]] = []
     for start in range(0, len(ids) - 1, SEGMENT):
         length = min(SEGMENT, len(ids) - 1 - start)
@@ -61,14 +61,15 @@ def code_lengths(model: torch.nn.Module, ids: torch.Tensor, weight_rate: float, 
         positions = torch.arange(start % BLOCK, start % BLOCK + length)[None]
         with torch.set_grad_enabled(weight_rate > 0):
             logits = model(ids[None, start : start + length], cache=cache, position_ids=positions).logits[0].float()
-            plain = torch.log_softmax(logits, -1)
-            biased = torch.log_softmax(logits + bias, -1)
+            scored = {"plain": torch.log_softmax(logits, -1)}
+            if bias_rate:
+                scored["biased"] = torch.log_softmax(logits + bias, -1)
             rows = torch.arange(length)
-            loss = -(biased if bias_rate else plain)[rows, targets].sum()
-        bits["plain"] -= plain[rows, targets].sum().item() / math.log(2)
-        bits["biased"] -= biased[rows, targets].sum().item() / math.log(2)
+            loss = -scored["biased" if bias_rate else "plain"][rows, targets].sum()
+        for kind, log_q in scored.items():
+            bits[kind] -= log_q[rows, targets].sum().item() / math.log(2)
         if bias_rate:  # the gradient of the code length in nats, q - [y = x], summed over the segment
-            pull = biased.detach().exp()
+            pull = scored["biased"].detach().exp()
             pull[rows, targets] -= 1
             bias -= bias_rate * pull.sum(0)
         if weight_rate:
@@ -111,8 +112,8 @@ def main() -> None:
         seconds = time.perf_counter() - started
         prefix = "weights" if weight_rate else "model"
         for kind, total in bits.items():
-            if weight_rate and (kind == "biased") != bool(bias_rate):
-                continue  # the weights learned from one code length: score that one
+            if weight_rate and bias_rate and kind == "plain":
+                continue  # the weights learned from the biased code length: score that one
             variant = prefix if kind == "plain" else ("bias" if not weight_rate else "weights+bias")
             rows.append({"variant": variant, "bits_per_byte": round(total / len(data), 4), "seconds": round(seconds)})
             print(rows[-1], flush=True)
