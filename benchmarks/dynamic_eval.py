@@ -5,17 +5,24 @@ would write) on a file, cold and adapted, to size the idea before building it ex
 
     python benchmarks/dynamic_eval.py alice29.txt
     python benchmarks/dynamic_eval.py enwik5
+    python benchmarks/dynamic_eval.py alice29.txt --variants rms
+    python benchmarks/dynamic_eval.py alice29.txt --bytes 30000 --variants design
 
-Variants, each over the same segments (128 tokens; each token sees the 1024 before it and the
+Every variant codes the same segments (128 tokens; each token sees the 1024 before it and the
 first 4 of its block, as attention sinks; blocks of 8192 positions, the model's context,
 restart cold, since sinks farther away than the context break its attention):
 - `model`: the weights as loaded, nothing learned;
-- `bias`: plus a per-token bias of the logits learned from each segment (the float analogue of
+- `bias`: a per-token bias of the logits learned from each segment (the float analogue of
   llmzip's adaptive bias, bias.py);
 - `weights`: after each segment, one SGD step on every weight against that segment's code
   length, carried on through the file (the decoder could take the same step after decoding it);
-- `weights+bias`: both.
-Results: benchmarks/results/dynamic_eval_<model>_<file>.json.
+- `weights+bias`: both;
+and, to size an exact version (`--variants rms`, `--variants design`): the step scaled per weight by a running
+RMS of its gradients (`RMS`); gradients passed back along the residual stream only, not into
+the inputs of attention and MLP blocks (`residual path`: each block's gradient is then local,
+and no backward pass runs through attention); the gradient at every linear layer's output
+rounded per token to 16 or 8 bits, as an integer backward pass would (`16-bit gradients`).
+Results: benchmarks/results/dynamic_eval_<model>_<file>[_<bytes>][_<variants>].json.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -36,19 +44,82 @@ SEGMENT = 128  # tokens scored, then learned from
 CONTEXT = 1024  # earlier tokens each segment attends, besides the sinks
 SINKS = 4
 BLOCK = 8192  # positions before a cold restart
-WEIGHT_RATE = 1e-4  # SGD on the summed code length in nats (alice29.txt's first 8000 tokens: 3e-5 worse, 3e-4 diverges)
+SGD_RATE = 1e-4  # on the summed code length in nats (alice29.txt's first 8000 tokens: 3e-5 worse, 3e-4 diverges)
+RMS_RATE = 6e-5  # per weight, over the RMS of its gradient (alice29.txt's first 8000 tokens: 3e-5 and 1e-4 worse)
+RMS_DECAY = 0.99  # of the running mean square, per segment
 BIAS_RATE = 0.06  # per segment of 128 tokens (alice29.txt: 0.0125 and 0.03 worse)
 
 
-def code_lengths(model: torch.nn.Module, ids: torch.Tensor, weight_rate: float, bias_rate: float) -> dict[str, float]:
-    """Bits of ids[1:] given ids[0] as the start token: without the bias, and with it where it
-    learns (beside the weights; with a weight rate, the weights learn from the biased code length)."""
+@dataclass(frozen=True)
+class Learning:
+    """What a variant learns from each segment, and how."""
+
+    weight_rate: float = 0.0
+    bias_rate: float = 0.0
+    optimizer: str = "sgd"  # or "rms"
+    residual_path: bool = False  # gradients reach earlier layers only through the residual stream
+    gradient_bits: int | None = None  # each linear layer's output gradient rounded per token to this many bits
+
+
+VARIANTS = {
+    "model": Learning(),
+    "bias": Learning(bias_rate=BIAS_RATE),
+    "weights": Learning(SGD_RATE),
+    "weights+bias": Learning(SGD_RATE, BIAS_RATE),
+    "weights, RMS": Learning(RMS_RATE, optimizer="rms"),
+    "weights, residual path": Learning(SGD_RATE, residual_path=True),
+    "weights, 16-bit gradients": Learning(SGD_RATE, gradient_bits=16),
+    "weights, 8-bit gradients": Learning(SGD_RATE, gradient_bits=8),
+    "weights, RMS, residual path, 16-bit gradients": Learning(
+        RMS_RATE, optimizer="rms", residual_path=True, gradient_bits=16
+    ),
+}
+SETS = {
+    "basic": ["model", "bias", "weights", "weights+bias"],
+    "rms": ["model", "weights, RMS"],
+    "design": ["model", "weights", *list(VARIANTS)[4:]],
+}
+
+
+def round_per_row(g: torch.Tensor, bits: int) -> torch.Tensor:
+    """g rounded to integers of `bits` bits times one scale per row of its last axis (max|g|)."""
+    scale = g.abs().amax(-1, keepdim=True).clamp(min=1e-30) / (2 ** (bits - 1) - 1)
+    return torch.round(g / scale) * scale
+
+
+def prepare(model: torch.nn.Module, learning: Learning) -> None:
+    """Hooks that make the backward pass what `learning` says."""
+    if learning.gradient_bits:
+        bits = learning.gradient_bits
+
+        def round_gradient(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            if output.requires_grad:
+                output.register_hook(lambda g: round_per_row(g, bits))
+
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.register_forward_hook(round_gradient)
+    if learning.residual_path:
+
+        def detach_input(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            kwargs = {k: v.detach() if k == "hidden_states" else v for k, v in kwargs.items()}
+            return tuple(a.detach() if torch.is_tensor(a) else a for a in args), kwargs
+
+        for layer in model.model.layers:
+            layer.self_attn.register_forward_pre_hook(detach_input, with_kwargs=True)
+            layer.mlp.register_forward_pre_hook(detach_input, with_kwargs=True)
+
+
+def code_length(model: torch.nn.Module, ids: torch.Tensor, learning: Learning) -> float:
+    """Bits of ids[1:] given ids[0] as the start token, learning as `learning` says."""
     vocab = model.get_output_embeddings().weight.shape[0]
     bias = torch.zeros(vocab)
+    learns = learning.weight_rate > 0
     params = list(model.parameters())
     for p in params:
-        p.requires_grad_(weight_rate > 0)
-    bits = {"plain": 0.0} | ({"biased": 0.0} if bias_rate else {})
+        p.requires_grad_(learns)
+    mean_square = [torch.zeros_like(p) for p in params] if learning.optimizer == "rms" else []
+    bits, steps = 0.0, 0
     past: list[tuple[torch.Tensor, torch.Tensor]] = []
     for start in range(0, len(ids) - 1, SEGMENT):
         length = min(SEGMENT, len(ids) - 1 - start)
@@ -59,26 +130,29 @@ def code_lengths(model: torch.nn.Module, ids: torch.Tensor, weight_rate: float, 
         for layer, (k, v) in enumerate(past):
             cache.update(k, v, layer)
         positions = torch.arange(start % BLOCK, start % BLOCK + length)[None]
-        with torch.set_grad_enabled(weight_rate > 0):
+        with torch.set_grad_enabled(learns):
             logits = model(ids[None, start : start + length], cache=cache, position_ids=positions).logits[0].float()
-            scored = {"plain": torch.log_softmax(logits, -1)}
-            if bias_rate:
-                scored["biased"] = torch.log_softmax(logits + bias, -1)
+            log_q = torch.log_softmax(logits + bias, -1)
             rows = torch.arange(length)
-            loss = -scored["biased" if bias_rate else "plain"][rows, targets].sum()
-        for kind, log_q in scored.items():
-            bits[kind] -= log_q[rows, targets].sum().item() / math.log(2)
-        if bias_rate:  # the gradient of the code length in nats, q - [y = x], summed over the segment
-            pull = scored["biased"].detach().exp()
+            loss = -log_q[rows, targets].sum()
+        bits += loss.item() / math.log(2)
+        if learning.bias_rate:  # the gradient of the code length in nats, q - [y = x], summed over the segment
+            pull = log_q.detach().exp()
             pull[rows, targets] -= 1
-            bias -= bias_rate * pull.sum(0)
-        if weight_rate:
+            bias -= learning.bias_rate * pull.sum(0)
+        if learns:
             loss.backward()
+            steps += 1
             with torch.no_grad():
-                for p in params:
-                    if p.grad is not None:
-                        p -= weight_rate * p.grad
-                        p.grad = None
+                for i, p in enumerate(params):
+                    if p.grad is None:  # a gain read only where the residual path cut the gradient
+                        continue
+                    step = p.grad
+                    if mean_square:
+                        mean_square[i].mul_(RMS_DECAY).add_((1 - RMS_DECAY) * step * step)
+                        step = step / (mean_square[i] / (1 - RMS_DECAY**steps)).sqrt().add(1e-8)
+                    p -= learning.weight_rate * step
+                    p.grad = None
         past = [(_keep(layer.keys), _keep(layer.values)) for layer in cache.layers]
     return bits
 
@@ -93,6 +167,7 @@ def main() -> None:
     parser.add_argument("file", help="a path, or a file of the corpus folder")
     parser.add_argument("--bytes", type=int, default=None, help="only the first BYTES")
     parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--variants", choices=list(SETS), default="basic")
     args = parser.parse_args()
     torch.manual_seed(0)
     name, data = load_input(args.file, args.bytes)
@@ -103,28 +178,26 @@ def main() -> None:
     # logit here; none in the corpus' text files
     escapes = int((ids >= vocab).sum())
     ids = torch.from_numpy(np.concatenate([[loaded.tokenizer.roles.start_id], ids]).clip(max=vocab - 1))
-    runs = [(0.0, BIAS_RATE), (WEIGHT_RATE, 0.0), (WEIGHT_RATE, BIAS_RATE)]
     rows = []
-    for weight_rate, bias_rate in runs:
-        model = load_model(args.model).model.float() if weight_rate else loaded.model.float()
+    for variant in SETS[args.variants]:
+        learning = VARIANTS[variant]
+        model = load_model(args.model).model.float().eval()  # fresh weights and no hooks for each
+        prepare(model, learning)
         started = time.perf_counter()
-        bits = code_lengths(model.eval(), ids, weight_rate, bias_rate)
+        bits = code_length(model, ids, learning)
         seconds = time.perf_counter() - started
-        prefix = "weights" if weight_rate else "model"
-        for kind, total in bits.items():
-            if weight_rate and bias_rate and kind == "plain":
-                continue  # the weights learned from the biased code length: score that one
-            variant = prefix if kind == "plain" else ("bias" if not weight_rate else "weights+bias")
-            rows.append({"variant": variant, "bits_per_byte": round(total / len(data), 4), "seconds": round(seconds)})
-            print(rows[-1], flush=True)
+        rows.append({"variant": variant, "bits_per_byte": round(bits / len(data), 4), "seconds": round(seconds),
+                     "learning": asdict(learning)})  # fmt: skip
+        print(rows[-1], flush=True)
     cold = rows[0]["bits_per_byte"]
     for row in rows:
         row["vs_model_percent"] = round(100 * (row["bits_per_byte"] / cold - 1), 2)
     settings = {"model": args.model, "bytes": len(data), "tokens": len(ids) - 1, "escapes": escapes,
                 "segment": SEGMENT, "context": CONTEXT, "sinks": SINKS, "block": BLOCK,
-                "weight_rate": WEIGHT_RATE, "bias_rate": BIAS_RATE, "precision": "float32"}  # fmt: skip
+                "rms_decay": RMS_DECAY, "precision": "float32"}  # fmt: skip
     result = {"machine": machine(), "settings": settings, "file": name, "variants": rows}
-    save(f"dynamic_eval_{args.model}_{name}.json", result)
+    parts = [args.model, name] + [str(args.bytes)] * bool(args.bytes) + [args.variants] * (args.variants != "basic")
+    save(f"dynamic_eval_{'_'.join(parts)}.json", result)
     print(markdown_table(rows, ["variant", "bits_per_byte", "vs_model_percent", "seconds"]))
 
 
