@@ -629,7 +629,7 @@ def dynamic_eval_tables() -> list[Table]:
     found = _load("dynamic_eval_*.json")
     rows = [
         [_label(r["file"], r["settings"]["bytes"], FULL_SIZES), r["settings"]["model"], x["variant"],
-         f"{x['bits_per_byte']:.4f}", f"{x['vs_model_percent']:+.2f}%", _n(x["seconds"])]
+         _learning(x, r["settings"]), f"{x['bits_per_byte']:.4f}", f"{x['vs_model_percent']:+.2f}%", _n(x["seconds"])]
         for _, r in found
         for x in r["variants"]
     ]  # fmt: skip
@@ -637,10 +637,29 @@ def dynamic_eval_tables() -> list[Table]:
         return []
     s = found[0][1]["settings"]
     caption = (f"Dynamic evaluation simulated in float32: the language model's code length alone, cold, with a "
-               f"learned logit bias, and with one SGD step (rate {s['weight_rate']:g}) on every weight after each "
-               f"segment of {s['segment']} tokens; context {s['context']} tokens and {s['sinks']} sinks")  # fmt: skip
-    columns = ["input", "model", "variant", "bits/byte", "against the model", "seconds"]
+               f"learned logit bias, and with a step on the weights after each segment of {s['segment']} tokens; "
+               f"context {s['context']} tokens and {s['sinks']} sinks")  # fmt: skip
+    columns = ["input", "model", "variant", "learning", "bits/byte", "against the model", "seconds"]
     return [Table("dynamic_eval", caption, columns, rows, _source(found))]
+
+
+def _learning(row: dict, settings: dict) -> str:
+    """What a dynamic evaluation variant learned, and how (files before the `learning` field: the
+    variant's name and the settings' rates)."""
+    learning = row.get("learning") or {
+        "weight_rate": settings["weight_rate"] * row["variant"].startswith("weights"),
+        "bias_rate": settings["bias_rate"] * row["variant"].endswith("bias"),
+    }
+    parts = []
+    if learning["weight_rate"]:
+        parts.append(f"{learning.get('optimizer', 'sgd').upper()} {learning['weight_rate']:g}")
+        if learning.get("residual_path"):
+            parts.append("residual path only")
+        if learning.get("gradient_bits"):
+            parts.append(f"{learning['gradient_bits']}-bit gradients")
+    if learning["bias_rate"]:
+        parts.append(f"bias {learning['bias_rate']:g}")
+    return ", ".join(parts) or "nothing"
 
 
 def _rates(row: dict) -> str:
