@@ -21,7 +21,9 @@ and, to size an exact version (`--variants rms`, `--variants design`): the step 
 RMS of its gradients (`RMS`); gradients passed back along the residual stream only, not into
 the inputs of attention and MLP blocks (`residual path`: each block's gradient is then local,
 and no backward pass runs through attention); the gradient at every linear layer's output
-rounded per token to 16 or 8 bits, as an integer backward pass would (`16-bit gradients`).
+rounded per token to 16 or 8 bits, as an integer backward pass would (`16-bit gradients`; 8
+bits but 16 for the logits' gradient, which 8 bits would round to zero below 1/254 of its
+largest entry).
 Results: benchmarks/results/dynamic_eval_<model>_<file>[_<bytes>][_<variants>].json.
 """
 
@@ -59,6 +61,7 @@ class Learning:
     optimizer: str = "sgd"  # or "rms"
     residual_path: bool = False  # gradients reach earlier layers only through the residual stream
     gradient_bits: int | None = None  # each linear layer's output gradient rounded per token to this many bits
+    logit_bits: int | None = None  # the logits' gradient rounded so, where not to `gradient_bits`
 
 
 VARIANTS = {
@@ -70,6 +73,8 @@ VARIANTS = {
     "weights, residual path": Learning(SGD_RATE, residual_path=True),
     "weights, 16-bit gradients": Learning(SGD_RATE, gradient_bits=16),
     "weights, 8-bit gradients": Learning(SGD_RATE, gradient_bits=8),
+    "weights, 8-bit gradients, 16-bit at the logits": Learning(SGD_RATE, gradient_bits=8, logit_bits=16),
+    "weights, RMS, 16-bit gradients": Learning(RMS_RATE, optimizer="rms", gradient_bits=16),
     "weights, RMS, residual path, 16-bit gradients": Learning(
         RMS_RATE, optimizer="rms", residual_path=True, gradient_bits=16
     ),
@@ -90,9 +95,10 @@ def round_per_row(g: torch.Tensor, bits: int) -> torch.Tensor:
 def prepare(model: torch.nn.Module, learning: Learning) -> None:
     """Hooks that make the backward pass what `learning` says."""
     if learning.gradient_bits:
-        bits = learning.gradient_bits
+        head = model.get_output_embeddings()
 
         def round_gradient(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            bits = learning.logit_bits if module is head and learning.logit_bits else learning.gradient_bits
             if output.requires_grad:
                 output.register_hook(lambda g: round_per_row(g, bits))
 
