@@ -627,12 +627,17 @@ def side_tables() -> list[Table]:
 def dynamic_eval_tables() -> list[Table]:
     """The float simulation of adapting the model's weights as it codes (benchmarks/dynamic_eval.py)."""
     found = _load("dynamic_eval_*.json")
-    rows = [
-        [_label(r["file"], r["settings"]["bytes"], FULL_SIZES), r["settings"]["model"], x["variant"],
-         _learning(x, r["settings"]), f"{x['bits_per_byte']:.4f}", f"{x['vs_model_percent']:+.2f}%", _n(x["seconds"])]
-        for _, r in found
-        for x in r["variants"]
-    ]  # fmt: skip
+    # whole files first, each input's runs together; the cold model once per input (every run has it)
+    found.sort(key=lambda f: (FULL_SIZES.get(f[1]["file"]) != f[1]["settings"]["bytes"], f[1]["file"], f[0]))
+    rows, cold = [], set()
+    for _, r in found:
+        label, model = _label(r["file"], r["settings"]["bytes"], FULL_SIZES), r["settings"]["model"]
+        for x in r["variants"]:
+            if x["variant"] == "model" and (label, model) in cold:
+                continue
+            cold.add((label, model))
+            rows.append([label, model, x["variant"], _learning(x, r["settings"]), f"{x['bits_per_byte']:.4f}",
+                         f"{x['vs_model_percent']:+.2f}%", _n(x["seconds"])])  # fmt: skip
     if not rows:
         return []
     s = found[0][1]["settings"]
@@ -656,7 +661,8 @@ def _learning(row: dict, settings: dict) -> str:
         if learning.get("residual_path"):
             parts.append("residual path only")
         if learning.get("gradient_bits"):
-            parts.append(f"{learning['gradient_bits']}-bit gradients")
+            logits = f" ({learning['logit_bits']} at the logits)" if learning.get("logit_bits") else ""
+            parts.append(f"{learning['gradient_bits']}-bit gradients{logits}")
     if learning["bias_rate"]:
         parts.append(f"bias {learning['bias_rate']:g}")
     return ", ".join(parts) or "nothing"
