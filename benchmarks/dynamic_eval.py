@@ -7,6 +7,7 @@ would write) on a file, cold and adapted, to size the idea before building it ex
     python benchmarks/dynamic_eval.py enwik5
     python benchmarks/dynamic_eval.py alice29.txt --variants rms
     python benchmarks/dynamic_eval.py alice29.txt --bytes 30000 --variants design
+    python benchmarks/dynamic_eval.py alice29.txt --bytes 30000 --variants logits
 
 Every variant codes the same segments (128 tokens; each token sees the 1024 before it and the
 first 4 of its block, as attention sinks; blocks of 8192 positions, the model's context,
@@ -22,8 +23,8 @@ RMS of its gradients (`RMS`); gradients passed back along the residual stream on
 the inputs of attention and MLP blocks (`residual path`: each block's gradient is then local,
 and no backward pass runs through attention); the gradient at every linear layer's output
 rounded per token to 16 or 8 bits, as an integer backward pass would (`16-bit gradients`; 8
-bits but 16 for the logits' gradient, which 8 bits would round to zero below 1/254 of its
-largest entry).
+bits but 16 or 24 for the logits' gradient, which 8 bits would round to zero below 1/254 of
+its largest entry: `--variants logits`).
 Results: benchmarks/results/dynamic_eval_<model>_<file>[_<bytes>][_<variants>].json.
 """
 
@@ -75,6 +76,10 @@ VARIANTS = {
     "weights, 8-bit gradients": Learning(SGD_RATE, gradient_bits=8),
     "weights, 8-bit gradients, 16-bit at the logits": Learning(SGD_RATE, gradient_bits=8, logit_bits=16),
     "weights, RMS, 16-bit gradients": Learning(RMS_RATE, optimizer="rms", gradient_bits=16),
+    "weights, 8-bit gradients, 24-bit at the logits": Learning(SGD_RATE, gradient_bits=8, logit_bits=24),
+    "weights, RMS, 8-bit gradients, 24-bit at the logits": Learning(
+        RMS_RATE, optimizer="rms", gradient_bits=8, logit_bits=24
+    ),
     "weights, RMS, residual path, 16-bit gradients": Learning(
         RMS_RATE, optimizer="rms", residual_path=True, gradient_bits=16
     ),
@@ -82,7 +87,12 @@ VARIANTS = {
 SETS = {
     "basic": ["model", "bias", "weights", "weights+bias"],
     "rms": ["model", "weights, RMS"],
-    "design": ["model", "weights", *list(VARIANTS)[4:]],
+    "design": ["model", "weights", *list(VARIANTS)[4:10], "weights, RMS, residual path, 16-bit gradients"],
+    "logits": [
+        "model",
+        "weights, 8-bit gradients, 24-bit at the logits",
+        "weights, RMS, 8-bit gradients, 24-bit at the logits",
+    ],
 }
 
 
