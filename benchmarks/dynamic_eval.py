@@ -87,7 +87,17 @@ VARIANTS = {
 SETS = {
     "basic": ["model", "bias", "weights", "weights+bias"],
     "rms": ["model", "weights, RMS"],
-    "design": ["model", "weights", *list(VARIANTS)[4:10], "weights, RMS, residual path, 16-bit gradients"],
+    "design": [
+        "model",
+        "weights",
+        "weights, RMS",
+        "weights, residual path",
+        "weights, 16-bit gradients",
+        "weights, 8-bit gradients",
+        "weights, 8-bit gradients, 16-bit at the logits",
+        "weights, RMS, 16-bit gradients",
+        "weights, RMS, residual path, 16-bit gradients",
+    ],
     "logits": [
         "model",
         "weights, 8-bit gradients, 24-bit at the logits",
