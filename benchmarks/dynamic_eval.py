@@ -8,6 +8,7 @@ would write) on a file, cold and adapted, to size the idea before building it ex
     python benchmarks/dynamic_eval.py alice29.txt --variants rms
     python benchmarks/dynamic_eval.py alice29.txt --bytes 30000 --variants design
     python benchmarks/dynamic_eval.py alice29.txt --bytes 30000 --variants logits
+    python benchmarks/dynamic_eval.py alice29.txt --bytes 30000 --variants grid
 
 Every variant codes the same segments (128 tokens; each token sees the 1024 before it and the
 first 4 of its block, as attention sinks; blocks of 8192 positions, the model's context,
@@ -24,7 +25,9 @@ the inputs of attention and MLP blocks (`residual path`: each block's gradient i
 and no backward pass runs through attention); the gradient at every linear layer's output
 rounded per token to 16 or 8 bits, as an integer backward pass would (`16-bit gradients`; 8
 bits but 16 or 24 for the logits' gradient, which 8 bits would round to zero below 1/254 of
-its largest entry: `--variants logits`).
+its largest entry: `--variants logits`); the matrices read rounded per output channel to 229
+levels, the exact model's grid, while the steps move a float copy (`8-bit weights`,
+`--variants grid`).
 Results: benchmarks/results/dynamic_eval_<model>_<file>[_<bytes>][_<variants>].json.
 """
 
@@ -63,6 +66,7 @@ class Learning:
     residual_path: bool = False  # gradients reach earlier layers only through the residual stream
     gradient_bits: int | None = None  # each linear layer's output gradient rounded per token to this many bits
     logit_bits: int | None = None  # the logits' gradient rounded so, where not to `gradient_bits`
+    weight_levels: int | None = None  # matrices computed rounded per output channel to integers up to this
 
 
 VARIANTS = {
@@ -83,6 +87,8 @@ VARIANTS = {
     "weights, RMS, residual path, 16-bit gradients": Learning(
         RMS_RATE, optimizer="rms", residual_path=True, gradient_bits=16
     ),
+    "model, 8-bit weights": Learning(weight_levels=229),
+    "weights, RMS, 8-bit weights": Learning(RMS_RATE, optimizer="rms", weight_levels=229),
 }
 SETS = {
     "basic": ["model", "bias", "weights", "weights+bias"],
@@ -103,12 +109,18 @@ SETS = {
         "weights, 8-bit gradients, 24-bit at the logits",
         "weights, RMS, 8-bit gradients, 24-bit at the logits",
     ],
+    "grid": [
+        "model",
+        "model, 8-bit weights",
+        "weights, RMS",
+        "weights, RMS, 8-bit weights",
+    ],
 }
 
 
-def round_per_row(g: torch.Tensor, bits: int) -> torch.Tensor:
-    """g rounded to integers of `bits` bits times one scale per row of its last axis (max|g|)."""
-    scale = g.abs().amax(-1, keepdim=True).clamp(min=1e-30) / (2 ** (bits - 1) - 1)
+def round_per_row(g: torch.Tensor, levels: int) -> torch.Tensor:
+    """g rounded to integers in [-levels, levels] times one scale per row of its last axis (max|g|)."""
+    scale = g.abs().amax(-1, keepdim=True).clamp(min=1e-30) / levels
     return torch.round(g / scale) * scale
 
 
@@ -120,7 +132,7 @@ def prepare(model: torch.nn.Module, learning: Learning) -> None:
         def round_gradient(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
             bits = learning.logit_bits if module is head and learning.logit_bits else learning.gradient_bits
             if output.requires_grad:
-                output.register_hook(lambda g: round_per_row(g, bits))
+                output.register_hook(lambda g: round_per_row(g, 2 ** (bits - 1) - 1))
 
         for module in model.modules():
             if isinstance(module, torch.nn.Linear):
@@ -145,6 +157,9 @@ def code_length(model: torch.nn.Module, ids: torch.Tensor, learning: Learning) -
     for p in params:
         p.requires_grad_(learns)
     mean_square = [torch.zeros_like(p) for p in params] if learning.optimizer == "rms" else []
+    # with weight_levels, the forward reads the matrices rounded to a grid and the steps move a
+    # float copy of them (straight through the rounding, as an integer model would keep them)
+    masters = {i: p.detach().clone() for i, p in enumerate(params) if learning.weight_levels and p.dim() == 2}
     bits, steps = 0.0, 0
     past: list[tuple[torch.Tensor, torch.Tensor]] = []
     for start in range(0, len(ids) - 1, SEGMENT):
@@ -152,6 +167,9 @@ def code_length(model: torch.nn.Module, ids: torch.Tensor, learning: Learning) -
         targets = ids[start + 1 : start + 1 + length]
         if start % BLOCK == 0:
             past = []
+        with torch.no_grad():
+            for i, master in masters.items():
+                params[i].copy_(round_per_row(master, learning.weight_levels))
         cache = DynamicCache()
         for layer, (k, v) in enumerate(past):
             cache.update(k, v, layer)
@@ -177,7 +195,7 @@ def code_length(model: torch.nn.Module, ids: torch.Tensor, learning: Learning) -
                     if mean_square:
                         mean_square[i].mul_(RMS_DECAY).add_((1 - RMS_DECAY) * step * step)
                         step = step / (mean_square[i] / (1 - RMS_DECAY**steps)).sqrt().add(1e-8)
-                    p -= learning.weight_rate * step
+                    (masters.get(i, p)).sub_(learning.weight_rate * step)
                     p.grad = None
         past = [(_keep(layer.keys), _keep(layer.values)) for layer in cache.layers]
     return bits
