@@ -665,7 +665,10 @@ def _learning(row: dict, settings: dict) -> str:
             parts.append(f"{learning['gradient_bits']}-bit gradients{logits}")
     if learning["bias_rate"]:
         parts.append(f"bias {learning['bias_rate']:g}")
-    return ", ".join(parts) or "nothing"
+    learned = ", ".join(parts) or "nothing"
+    if learning.get("weight_levels"):
+        return f"{learned}; matrices read on a grid of {learning['weight_levels']} levels per channel"
+    return learned
 
 
 def _rates(row: dict) -> str:
