@@ -337,12 +337,14 @@ def _paley(q: int) -> torch.Tensor:
     return s + torch.eye(q + 1, dtype=torch.float64)
 
 
-def hadamard(x: torch.Tensor) -> torch.Tensor:
-    """x @ H over the last axis (H of `hadamard_factors`), for integer-valued x: every sum is of
-    integers, exact while n * max|x| stays below 2**24 (float32) or 2**53 (float64)."""
+def hadamard(x: torch.Tensor, transpose: bool = False) -> torch.Tensor:
+    """x @ H (or x @ H.T) over the last axis (H of `hadamard_factors`), for integer-valued x:
+    every sum is of integers, exact while n * max|x| stays below 2**24 (float32) or 2**53 (float64)."""
     factors, sylvester = hadamard_factors(x.shape[-1])
-    if fused := _fused(x):
-        return fused.hadamard(x, list(factors), sylvester)
+    if transpose:  # the Kronecker product of the factors' transposes; Sylvester's is symmetric
+        factors = tuple(f.T for f in factors)
+    if x.is_cpu and x.dtype in (torch.float32, torch.float64) and (fused := kernels()):
+        return fused.hadamard(x, [f.contiguous() for f in factors], sylvester)
     shape, after = x.shape, x.shape[-1]
     for f in factors:  # each contracts the middle axis of [before, order, after]
         after //= f.shape[0]
@@ -366,13 +368,13 @@ def quantize_rotated(x: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.
     return r, r_scale * scale
 
 
-def rotate_weights(w: torch.Tensor, scale: float) -> torch.Tensor:
-    """(w @ H) * scale over the last axis, in float64, for any float weights: w is first put
-    on a 40-bit fixed-point grid (one power-of-two step for the whole matrix), so the
+def rotate_weights(w: torch.Tensor, scale: float, transpose: bool = False) -> torch.Tensor:
+    """(w @ H) * scale (or w @ H.T) over the last axis, in float64, for any float weights: w is
+    first put on a 40-bit fixed-point grid (one power-of-two step for the whole matrix), so the
     product is exact and the only roundings are that grid and the final scaling."""
     w = w.double()
     step = 2.0 ** (math.frexp(float(w.abs().max()))[1] - 40)
-    return hadamard(torch.round(w / step)) * (step * scale)
+    return hadamard(torch.round(w / step), transpose) * (step * scale)
 
 
 def rotary_table(positions: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:

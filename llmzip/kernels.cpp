@@ -287,36 +287,37 @@ std::vector<torch::Tensor> attention_weights(torch::Tensor scores, torch::Tensor
 // exact.hadamard: y = x @ H over each length-n row of x, H = F1 ⊗ F2 ⊗ ... ⊗ S with ±1 Paley
 // factors F (float64 [m, m]) and Sylvester's matrix S of order `sylvester` (a power of two),
 // as sums and differences along each factor's axis and butterflies for S. The values are
-// integers and every partial sum is bounded by n * max|x| < 2**24, so all of it is exact and
-// gives the torch code's bits.
+// integers and every partial sum is bounded by n * max|x| < 2**24 (float32) or 2**53 (float64),
+// so all of it is exact and gives the torch code's bits.
+template <typename T>
 struct Hadamard {
-  std::vector<std::vector<float>> signs;  // each Paley factor's entries f[j][i], row major
+  std::vector<std::vector<T>> signs;  // each Paley factor's entries f[j][i], row major
   std::vector<int64_t> orders;
   int64_t sylvester;
 
   Hadamard(const std::vector<torch::Tensor>& factors, int64_t sylvester) : sylvester(sylvester) {
     for (const auto& f : factors) {
-      auto fc = f.to(torch::kFloat32).contiguous();
-      signs.emplace_back(fc.data_ptr<float>(), fc.data_ptr<float>() + fc.numel());
+      auto fc = f.to(torch::kFloat64).contiguous();
+      signs.emplace_back(fc.data_ptr<double>(), fc.data_ptr<double>() + fc.numel());
       orders.push_back(f.size(0));
     }
   }
 
   // y (n values) <- y @ H, in place; scratch holds n values.
-  void apply(float* y, int64_t n, float* scratch) const {
+  void apply(T* y, int64_t n, T* scratch) const {
     int64_t after = n;
     for (size_t t = 0; t < orders.size(); ++t) {
       const int64_t m = orders[t];
-      const float* f = signs[t].data();
+      const T* f = signs[t].data();
       after /= m;
       for (int64_t p = 0; p < n; p += m * after) {  // y[p, i, a] = sum_j f[j][i] * y[p, j, a]
-        float* block = y + p;
+        T* block = y + p;
         for (int64_t i = 0; i < m; ++i) {
-          float* o = scratch + i * after;
-          for (int64_t a = 0; a < after; ++a) o[a] = 0.0f;
+          T* o = scratch + i * after;
+          for (int64_t a = 0; a < after; ++a) o[a] = 0;
           for (int64_t j = 0; j < m; ++j) {
-            const float sign = f[j * m + i];
-            const float* xj = block + j * after;
+            const T sign = f[j * m + i];
+            const T* xj = block + j * after;
             for (int64_t a = 0; a < after; ++a) o[a] = o[a] + sign * xj[a];
           }
         }
@@ -326,22 +327,22 @@ struct Hadamard {
     for (int64_t half = 1; half < sylvester; half *= 2)  // S = H_2 ⊗ ... ⊗ H_2 on the last axis
       for (int64_t b = 0; b < n; b += 2 * half)
         for (int64_t i = b; i < b + half; ++i) {
-          const float u = y[i], v = y[i + half];
+          const T u = y[i], v = y[i + half];
           y[i] = u + v;
           y[i + half] = u - v;
         }
   }
 };
 
-torch::Tensor hadamard(torch::Tensor x, std::vector<torch::Tensor> factors, int64_t sylvester) {
-  auto xc = x.contiguous();
+template <typename T>
+torch::Tensor hadamard_rows(torch::Tensor xc, const std::vector<torch::Tensor>& factors, int64_t sylvester) {
   const int64_t n = xc.size(-1), rows = xc.numel() / n;
-  const Hadamard h(factors, sylvester);
+  const Hadamard<T> h(factors, sylvester);
   auto out = torch::empty_like(xc);
-  const float* in = xc.data_ptr<float>();
-  float* op = out.data_ptr<float>();
+  const T* in = xc.data_ptr<T>();
+  T* op = out.data_ptr<T>();
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scratch(n);
+    std::vector<T> scratch(n);
     for (int64_t r = begin; r < end; ++r) {
       std::copy(in + r * n, in + (r + 1) * n, op + r * n);
       h.apply(op + r * n, n, scratch.data());
@@ -350,12 +351,19 @@ torch::Tensor hadamard(torch::Tensor x, std::vector<torch::Tensor> factors, int6
   return out;
 }
 
+// float32 (activations, every sum below 2**24) or float64 (weights on a grid, below 2**53).
+torch::Tensor hadamard(torch::Tensor x, std::vector<torch::Tensor> factors, int64_t sylvester) {
+  auto xc = x.contiguous();
+  if (xc.scalar_type() == torch::kDouble) return hadamard_rows<double>(xc, factors, sylvester);
+  return hadamard_rows<float>(xc, factors, sylvester);
+}
+
 // exact.quantize_rotated: per row, q, s = quantize(x, levels); r, t = quantize(q @ H, rotated_levels); r and t * s.
 std::vector<torch::Tensor> quantize_rotated(torch::Tensor x, double levels, double rotated_levels,
                                             std::vector<torch::Tensor> factors, int64_t sylvester, double tiny) {
   auto xc = x.contiguous();
   const int64_t n = xc.size(-1), rows = xc.numel() / n;
-  const Hadamard h(factors, sylvester);
+  const Hadamard<float> h(factors, sylvester);
   auto r = torch::empty_like(xc);
   auto sizes = xc.sizes().vec();
   sizes.back() = 1;
@@ -868,6 +876,24 @@ void fixed_totals(torch::Tensor weights, torch::Tensor rows, double scale, torch
 
 }  // namespace
 
+// learning.rms_step in place, one pass: float64 tensors of one projection (contiguous).
+void rms_step(torch::Tensor grad, torch::Tensor mean_square, torch::Tensor master, double decay, double keep,
+              double unbias, double floor, double epsilon, double rate) {
+  const double* g = grad.data_ptr<double>();
+  double* ms = mean_square.data_ptr<double>();
+  double* w = master.data_ptr<double>();
+  const float low = static_cast<float>(floor);
+  at::parallel_for(0, grad.numel(), 16384, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const double square = g[i] * g[i];
+      ms[i] = ms[i] * decay + square * keep;
+      const float unbiased = std::max(static_cast<float>(ms[i] / unbias), low);
+      const double rms = static_cast<double>(std::sqrt(unbiased)) + epsilon;  // IEEE sqrt: correctly rounded
+      w[i] = w[i] - g[i] / rms * rate;
+    }
+  });
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("quantize", &quantize);
   m.def("rotary_quantize", &rotary_quantize);
@@ -882,4 +908,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bias_apply", &bias_apply);
   m.def("bias_learn", &bias_learn);
   m.def("fixed_totals", &fixed_totals);
+  m.def("rms_step", &rms_step);
 }

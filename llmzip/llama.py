@@ -17,7 +17,8 @@ depend on which other positions or rows are computed with it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 
 import torch
 from torch import Tensor
@@ -66,6 +67,62 @@ class LlamaConfig(DecoderConfig):
         return None if sizes is None else cls(**sizes, rope_theta=float(rope["rope_theta"]))
 
 
+HEAD = (-1, "head")  # the head's key among the projections'
+
+
+@dataclass(frozen=True)
+class ProjectionMap:
+    """A projection's weights as the checkpoint has them (float64), and the linear maps of
+    preparation: `prepare` takes checkpoint weights to the prepared ones (rotated, gains folded;
+    then quantized), `pull_back` is its adjoint, taking a gradient of the prepared weights to
+    that of the checkpoint's (learning.py steps there: the prepared coordinates would change
+    what a step per weight does)."""
+
+    weight: Tensor
+    prepare: Callable[[Tensor], Tensor]
+    pull_back: Callable[[Tensor], Tensor]
+
+
+@dataclass
+class BlockTape:
+    """What one block's forward computed that its backward reads (learning.py): integer
+    activations with their scales, attention's integer operands and masks, the MLP's gate and up."""
+
+    x: Tensor  # the residual stream coming in [rows, T, hidden], and its norm's integers and scales
+    h: Tensor
+    h_scale: Tensor
+    q: Tensor  # attention's layout: [rows, kv_heads, groups * T, head_dim]
+    q_scale: Tensor
+    sink_q: Tensor | None
+    keys: Tensor  # the cache's, [rows, kv_heads, slots, head_dim], scales [rows, kv_heads, 1, slots]
+    key_scales: Tensor
+    values: Tensor
+    value_scales: Tensor
+    positions: Tensor
+    window: int
+    sinks: int
+    o: Tensor  # attention's output as the output projection reads it [rows, T, heads * head_dim]
+    o_scale: Tensor
+    x_mid: Tensor  # the residual stream after attention, and its norm's integers and scales
+    h2: Tensor
+    h2_scale: Tensor
+    gate: Tensor
+    up: Tensor
+    a: Tensor  # the down projection's rotated integer input
+    a_scale: Tensor
+
+
+@dataclass
+class Tape:
+    """A forward's record for learning: its first position, where its queries saw the sinks
+    from (`KVCache.sink_positions`), each block's record, and the head's input (x, h, h_scale)."""
+
+    start: int = 0
+    pinned: Tensor | None = None
+    blocks: list[BlockTape] = field(default_factory=list)
+    final: tuple[Tensor, ...] = ()
+
+
 class ExactLlama(PreparedModel):
     """The prepared model: call `forward` with input embeddings and the position of the first."""
 
@@ -86,42 +143,70 @@ class ExactLlama(PreparedModel):
     def prepare(cls, model: PreTrainedModel, config: LlamaConfig) -> ExactLlama:
         """Fold, rotate and quantize a Hugging Face Llama's weights (seconds: in float64, with
         every sum exact, so that every machine gets the same integers)."""
+        parts = {key: ExactLinear.of(m.prepare(m.weight)) for key, m in cls.projection_maps(model, config).items()}
+        names = [f.name for f in fields(Projections)]
+        blocks = [Projections(**{name: parts[i, name] for name in names}) for i in range(config.layers)]
+        embed = exact.rotate_weights(model.state_dict()["model.embed_tokens.weight"], 1 / math.sqrt(config.hidden))
+        return cls(config, blocks, parts[HEAD], embed=embed.float())
+
+    @staticmethod
+    def projection_maps(model: PreTrainedModel, config: LlamaConfig) -> dict[tuple[int, str], ProjectionMap]:
+        """Each projection's checkpoint weights (float64) and the linear maps between them and
+        the prepared ones, keyed (block, field), the head as HEAD."""
         c = config
         w = {name: t.detach().double() for name, t in model.state_dict().items()}
         into = 1 / math.sqrt(c.hidden)  # exact for 576 = 24**2; any rounding is the same everywhere
 
-        def reads_residual(weight: Tensor, gain: Tensor) -> Tensor:
-            """A projection reading RMSNorm(x) * gain, made to read the rotated stream's norm."""
-            return exact.rotate_weights(weight * gain, into)
+        def stream(weight: Tensor, back: bool = False) -> Tensor:
+            """The last axis rotated as the residual stream is (orthogonal: H/24), or back."""
+            return exact.rotate_weights(weight, into, back)
 
-        def writes_residual(weight: Tensor) -> Tensor:
-            """A projection whose output is added to the residual stream, made to write it rotated."""
-            return exact.rotate_weights(weight.T, into).T
-
-        def per_head(weight: Tensor, heads: int) -> Tensor:
-            """Rotate each head's slice of the last axis by the value rotation (orthogonal: H/8)."""
+        def value_heads(weight: Tensor, heads: int, back: bool = False) -> Tensor:
+            """Each head's slice of the last axis rotated as values are (orthogonal: H/8), or back."""
             parts = weight.reshape(*weight.shape[:-1], heads, c.head_dim)
-            return exact.rotate_weights(parts, 1 / math.sqrt(c.head_dim)).reshape(weight.shape)
+            return exact.rotate_weights(parts, 1 / math.sqrt(c.head_dim), back).reshape(weight.shape)
 
-        blocks = []
+        def out_input(weight: Tensor, back: bool) -> Tensor:
+            return value_heads(weight, c.heads, back)
+
+        def down_input(weight: Tensor, back: bool) -> Tensor:
+            """H/1536 against the activations' online Hadamard H (not orthogonal)."""
+            return exact.rotate_weights(weight, 1 / c.intermediate, back)
+
+        values = (c.heads + c.kv_heads) * c.head_dim  # rows before the values'
+
+        def qkv_output(weight: Tensor, back: bool) -> Tensor:
+            """The value rows rotated per head: values come out rotated."""
+            return torch.cat([weight[:values], value_heads(weight[values:].T, c.kv_heads, back).T])
+
+        def no_turn(weight: Tensor, back: bool) -> Tensor:
+            return weight
+
+        def reads_residual(weight: Tensor, gain: Tensor, output: Callable = no_turn) -> ProjectionMap:
+            """A projection reading RMSNorm(x) * gain, made to read the rotated stream's norm."""
+            return ProjectionMap(
+                weight, lambda v: stream(output(v, False) * gain), lambda g: output(stream(g, True) * gain, True)
+            )
+
+        def writes_residual(weight: Tensor, input_turn: Callable) -> ProjectionMap:
+            """A projection whose output is added to the residual stream, made to write it rotated."""
+            return ProjectionMap(
+                weight, lambda v: stream(input_turn(v, False).T).T, lambda g: input_turn(stream(g.T, True).T, True)
+            )
+
+        maps = {}
         for i in range(c.layers):
             p = f"model.layers.{i}."
             attn, mlp = p + "self_attn.", p + "mlp."
-            values = per_head(w[attn + "v_proj.weight"].T, c.kv_heads).T  # values come out rotated
-            qkv = torch.cat([w[attn + "q_proj.weight"], w[attn + "k_proj.weight"], values])
+            qkv = torch.cat([w[attn + "q_proj.weight"], w[attn + "k_proj.weight"], w[attn + "v_proj.weight"]])
             gate_up = torch.cat([w[mlp + "gate_proj.weight"], w[mlp + "up_proj.weight"]])
-            down = exact.rotate_weights(w[mlp + "down_proj.weight"], 1 / c.intermediate)
-            blocks.append(
-                Projections(
-                    qkv=ExactLinear.of(reads_residual(qkv, w[p + "input_layernorm.weight"])),
-                    out=ExactLinear.of(writes_residual(per_head(w[attn + "o_proj.weight"], c.heads))),
-                    gate_up=ExactLinear.of(reads_residual(gate_up, w[p + "post_attention_layernorm.weight"])),
-                    down=ExactLinear.of(writes_residual(down)),
-                )
-            )
+            maps[i, "qkv"] = reads_residual(qkv, w[p + "input_layernorm.weight"], qkv_output)
+            maps[i, "out"] = writes_residual(w[attn + "o_proj.weight"], out_input)
+            maps[i, "gate_up"] = reads_residual(gate_up, w[p + "post_attention_layernorm.weight"])
+            maps[i, "down"] = writes_residual(w[mlp + "down_proj.weight"], down_input)
         head = w.get("lm_head.weight", w["model.embed_tokens.weight"])  # small models tie them
-        embed = exact.rotate_weights(w["model.embed_tokens.weight"], into).float()
-        return cls(config, blocks, ExactLinear.of(reads_residual(head, w["model.norm.weight"])), embed=embed)
+        maps[HEAD] = reads_residual(head, w["model.norm.weight"])
+        return maps
 
     @staticmethod
     def key_levels(config: LlamaConfig, forward: str) -> int:
@@ -143,9 +228,10 @@ class ExactLlama(PreparedModel):
         return rotated.float().to(self.device)
 
     @torch.inference_mode()
-    def forward(self, x: torch.Tensor, start: int, cache: KVCache) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, start: int, cache: KVCache, tape: Tape | None = None) -> torch.Tensor:
         """Input embeddings x [rows, T, hidden] (rows of `self.embed`, or `embed_vectors`) at
-        positions start..start+T-1 -> float32 logits [rows, T, vocab]; fills the cache."""
+        positions start..start+T-1 -> float32 logits [rows, T, vocab]; fills the cache, and
+        `tape` if given."""
         c = self.config
         rows, length, _ = x.shape
         end = start + length
@@ -171,13 +257,19 @@ class ExactLlama(PreparedModel):
                 sink_q = sink_q.reshape(rows, c.kv_heads, groups * length, c.head_dim)
             q = q.reshape(rows, c.kv_heads, groups * length, c.head_dim)
             q_scale = q_scale.reshape(rows, c.kv_heads, groups * length, 1)
-            o = attention(q, q_scale, *cache.read(i, end), positions, window, sinks, sink_q)
+            kv = cache.read(i, end)
+            o = attention(q, q_scale, *kv, positions, window, sinks, sink_q)
             o = o.view(rows, c.kv_heads, groups, length, c.head_dim).permute(0, 3, 1, 2, 4)
             o, o_scale = quantize(o.reshape(rows, length, c.heads * c.head_dim), exact.ACTIVATION_LEVELS)
-            x = x + block.out(o, o_scale)
-            h, h_scale = quantize_normed(x, c.rms_eps)
-            gate, up = block.gate_up(h, h_scale).chunk(2, dim=-1)
+            x_mid = x + block.out(o, o_scale)
+            h2, h2_scale = quantize_normed(x_mid, c.rms_eps)
+            gate, up = block.gate_up(h2, h2_scale).chunk(2, dim=-1)
             a, a_scale = quantize_rotated(exact.silu_mul(gate, up), DOWN_LEVELS)
-            x = x + block.down(a, a_scale)
+            if tape is not None:
+                tape.blocks.append(BlockTape(x, h, h_scale, q, q_scale, sink_q, *kv, positions, window, sinks,
+                                             o, o_scale, x_mid, h2, h2_scale, gate, up, a, a_scale))  # fmt: skip
+            x = x_mid + block.down(a, a_scale)
         h, h_scale = quantize_normed(x, c.rms_eps)
+        if tape is not None:
+            tape.start, tape.pinned, tape.final = start, pinned, (x, h, h_scale)
         return self.head(h, h_scale)

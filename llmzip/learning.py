@@ -1,0 +1,259 @@
+"""Dynamic evaluation, exactly: after each segment of tokens the model's weights take one step
+against that segment's code length (Krause et al. 2018), on the encoder's side and on the
+decoder's, which computes the same step from the same tokens. The step is RMSprop's: each
+weight moves by RATE over the running RMS of its gradient.
+
+The backward pass is written in `exact.py`'s two kinds of operation, so that every machine
+takes the same step: each product's operands are quantized to integers first (the gradient
+per token or per output channel, the forward's own integer activations and weights) and
+multiplied in float64, where every sum of such integers is exact below 2**53 in any order;
+everything else is elementwise IEEE arithmetic and `exact`'s exp and sqrt. The gradient may be
+any function of the segment: this one is the code length's, with straight-through rounding,
+and no gradient reaches keys and values of earlier segments (they are in the cache).
+Measured in float (benchmarks/dynamic_eval.py): alice29.txt 1.1066 -> 0.9958 bits per byte.
+
+Learning keeps float64 master weights in the checkpoint's coordinates beside the model's
+integer ones: a step moves the masters, prepares them again (`llama.ProjectionMap`) and
+quantizes them per output channel to the forward's grid (229 levels lose nothing against
+float weights: benchmarks/dynamic_eval.py, `--variants grid`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from . import exact
+from .exact import ExactLinear, quantize
+from .llama import HEAD, BlockTape, ExactLlama, ProjectionMap, Tape
+
+SEGMENT = 128  # tokens coded between two steps
+RATE = 6e-5  # per weight, over the RMS of its gradient (float, alice29.txt's first 8000 tokens: 3e-5 and 1e-4 worse)
+DECAY = 0.99  # of the running mean square, per step
+EPSILON = 1e-8
+GRADIENT_LEVELS = 32767  # activations' gradients per token: 16 bits
+LOGIT_LEVELS = 2**23  # the logits' gradient per token: 24 bits (8 lose the tail of q and break learning)
+PROBABILITY_BITS = 24  # q in the logits' gradient q - [y = x], fixed point
+CHANNEL_LEVELS = 2**24  # weight gradients' factors per output channel: 2**24 * 127 * tokens < 2**53
+FINE_LEVELS = 2**20  # softmax and rotation gradients per row
+TINY_SQUARE = 1e-30  # the least mean square read (float32): no subnormal numbers, whose handling CPUs may flush
+
+
+def _product(a: Tensor, b: Tensor) -> Tensor:
+    """a @ b of integer-valued tensors in float64: exact while every sum stays below 2**53."""
+    return a.double() @ b.double()
+
+
+def _integer_sum(a: Tensor, b: Tensor) -> Tensor:
+    """sum(a * b) over the last axis, of integer-valued tensors, in float64: exact."""
+    return (a.double() * b.double()).sum(-1, keepdim=True)
+
+
+def linear_backward(layer: ExactLinear, x: Tensor, x_scale: Tensor, dy: Tensor, levels: int) -> tuple[Tensor, Tensor]:
+    """Gradients of y = layer(x, x_scale) with respect to its real weights ([N, K]) and input
+    ([M, K]) from dy [M, N]: dW sums dy * x_scale (quantized per output channel) times the
+    integer inputs, dx sums dy * weight scale (quantized per row to `levels`) times the integer
+    weights."""
+    if dy.shape[0] * CHANNEL_LEVELS * exact.ACTIVATION_LEVELS >= 2**53:
+        raise ValueError(f"{dy.shape[0]} positions are too many for one exact weight gradient")
+    g, g_scale = quantize(dy * x_scale.double(), CHANNEL_LEVELS, dim=0)
+    weight_grad = _product(g.T, x) * g_scale.T
+    v, v_scale = quantize(dy * layer.scale.double(), levels)
+    return weight_grad, _product(v, layer.int_weight) * v_scale
+
+
+def norm_backward(x: Tensor, h: Tensor, h_scale: Tensor, dn: Tensor) -> Tensor:
+    """Gradient of RMSNorm's input x from that of its output n = x / rms(x) ≈ h * h_scale (the
+    forward's integers): (dn - n * mean(dn * n)) / rms(x), the mean over integers."""
+    d, d_scale = quantize(dn, GRADIENT_LEVELS)
+    mean = _integer_sum(d, h) * (d_scale * h_scale.double()) / x.shape[-1]
+    inverse_rms = h_scale.double() / quantize(x, exact.ACTIVATION_LEVELS)[1].double()
+    return (dn - h.double() * h_scale.double() * mean) * inverse_rms
+
+
+def silu_mul_backward(gate: Tensor, up: Tensor, da: Tensor) -> tuple[Tensor, Tensor]:
+    """Gradients of gate and up from that of a = silu(gate) * up, sigmoid from `exact.exp2_neg`."""
+    t = exact.exp2_neg(gate.abs() * exact.LOG2E).double()
+    sigmoid = torch.where(gate >= 0, 1.0, t) / (1.0 + t)
+    gate = gate.double()
+    silu_grad = sigmoid * (1.0 + gate * (1.0 - sigmoid))
+    return da * up.double() * silu_grad, da * (gate * sigmoid)
+
+
+def unrotary(dy: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Gradient of x from that of y = `exact.rotary`(x): the rotation back, by -angle."""
+    return exact.rotary(dy, cos.double(), -sin.double())
+
+
+def unhadamard(dy: Tensor) -> Tensor:
+    """Gradient of x from that of y = x @ H (`exact.hadamard`): dy @ H.T, over integers."""
+    d, d_scale = quantize(dy, FINE_LEVELS)
+    return exact.hadamard(d, transpose=True) * d_scale
+
+
+def attention_backward(
+    t: BlockTape, o: Tensor, o_scale: Tensor, do: Tensor, length: int
+) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
+    """Gradients of the rotated queries (and of the sink queries, if any), of the last `length`
+    keys (rotated) and of their values, from that of attention's output do; do, o (the
+    forward's integer output) and o_scale in attention's layout [rows, kv_heads, queries, ...].
+    The probabilities are recomputed from the integer scores as fixed point; the softmax's
+    gradient dS = p * (do . v - do . o) takes do . o from o."""
+    k, v = t.keys.double(), t.values.double()
+    scores = _product(t.q, k.transpose(-1, -2))
+    if t.sink_q is not None:
+        scores[..., : t.sinks] = _product(t.sink_q, k[..., : t.sinks, :].transpose(-1, -2))
+    scores = scores * t.key_scales.double() * t.q_scale.double()  # log2 units
+    keys = torch.arange(scores.shape[-1], device=scores.device)
+    positions = t.positions[:, None]
+    mask = (keys > positions) | ((keys <= positions - t.window) & (keys >= t.sinks))
+    scores = scores.masked_fill(mask, -torch.inf)
+    e = exact.exp2_neg((scores.amax(-1, keepdim=True) - scores).float())
+    fixed = torch.round(e.double() * 2.0**20)
+    p = fixed / fixed.sum(-1, keepdim=True)  # exact sums of integers
+
+    d, d_scale = quantize(do, GRADIENT_LEVELS)
+    dp = _product(d, v.transpose(-1, -2)) * d_scale * t.value_scales.double()
+    dp_mean = _integer_sum(d, o) * (d_scale * o_scale.double())  # do . o = sum_j p_j dp_j
+    ds = p * (dp - dp_mean)  # of the scores in natural units
+
+    a, a_scale = quantize(ds * t.key_scales.double(), FINE_LEVELS)
+    a_scale = a_scale / exact.LOG2E  # key scales hold log2(e) / sqrt(head_dim)
+    sink_dq = None
+    if t.sink_q is not None:
+        sink_dq = _product(a[..., : t.sinks], k[..., : t.sinks, :]) * a_scale
+        a[..., : t.sinks] = 0
+    dq = _product(a, k) * a_scale
+    new = slice(scores.shape[-1] - length, scores.shape[-1])  # the segment's own keys
+    b, b_scale = quantize(ds[..., new] * t.q_scale.double(), FINE_LEVELS, dim=-2)
+    dk = _product(b.transpose(-1, -2), t.q) * (b_scale.transpose(-1, -2) / math.sqrt(t.q.shape[-1]))
+    c, c_scale = quantize(p[..., new] * d_scale, FINE_LEVELS, dim=-2)
+    dv = _product(c.transpose(-1, -2), d) * c_scale.transpose(-1, -2)
+    return dq, sink_dq, dk, dv
+
+
+def rms_step(grad: Tensor, mean_square: Tensor, master: Tensor, decayed: float) -> None:
+    """RMSprop's step, in place on float64 tensors: the running mean square of the gradient, and
+    the master weights moved by RATE times the gradient over its RMS (bias-corrected: `decayed`
+    is DECAY**steps). The RMS in float32, by a correctly rounded square root."""
+    unbias = 1.0 - decayed
+    if fused := exact.kernels():
+        return fused.rms_step(grad, mean_square, master, DECAY, 1.0 - DECAY, unbias, TINY_SQUARE, EPSILON, RATE)
+    mean_square.copy_(mean_square * DECAY + grad * grad * (1.0 - DECAY))
+    unbiased = torch.clamp((mean_square / unbias).float(), min=TINY_SQUARE)
+    master.copy_(master - grad / (exact.sqrt(unbiased).double() + EPSILON) * RATE)
+
+
+@dataclass
+class Moments:
+    """One projection's learning state, in the checkpoint's coordinates: float64 master weights
+    and their gradients' running mean square."""
+
+    master: Tensor
+    mean_square: Tensor
+
+
+class Learner:
+    """The weights a batch learns, from the prepared model's: `learn` after each segment; `reset`
+    before a new batch (batches code independently). Steps are taken in the checkpoint's
+    coordinates (`ProjectionMap`): RMSprop there, as in the float simulation; in the prepared
+    ones, rotated and with the norms' gains folded in, it saved a tenth as much."""
+
+    def __init__(self, model: ExactLlama, maps: dict[tuple[int, str], ProjectionMap]) -> None:
+        self.model, self.maps = model, maps
+        self.prepared = {key: self._layer(key) for key in maps}
+        self.reset()
+
+    def _layer(self, key: tuple[int, str]) -> ExactLinear:
+        i, name = key
+        return self.model.head if key == HEAD else getattr(self.model.blocks[i], name)
+
+    def _set_layer(self, key: tuple[int, str], layer: ExactLinear) -> None:
+        i, name = key
+        if key == HEAD:
+            self.model.head = layer
+        else:
+            setattr(self.model.blocks[i], name, layer)
+
+    def reset(self) -> None:
+        """Back to the prepared weights."""
+        for key, layer in self.prepared.items():
+            self._set_layer(key, layer)
+        self.moments: dict[tuple[int, str], Moments] = {}
+        self.decayed = 1.0  # DECAY**steps, by multiplication (pow is libm's, not correctly rounded everywhere)
+
+    def learn(self, tape: Tape, logits: Tensor, targets: Tensor) -> None:
+        """One step from a segment: the forward's tape and logits [rows, T, vocab] (positions
+        whose next tokens are targets [rows, T])."""
+        with torch.inference_mode():
+            grads = self.gradients(tape, logits, targets)
+            self.decayed = self.decayed * DECAY
+            for key, grad in grads.items():
+                projection = self.maps[key]
+                moments = self.moments.get(key)
+                if moments is None:
+                    weight = projection.weight
+                    moments = self.moments[key] = Moments(weight.clone(), torch.zeros_like(weight))
+                rms_step(projection.pull_back(grad).contiguous(), moments.mean_square, moments.master, self.decayed)
+                device = self._layer(key).int_weight.device
+                self._set_layer(key, ExactLinear.of(projection.prepare(moments.master)).to(device))
+
+    def gradients(self, tape: Tape, logits: Tensor, targets: Tensor) -> dict[tuple[int, str], Tensor]:
+        """The code length's gradient (in nats, summed over the segment) for every projection
+        [N, K], keyed (block, field), the head as (-1, "head")."""
+        model, c = self.model, self.model.config
+        rows, length = targets.shape
+        flat = rows * length
+        weights = exact.softmax_weights(logits.reshape(flat, -1))
+        fixed = torch.round(weights.double() * 2.0**PROBABILITY_BITS)
+        dlogits = fixed / fixed.sum(-1, keepdim=True)
+        dlogits[torch.arange(flat), targets.reshape(-1)] -= 1.0  # q - [y = x]
+
+        grads = {}
+        x, h, h_scale = (t.reshape(flat, -1) for t in tape.final)
+        grads[HEAD], dn = linear_backward(model.head, h, h_scale, dlogits, LOGIT_LEVELS)
+        dx = norm_backward(x, h, h_scale, dn)
+        cos, sin = model.cos[tape.start : tape.start + length, None], model.sin[tape.start : tape.start + length, None]
+        for i in reversed(range(len(tape.blocks))):
+            t, block = tape.blocks[i], model.blocks[i]
+            # the MLP: x + down(H(silu(gate) * up)), gate and up from RMSNorm(x)
+            grads[i, "down"], da = linear_backward(block.down, _flat(t.a), _flat(t.a_scale), dx, GRADIENT_LEVELS)
+            dgate, dup = silu_mul_backward(_flat(t.gate), _flat(t.up), unhadamard(da))
+            dh = torch.cat([dgate, dup], -1)
+            grads[i, "gate_up"], dn = linear_backward(
+                block.gate_up, _flat(t.h2), _flat(t.h2_scale), dh, GRADIENT_LEVELS
+            )
+            dx = dx + norm_backward(_flat(t.x_mid), _flat(t.h2), _flat(t.h2_scale), dn)
+            # attention: x + out(attention(q, k, v)), q, k, v from RMSNorm(x)
+            grads[i, "out"], do = linear_backward(block.out, _flat(t.o), _flat(t.o_scale), dx, GRADIENT_LEVELS)
+            do, o = (_by_head(x.view(rows, length, c.heads, c.head_dim), c.kv_heads) for x in (do, t.o))
+            o_scale = _by_head(t.o_scale[:, :, None].expand(rows, length, c.heads, 1), c.kv_heads)
+            dq, sink_dq, dk, dv = attention_backward(t, o, o_scale, do, length)
+            dq = unrotary(_by_position(dq, c.heads, length), cos, sin)
+            if sink_dq is not None:
+                sink_cos, sink_sin = model.cos[tape.pinned, None], model.sin[tape.pinned, None]
+                dq = dq + unrotary(_by_position(sink_dq, c.heads, length), sink_cos, sink_sin)
+            dk = unrotary(dk.transpose(1, 2), cos, sin)
+            dqkv = torch.cat([dq, dk, dv.transpose(1, 2)], 2).reshape(flat, -1)
+            grads[i, "qkv"], dn = linear_backward(block.qkv, _flat(t.h), _flat(t.h_scale), dqkv, GRADIENT_LEVELS)
+            dx = dx + norm_backward(_flat(t.x), _flat(t.h), _flat(t.h_scale), dn)
+        return grads
+
+
+def _flat(t: Tensor) -> Tensor:
+    """[rows, T, ...] -> [rows * T, ...]"""
+    return t.reshape(-1, *t.shape[2:]) if t.dim() > 2 else t.reshape(-1, 1)
+
+
+def _by_head(x: Tensor, kv_heads: int) -> Tensor:
+    """[rows, T, heads, D] -> attention's layout [rows, kv_heads, groups * T, D]."""
+    rows, length, heads, dim = x.shape
+    return x.permute(0, 2, 1, 3).reshape(rows, kv_heads, heads // kv_heads * length, dim)
+
+
+def _by_position(x: Tensor, heads: int, length: int) -> Tensor:
+    """Attention's layout [rows, kv_heads, groups * T, D] -> [rows, T, heads, D]."""
+    return x.reshape(x.shape[0], heads, length, x.shape[-1]).transpose(1, 2)
