@@ -373,7 +373,12 @@ def rotate_weights(w: torch.Tensor, scale: float, transpose: bool = False) -> to
     first put on a 40-bit fixed-point grid (one power-of-two step for the whole matrix), so the
     product is exact and the only roundings are that grid and the final scaling."""
     w = w.double()
-    step = 2.0 ** (math.frexp(float(w.abs().max()))[1] - 40)
+    low, high = torch.aminmax(w)  # max|w| without a temporary as large as w
+    step = 2.0 ** (math.frexp(max(-float(low), float(high)))[1] - 40)
+    if w.is_cpu and (fused := kernels()):
+        factors, sylvester = hadamard_factors(w.shape[-1])
+        factors = [(f.T if transpose else f).contiguous() for f in factors]
+        return fused.rotate_weights(w, step, step * scale, factors, sylvester)
     return hadamard(torch.round(w / step), transpose) * (step * scale)
 
 

@@ -303,8 +303,10 @@ struct Hadamard {
     }
   }
 
-  // y (n values) <- y @ H, in place; scratch holds n values.
-  void apply(T* y, int64_t n, T* scratch) const {
+  // y (n values) <- y @ H, in place; scratch holds n values. With unit > 1, y holds unit rows
+  // interleaved (n = order * unit, [order][unit]): H is applied to each, with loops unit times as
+  // long (H ⊗ I: the butterflies then start at distance unit).
+  void apply(T* y, int64_t n, T* scratch, int64_t unit = 1) const {
     int64_t after = n;
     for (size_t t = 0; t < orders.size(); ++t) {
       const int64_t m = orders[t];
@@ -313,18 +315,20 @@ struct Hadamard {
       for (int64_t p = 0; p < n; p += m * after) {  // y[p, i, a] = sum_j f[j][i] * y[p, j, a]
         T* block = y + p;
         for (int64_t i = 0; i < m; ++i) {
-          T* o = scratch + i * after;
+          T* __restrict o = scratch + i * after;
           for (int64_t a = 0; a < after; ++a) o[a] = 0;
-          for (int64_t j = 0; j < m; ++j) {
-            const T sign = f[j * m + i];
-            const T* xj = block + j * after;
-            for (int64_t a = 0; a < after; ++a) o[a] = o[a] + sign * xj[a];
+          for (int64_t j = 0; j < m; ++j) {  // signs are ±1: sums and differences, vectorised over a
+            const T* __restrict xj = block + j * after;
+            if (f[j * m + i] > 0)
+              for (int64_t a = 0; a < after; ++a) o[a] = o[a] + xj[a];
+            else
+              for (int64_t a = 0; a < after; ++a) o[a] = o[a] - xj[a];
           }
         }
         std::copy(scratch, scratch + m * after, block);
       }
     }
-    for (int64_t half = 1; half < sylvester; half *= 2)  // S = H_2 ⊗ ... ⊗ H_2 on the last axis
+    for (int64_t half = unit; half < sylvester * unit; half *= 2)  // S = H_2 ⊗ ... ⊗ H_2 on the last axis
       for (int64_t b = 0; b < n; b += 2 * half)
         for (int64_t i = b; i < b + half; ++i) {
           const T u = y[i], v = y[i + half];
@@ -346,6 +350,33 @@ torch::Tensor hadamard_rows(torch::Tensor xc, const std::vector<torch::Tensor>& 
     for (int64_t r = begin; r < end; ++r) {
       std::copy(in + r * n, in + (r + 1) * n, op + r * n);
       h.apply(op + r * n, n, scratch.data());
+    }
+  });
+  return out;
+}
+
+// exact.rotate_weights after its grid step: nearbyint(w / step) @ H * factor per row, float64;
+// kRotated rows at a time, interleaved, so that every loop of `apply` runs over many values.
+constexpr int64_t kRotated = 8;
+
+torch::Tensor rotate_weights(torch::Tensor w, double step, double factor, std::vector<torch::Tensor> factors,
+                             int64_t sylvester) {
+  auto wc = w.contiguous();
+  const int64_t n = wc.size(-1), rows = wc.numel() / n;
+  const Hadamard<double> h(factors, sylvester);
+  auto out = torch::empty_like(wc);
+  const double* in = wc.data_ptr<double>();
+  double* op = out.data_ptr<double>();
+  at::parallel_for(0, (rows + kRotated - 1) / kRotated, 1, [&](int64_t begin, int64_t end) {
+    std::vector<double> y(n * kRotated), scratch(n * kRotated);
+    for (int64_t block = begin; block < end; ++block) {
+      const int64_t first = block * kRotated, count = std::min(kRotated, rows - first);
+      std::fill(y.begin(), y.end(), 0.0);
+      for (int64_t b = 0; b < count; ++b)
+        for (int64_t j = 0; j < n; ++j) y[j * kRotated + b] = std::nearbyint(in[(first + b) * n + j] / step);
+      h.apply(y.data(), n * kRotated, scratch.data(), kRotated);
+      for (int64_t b = 0; b < count; ++b)
+        for (int64_t j = 0; j < n; ++j) op[(first + b) * n + j] = y[j * kRotated + b] * factor;
     }
   });
   return out;
@@ -898,6 +929,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("quantize", &quantize);
   m.def("rotary_quantize", &rotary_quantize);
   m.def("hadamard", &hadamard);
+  m.def("rotate_weights", &rotate_weights);
   m.def("quantize_rotated", &quantize_rotated);
   m.def("pack_weight", &pack_weight);
   m.def("linear", &linear);

@@ -1,0 +1,161 @@
+"""Dynamic evaluation in the exact model (learning.py): its gradients are the float model's, its
+steps lower the code length, and every machine takes the same steps."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import byte_level_tokenizer, prepared, tiny_model
+
+from llmzip import exact, learning
+from llmzip.llama import HEAD, Tape
+
+SEGMENT = 24
+
+
+def _segment(loaded, model, text: bytes = b"the rain and the sun in the rain on the sun at the inn " * 3):
+    ids = torch.from_numpy(loaded.tokenizer.encode(text)[: SEGMENT + 1].astype(np.int64))[None]
+    return ids[:, :-1], ids[:, 1:]
+
+
+def _forward(model, inputs: torch.Tensor, tape: Tape | None = None) -> torch.Tensor:
+    cache = model.new_cache(1, inputs.shape[1])
+    return model.forward(model.embed[inputs], 0, cache, tape)
+
+
+def _bits(model, inputs: torch.Tensor, targets: torch.Tensor) -> float:
+    weights = exact.softmax_weights(_forward(model, inputs)[0]).double()
+    q = weights[torch.arange(inputs.shape[1]), targets[0]] / weights.sum(-1)
+    return float(-torch.log2(q).sum())
+
+
+def test_gradients_are_the_float_models():
+    """The integer backward pass, pulled back to the checkpoint's coordinates, points where float64
+    autograd of the Hugging Face model points (the forward's rounding passed straight through)."""
+    loaded = tiny_model(byte_level_tokenizer())
+    model = prepared(loaded)
+    inputs, targets = _segment(loaded, model)
+    tape = Tape()
+    logits = _forward(model, inputs, tape)
+    maps = type(model).projection_maps(loaded.model, model.config)
+    grads = learning.Learner(model, maps).gradients(tape, logits, targets)
+
+    hf = loaded.model.double()
+    embeddings = hf.model.embed_tokens(inputs).detach()  # the head's share of the tied weights only
+    loss = torch.nn.functional.cross_entropy(hf(inputs_embeds=embeddings).logits[0], targets[0], reduction="sum")
+    hf.zero_grad()
+    loss.backward()
+    w = {name: p.grad for name, p in hf.named_parameters()}
+    expected = {HEAD: w["model.embed_tokens.weight"]}
+    for i in range(model.config.layers):
+        p = f"model.layers.{i}."
+        expected[i, "qkv"] = torch.cat([w[p + f"self_attn.{x}_proj.weight"] for x in "qkv"])
+        expected[i, "out"] = w[p + "self_attn.o_proj.weight"]
+        expected[i, "gate_up"] = torch.cat([w[p + "mlp.gate_proj.weight"], w[p + "mlp.up_proj.weight"]])
+        expected[i, "down"] = w[p + "mlp.down_proj.weight"]
+    assert grads.keys() == expected.keys()
+    for key, grad in grads.items():
+        pulled, reference = maps[key].pull_back(grad).flatten(), expected[key].flatten()
+        cosine = float(pulled @ reference / (pulled.norm() * reference.norm()))
+        assert cosine > 0.999, (key, cosine)
+
+
+def test_steps_lower_the_code_length_and_reset_undoes_them(monkeypatch):
+    loaded = tiny_model(byte_level_tokenizer())
+    model = prepared(loaded)
+    inputs, targets = _segment(loaded, model)
+    learner = learning.Learner(model, type(model).projection_maps(loaded.model, model.config))
+    monkeypatch.setattr(learning, "RATE", 1e-3)  # the tiny model's weights are 100x SmolLM2's steps
+    before = _bits(model, inputs, targets)
+    for _ in range(3):
+        tape = Tape()
+        learner.learn(tape, _forward(model, inputs, tape), targets)
+    after = _bits(model, inputs, targets)
+    assert after < 0.9 * before, (before, after)
+    learner.reset()
+    assert _bits(model, inputs, targets) == before
+
+
+def test_rms_step_kernel_gives_the_torch_codes_bits(monkeypatch):
+    if exact.kernels() is None:
+        pytest.skip("no compiler here")
+    generator = torch.Generator().manual_seed(0)
+    grad = torch.randn(1000, 37, generator=generator, dtype=torch.float64) * 10.0 ** torch.randint(-12, 0, (1000, 1))
+    grad[0, :5] = 0.0
+    results = []
+    for kernels in (exact.kernels(), None):
+        monkeypatch.setattr(exact, "kernels", lambda k=kernels: k)
+        square, master = (
+            torch.rand(1000, 37, generator=torch.Generator().manual_seed(1), dtype=torch.float64),
+            grad.cos(),
+        )
+        for decayed in (learning.DECAY, learning.DECAY**2):
+            learning.rms_step(grad, square, master, decayed)
+        results.append((square, master))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+# A few steps on the tiny model, then the prepared weights' and the next logits' digest.
+WORKER = """
+import hashlib, sys, torch
+sys.path.insert(0, sys.argv[1])
+import test_learning as t
+from conftest import byte_level_tokenizer, prepared, tiny_model
+from llmzip import learning
+from llmzip.llama import Tape
+torch.set_num_threads(int(sys.argv[2]))
+loaded = tiny_model(byte_level_tokenizer())
+model = prepared(loaded)
+inputs, targets = t._segment(loaded, model)
+learner = learning.Learner(model, type(model).projection_maps(loaded.model, model.config))
+learning.RATE = 1e-3
+digest = hashlib.sha256()
+for _ in range(3):
+    tape = Tape()
+    logits = t._forward(model, inputs, tape)
+    digest.update(logits.numpy().tobytes())
+    learner.learn(tape, logits, targets)
+for name, tensor in sorted(model.state().items()):
+    digest.update(name.encode() + tensor.contiguous().view(torch.uint8).numpy().tobytes())
+print(digest.hexdigest())
+"""
+ENVIRONMENTS = {
+    "as installed, 2 threads": ({}, 2),
+    "as installed, 1 thread": ({}, 1),
+    "no fused kernels (LLMZIP_KERNELS=0)": ({"LLMZIP_KERNELS": "0"}, 2),
+    "ATEN_CPU_CAPABILITY=default": ({"ATEN_CPU_CAPABILITY": "default"}, 2),
+    "DNNL_MAX_CPU_ISA=SSE41": ({"DNNL_MAX_CPU_ISA": "SSE41"}, 2),
+    "MKL_ENABLE_INSTRUCTIONS=SSE4_2": ({"MKL_ENABLE_INSTRUCTIONS": "SSE4_2"}, 2),
+}
+
+
+def test_every_kernel_level_and_thread_count_takes_the_same_steps():
+    """The same logits and the same learned weights under other CPU kernels, thread counts and
+    without llmzip's fused kernels, each in its own process."""
+    digests = {}
+    for name, (environment, threads) in ENVIRONMENTS.items():
+        command = [sys.executable, "-c", WORKER, str(Path(__file__).parent), str(threads)]
+        done = subprocess.run(command, env=os.environ | environment, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        digests[name] = done.stdout.split()[-1]
+    assert len(set(digests.values())) == 1, json.dumps(digests, indent=1)
+
+
+def test_float64_hadamard_transposes_and_the_kernel_gives_the_torch_codes_bits(monkeypatch):
+    """exact.hadamard with transpose=True undoes it (H H^T = n I), on float64 grids as learning
+    rotates weights, in the kernels and in torch alike."""
+    x = torch.from_numpy(np.random.RandomState(0).randint(-(2**40), 2**40, (5, 1536)).astype(np.float64))
+    results = []
+    for kernels in (exact.kernels(), None):
+        monkeypatch.setattr(exact, "kernels", lambda k=kernels: k)
+        there = exact.hadamard(x)
+        assert torch.equal(exact.hadamard(there, transpose=True), x * 1536)
+        results.append(there)
+    assert torch.equal(*results)
