@@ -36,6 +36,23 @@ def _bits(model, inputs: torch.Tensor, targets: torch.Tensor) -> float:
     return float(-torch.log2(q).sum())
 
 
+def _stream(model, learner: learning.Learner | None, ids: torch.Tensor, window: int, segment: int = 8) -> float:
+    """Bits of ids[1:] coded as one sequence with a window and 4 sinks (pinned past the window, as
+    level 9 codes), learning after each segment if `learner`."""
+    cache = model.new_cache(1, ids.shape[1], window, 4)
+    bits = 0.0
+    for start in range(0, ids.shape[1] - 1, segment):
+        end = min(start + segment, ids.shape[1] - 1)
+        tape = Tape() if learner else None
+        logits = model.forward(model.embed[ids[:, start:end]], start, cache, tape)
+        weights = exact.softmax_weights(logits[0]).double()
+        targets = ids[:, start + 1 : end + 1]
+        bits -= float(torch.log2(weights[torch.arange(end - start), targets[0]] / weights.sum(-1)).sum())
+        if learner:
+            learner.learn(tape, logits, targets)
+    return bits
+
+
 def test_gradients_are_the_float_models():
     """The integer backward pass, pulled back to the checkpoint's coordinates, points where float64
     autograd of the Hugging Face model points (the forward's rounding passed straight through)."""
@@ -83,6 +100,19 @@ def test_steps_lower_the_code_length_and_reset_undoes_them(monkeypatch):
     assert _bits(model, inputs, targets) == before
 
 
+def test_learning_runs_past_the_window_with_pinned_sinks(monkeypatch):
+    """Segments whose queries see sinks from before their window (and a cache that slides) learn
+    too: the attention backward's sink queries and slots."""
+    loaded = tiny_model(byte_level_tokenizer())
+    model = prepared(loaded)
+    ids = torch.from_numpy(loaded.tokenizer.encode(b"the rain and the sun in the inn at " * 12).astype(np.int64))[None]
+    monkeypatch.setattr(learning, "RATE", 1e-3)
+    learner = learning.Learner(model, type(model).projection_maps(loaded.model, model.config))
+    assert ids.shape[1] > 3 * 16
+    prepared_bits = _stream(model, None, ids, window=16)
+    assert _stream(model, learner, ids, window=16) < 0.9 * prepared_bits
+
+
 def test_rms_step_kernel_gives_the_torch_codes_bits(monkeypatch):
     if exact.kernels() is None:
         pytest.skip("no compiler here")
@@ -122,6 +152,8 @@ for _ in range(3):
     logits = t._forward(model, inputs, tape)
     digest.update(logits.numpy().tobytes())
     learner.learn(tape, logits, targets)
+ids = torch.cat([inputs, targets[:, -1:]], 1).repeat(1, 3)
+digest.update(str(t._stream(model, learner, ids, window=16)).encode())
 for name, tensor in sorted(model.state().items()):
     digest.update(name.encode() + tensor.contiguous().view(torch.uint8).numpy().tobytes())
 print(digest.hexdigest())
