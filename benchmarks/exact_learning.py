@@ -64,7 +64,7 @@ def main() -> None:
         learner.reset()
         learning.RATE = rate or learning.RATE
         started = time.perf_counter()
-        bits = code_length(model, ids, args.window, learner if rate else None)
+        bits = code_length(learner.model if rate else model, ids, args.window, learner if rate else None)
         seconds = time.perf_counter() - started
         rows.append({"weights": f"learning, rate {rate}" if rate else "prepared", "rate": rate,
                      "bits_per_byte": round(bits / len(data), 4), "seconds": round(seconds)})  # fmt: skip

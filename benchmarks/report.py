@@ -648,6 +648,27 @@ def dynamic_eval_tables() -> list[Table]:
     return [Table("dynamic_eval", caption, columns, rows, _source(found))]
 
 
+def exact_learning_tables() -> list[Table]:
+    """Dynamic evaluation in the exact model (benchmarks/exact_learning.py, llmzip/learning.py)."""
+    found = _load("exact_learning_*.json")
+    rows = []
+    for _, r in found:
+        s = r["settings"]
+        label = _label(r["file"], s["bytes"], FULL_SIZES)
+        for x in r["rows"]:
+            learned = "as prepared" if x["rate"] is None else f"learning, RMSprop {x['rate']:g}"
+            rows.append([label, s["model"], _n(s["window"]), learned, f"{x['bits_per_byte']:.4f}",
+                         f"{x['vs_prepared_percent']:+.2f}%", _n(x["seconds"])])  # fmt: skip
+    if not rows:
+        return []
+    s = found[0][1]["settings"]
+    caption = (f"Dynamic evaluation in the exact model (--learn): the language model's code length alone, with "
+               f"the weights as prepared and learning after each segment of {s['segment']} tokens; the input "
+               f"one sequence, each token attending the window before it and {s['sinks']} sinks")  # fmt: skip
+    columns = ["input", "model", "window", "weights", "bits/byte", "against prepared", "seconds"]
+    return [Table("exact_learning", caption, columns, rows, _source(found))]
+
+
 def _learning(row: dict, settings: dict) -> str:
     """What a dynamic evaluation variant learned, and how (files before the `learning` field: the
     variant's name and the settings' rates)."""
@@ -720,6 +741,7 @@ def all_tables() -> list[Table]:
         *corpus_tables(),
         *side_tables(),
         *dynamic_eval_tables(),
+        *exact_learning_tables(),
         *scale_tables(),
         *roundtrip_tables(),
         *models_tables(),

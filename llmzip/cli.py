@@ -323,13 +323,18 @@ def _progress_bar(total: int | None, desc: str, quiet: bool, unit: str = "B") ->
     help="exact (default where llmzip implements the model: archives open on any machine), or a float forward "
     "fp32/bf16/int8 (machine-bound archives).",
 )
+@click.option(
+    "--learn", is_flag=True,
+    help="The model's weights learn as they code (dynamic evaluation; exact Llama models): a smaller archive, "
+    "and compress and decompress several times slower.",
+)  # fmt: skip
 @_geometry_options
 @_steering_options
 @_verbosity
 def compress(
-    file, output, to_stdout, force, remove, model, level, chunk_size, window, precision, batch_size, threads, workers,
-    ray_address, device, steer, prior, prior_bins, prior_clip, steer_steps, steer_lr, steer_chunks, steer_tokens,
-    quiet, verbose, debug,
+    file, output, to_stdout, force, remove, model, level, chunk_size, window, precision, learn, batch_size, threads,
+    workers, ray_address, device, steer, prior, prior_bins, prior_clip, steer_steps, steer_lr, steer_chunks,
+    steer_tokens, quiet, verbose, debug,
 ):  # fmt: skip
     """Compress FILE (or standard input) to FILE.lz."""
     target = _plan_output(file, output, to_stdout, lambda f: f + SUFFIX)
@@ -345,7 +350,7 @@ def compress(
 
         compressor = Compressor(
             model, level=level or DEFAULT_LEVEL, chunk_size=chunk_size, window=window, batch_size=batch_size,
-            threads=threads, precision=precision, device=device, cluster=cluster,
+            threads=threads, precision=precision, learn=learn, device=device, cluster=cluster,
             steer=steer, prior=prior, prior_bins=prior_bins, prior_clip=prior_clip, training=training, quiet=quiet,
         )  # fmt: skip
         size = _stream_size(stream)
@@ -406,7 +411,8 @@ def _decoder(header: Header, model: str | None, quiet: bool, verbose: bool, **op
             err=True,
         )
     elif verbose:
-        batch = header.batch_size if header.side_models else compressor.batch_size  # side models: the encoder's
+        bound = header.side_models or header.learning_version
+        batch = header.batch_size if bound else compressor.batch_size  # side models, learning: the encoder's
         click.echo(
             f"  model {header.model_name}, exact archive: batch {batch}, {compressor.threads} threads, "
             f"device {compressor.device}",
@@ -503,7 +509,8 @@ def info(files, quiet, verbose, debug):
             ("predictor", f"{h.step}, " + (f"{h.precision}, machine-bound: opens only where these floats are "
                           "reproduced (same CPU kind, torch, batch and threads)" if h.machine_bound else
                           "exact: opens on any machine, threads or device, "
-                          + ("in its encoder's batches (side models)" if h.side_models else "in any batch"))),
+                          + ("in its encoder's batches (side models, learning)" if h.side_models or h.learning_version
+                             else "in any batch"))),
             ("encoded with", f"batch {h.batch_size}, {h.threads} threads, torch {h.torch_version}, "
                              f"CPU capability {h.cpu_capability}"),
             ("steering", _describe_steering(h, size)),
@@ -519,6 +526,8 @@ def _describe_level(h: Header) -> str:
     sees = "each token sees its whole chunk" if h.window is None else f"window {h.window} tokens"
     if h.side_models:
         sees += f", side models v{h.side_models_version}"
+    if h.learning_version:
+        sees += f", weights learning as they code v{h.learning_version}"
     if (level := h.extensions.get(container.LEVEL_EXTENSION)) is None:
         return sees
     return f"{container.Reader(level).varint()}, {sees}"

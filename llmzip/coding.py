@@ -72,7 +72,7 @@ def _lockstep(
     """Advance every row until it has `lengths[row]` tokens; `code_step(t, active_rows, probs)`
     codes token t of the active rows and returns those tokens."""
     steps = int(lengths.max(initial=0))
-    predictor.start(len(lengths), steps)
+    predictor.start(len(lengths), steps, lengths)
     inputs = np.full(len(lengths), roles.start_id, dtype=np.int64)
     for t in range(steps):
         probs = predictor.step(inputs)
@@ -164,9 +164,9 @@ def _encode_forced(
         targets[k, : lengths[k]] = chunks[r]
     mixer = NgramMixer([chunks[r] for r in live]) if mixed else None
     bits = 0.0
-    predictor.start(len(live), inputs.shape[1])
+    predictor.start(len(live), inputs.shape[1], lengths)
     first = 0
-    for probs in predictor.forced(inputs):
+    for probs in predictor.forced(inputs, roles.model_inputs(targets)):
         if head is not None:
             for t in range(first, first + probs.shape[1]):
                 step, active = probs[:, t - first], np.flatnonzero(lengths > t)

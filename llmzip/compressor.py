@@ -18,7 +18,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
-from . import container, hyperprior, side, steering, training
+from . import container, hyperprior, learning, side, steering, training
 from .aliases import DEFAULT_MODEL
 from .chunking import DEFAULT_BATCH_SIZE, TokenChunks
 from .cluster import Cluster, WorkerSpec
@@ -31,6 +31,7 @@ from .errors import (
     UnsupportedVersionError,
     WrongModelError,
 )
+from .learning import Learner
 from .levels import BEST, DEFAULT_LEVEL, FASTEST, LEVELS, MAX_STREAM, Level, chunk_size_for
 from .models import LoadedModel, exact_model, load_model
 from .predictor import (
@@ -91,6 +92,7 @@ class Plan:
     steering: bytes  # Steering.to_bytes()
     window: int | None
     side_models: int  # side.py's version; 0: none
+    learning: int = 0  # learning.VERSION the weights learn by as they code; 0: they do not
 
     @property
     def ngrams(self) -> bool:
@@ -162,6 +164,7 @@ class Compressor:
         batch_size: int = DEFAULT_BATCH_SIZE,
         threads: int | None = None,
         precision: str | None = None,
+        learn: bool = False,
         device: str = "auto",
         steer: str = "none",
         prior: str = "gaussian",
@@ -171,7 +174,8 @@ class Compressor:
         cluster: Cluster | None = None,
         quiet: bool = True,
     ) -> None:
-        """`cluster`: code batches on its workers, which load `model` by name (exact predictor only)."""
+        """`cluster`: code batches on its workers, which load `model` by name (exact predictor only).
+        `learn`: the weights learn as they code (learning.py; the exact predictor of a Llama model)."""
         self.model = model if isinstance(model, LoadedModel) else load_model(model, quiet=quiet)
         self.source = model if isinstance(model, str) else None  # what a worker loads
         if level not in LEVELS:
@@ -200,10 +204,15 @@ class Compressor:
         self.level, self.chunk_size, self.window = level, *self._geometry(LEVELS[level], chunk_size, window)
         self.chunk_size_given = chunk_size is not None
         self.side_models = (LEVELS[level].side if side_models is None else side_models) and self.precision == EXACT
+        architecture = exact_architecture(self.model.model) if self.precision == EXACT else None
+        if learn and not hasattr(architecture, "projection_maps"):
+            raise InvalidOptionError("learning needs the exact predictor of a Llama model")
+        self.learning = learn
         self.device_option, self.device = device, resolve_device(device)
         self.cluster = cluster
         self._exact_model: ExactModel | None = None  # prepared once, on first use
         self._plan_predictor: tuple[Plan, Predictor] | None = None
+        self._learner: Learner | None = None  # made once, on first use
         self.steer = steering.parse_spec(steer)
         hyperprior.check_options(prior, prior_bins, prior_clip)
         self.prior, self.prior_bins, self.prior_clip = prior, prior_bins, prior_clip
@@ -360,7 +369,8 @@ class Compressor:
         window = self.window if self.window is not None and self.window < longest else None  # else it changes nothing
         forward, side_models = forward_name(self.model.model, self.precision), side.VERSION if self.side_models else 0
         self._check_context(0 if prefix is None else len(prefix), chunks.chunk_size, self.window, forward)
-        plan = Plan(self.precision, forward, batch_size, steer.to_bytes(), window, side_models)
+        learns = learning.VERSION if self.learning else 0
+        plan = Plan(self.precision, forward, batch_size, steer.to_bytes(), window, side_models, learns)
         stats = CodingStats(
             input_bytes=chunks.input_bytes,
             tokens=chunks.tokens,
@@ -400,6 +410,8 @@ class Compressor:
             extensions = extensions | {container.WINDOW_EXTENSION: container.varint(window)}
         if plan.side_models:
             extensions = extensions | {container.SIDE_EXTENSION: container.varint(plan.side_models)}
+        if plan.learning:
+            extensions = extensions | {container.LEARNING_EXTENSION: container.varint(plan.learning)}
         extensions = extensions | {container.LEVEL_EXTENSION: container.varint(self.level)}
         torch_version, cpu, step = _runtime(self.model, self.precision)
         header = Header(
@@ -452,9 +464,18 @@ class Compressor:
         else:
             self.prepare()
             assert self._exact_model is not None
-            predictor = ExactPredictor(self._exact_model, alphabet_size, prefix, plan.window, plan.forward)
+            learner = self._learner_of(self._exact_model) if plan.learning else None
+            model = self._exact_model if learner is None else learner.model
+            predictor = ExactPredictor(model, alphabet_size, prefix, plan.window, plan.forward, learner)
         self._plan_predictor = plan, predictor
         return predictor
+
+    def _learner_of(self, model: ExactModel) -> Learner:
+        """The learner (kept: its maps hold the checkpoint's weights in float64, a second to make)."""
+        if self._learner is None:
+            maps = model.projection_maps(self.model.model, model.config)
+            self._learner = Learner(model, maps)
+        return self._learner
 
     def encode_batch(self, plan: Plan, batch: list[np.ndarray], on_symbols: Progress | None = None) -> CodedBatch:
         """Code one batch of chunks. A chunk is stored raw (None) when coding does not shrink it.
@@ -517,7 +538,12 @@ class Compressor:
         reader = archive if isinstance(archive, ArchiveReader) else ArchiveReader(io.BytesIO(archive))
         header = reader.header
         self.check_model(header)
-        known = (container.STEERING_EXTENSION, container.WINDOW_EXTENSION, container.SIDE_EXTENSION)
+        known = (
+            container.STEERING_EXTENSION,
+            container.WINDOW_EXTENSION,
+            container.SIDE_EXTENSION,
+            container.LEARNING_EXTENSION,
+        )
         if critical := [t for t in header.extensions if t < container.FIRST_OPTIONAL_EXTENSION and t not in known]:
             raise UnsupportedVersionError(f"archive uses extension {critical[0]}, unknown to this llmzip")
         tokenizer = self.model.tokenizer
@@ -529,11 +555,17 @@ class Compressor:
             raise CorruptArchiveError("invalid header: side models on a machine-bound archive")
         if header.side_models and (version := header.side_models_version) not in side.READABLE:
             raise UnsupportedVersionError(f"archive uses side models version {version}, unknown to this llmzip")
-        # An exact archive decodes in any thread count and, without side models, in any batch.
-        bound = header.machine_bound or header.side_models
+        if (learned := header.learning_version) and learned != learning.VERSION:
+            raise UnsupportedVersionError(f"archive's weights learned by version {learned}, unknown to this llmzip")
+        if header.learning_version and not hasattr(exact_architecture(self.model.model), "projection_maps"):
+            raise CorruptArchiveError("invalid header: learning with a model that cannot learn")
+        # An exact archive decodes in any thread count and, without side models or learning, in any batch.
+        bound = header.machine_bound or header.side_models or header.learning_version
         batch = header.batch_size if bound else balanced_batch_size(len(header.chunks), self.batch_size)
         side_models = header.side_models_version if header.side_models else 0
-        plan = Plan(header.precision, header.step, batch, steer.to_bytes(), header.window, side_models)
+        plan = Plan(
+            header.precision, header.step, batch, steer.to_bytes(), header.window, side_models, header.learning_version
+        )
         threads = decoding_threads(header) if header.machine_bound else self.threads
         batches = enumerate(reader.payload_batches(batch))
         jobs = ((stored, header.chunks[k * batch : (k + 1) * batch]) for k, stored in batches)

@@ -39,6 +39,7 @@ FIRST_OPTIONAL_EXTENSION = 128
 STEERING_EXTENSION = 1  # the steering prefix (steering.Steering.to_bytes); absent: none
 WINDOW_EXTENSION = 2  # varint: tokens each token attends besides the first (exact models); absent: its whole chunk
 SIDE_EXTENSION = 3  # varint: the side models' version (side.VERSION); absent: none
+LEARNING_EXTENSION = 4  # varint: the weights learned as they coded, learning.VERSION; absent: they did not
 UNSTEERED_SIZE_EXTENSION = 128  # bytes the archive had without steering, when the encoder measured it
 LEVEL_EXTENSION = 129  # the compression level asked for (levels.LEVELS), for `info`
 
@@ -95,6 +96,13 @@ class Header:
     @property
     def side_models_version(self) -> int:
         return Reader(self.extensions[SIDE_EXTENSION]).varint()
+
+    @property
+    def learning_version(self) -> int:
+        """learning.VERSION the weights learned by as the chunks were coded (then the batch grouping
+        is the encoder's); 0: they did not."""
+        data = self.extensions.get(LEARNING_EXTENSION)
+        return 0 if data is None else Reader(data).varint()
 
     @property
     def rows(self) -> int:
@@ -371,5 +379,13 @@ def _check_header(h: Header) -> None:
             known = False
         if not known:
             problems.append("bad side models entry")
+    if LEARNING_EXTENSION in h.extensions:
+        try:
+            version = Reader(h.extensions[LEARNING_EXTENSION])
+            known = version.varint() >= 1 and version.at_end() and not h.machine_bound
+        except CorruptArchiveError:
+            known = False
+        if not known:
+            problems.append("bad learning entry")
     if problems:
         raise CorruptArchiveError("invalid header: " + ", ".join(problems))

@@ -175,7 +175,13 @@ class ExactGemma3(PreparedModel):
         return config.qk_levels
 
     def new_cache(
-        self, rows: int, positions: int, window: int | None = None, sinks: int = 0, forward: str = NAME
+        self,
+        rows: int,
+        positions: int,
+        window: int | None = None,
+        sinks: int = 0,
+        forward: str = NAME,
+        history: int = 0,
     ) -> KVCache:
         if not self.tables or self.tables[0][0].shape[0] < positions:
             self.tables = [
@@ -183,7 +189,9 @@ class ExactGemma3(PreparedModel):
                 for theta in self.config.rope_theta
             ]
         key_levels = self.key_levels(self.config, forward)
-        return KVCache(self.config, key_levels, rows, positions, self.device, window, sinks, forward in PINNED_SINKS)
+        return KVCache(
+            self.config, key_levels, rows, positions, self.device, window, sinks, forward in PINNED_SINKS, history
+        )
 
     def embed_vectors(self, vectors: Tensor) -> Tensor:
         """Input embeddings given as vectors (steering), as the model reads them."""

@@ -38,11 +38,13 @@ class KVCache:
         window: int | None = None,
         sinks: int = 0,
         pin_sinks: bool = False,
+        history: int = 0,
     ) -> None:
         self.key_levels = key_levels  # the forward quantizes keys to these levels
         self.rows, self.positions, self.window, self.sinks = rows, positions, window, sinks
         self.pin_sinks = pin_sinks  # queries see the sinks right before their window (`sink_positions`)
-        self.capacity = self.slots(positions, window, sinks)
+        self.history = history  # positions held beyond the window: a later forward may compute them again
+        self.capacity = self.slots(positions, window, sinks, history)
         shape = (config.layers, rows, config.kv_heads, self.capacity)
         self.keys = torch.zeros(*shape, config.head_dim, dtype=key_dtype(key_levels), device=device)
         self.values = torch.zeros(*shape, config.head_dim, dtype=torch.int8, device=device)
@@ -51,9 +53,9 @@ class KVCache:
         self.dropped = 0  # positions after the sinks no longer held
 
     @staticmethod
-    def slots(positions: int, window: int | None, sinks: int) -> int:
+    def slots(positions: int, window: int | None, sinks: int, history: int = 0) -> int:
         """Positions held at once."""
-        return positions if window is None else min(positions, sinks + window + SLACK)
+        return positions if window is None else min(positions, sinks + window + history + SLACK)
 
     @staticmethod
     def bytes_per_position(config: DecoderConfig, key_levels: int) -> int:
@@ -70,12 +72,12 @@ class KVCache:
 
     def make_room(self, start: int, length: int) -> None:
         """Before positions start.. start+length-1 are written: drop the keys that no query from
-        `start` on attends, if those positions would not fit."""
+        `start - history` on attends, if those positions would not fit."""
         if self.slot(start) + length <= self.capacity:
             return
         if self.window is None or length > SLACK:
             raise ValueError(f"positions up to {start + length} do not fit a cache of {self.capacity}")
-        first, end = self.slot(max(self.sinks, start - self.window + 1)), self.slot(start)
+        first, end = self.slot(max(self.sinks, start - self.history - self.window + 1)), self.slot(start)
         for t in (self.keys, self.values, self.key_scales, self.value_scales):
             t[:, :, :, self.sinks : self.sinks + end - first] = t[:, :, :, first:end].clone()
         self.dropped += first - self.sinks

@@ -20,6 +20,7 @@ float weights: benchmarks/dynamic_eval.py, `--variants grid`).
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -30,6 +31,7 @@ from . import exact
 from .exact import ExactLinear, quantize
 from .llama import HEAD, BlockTape, ExactLlama, ProjectionMap, Tape
 
+VERSION = 1  # archives record it: bump whenever any step computed here changes
 SEGMENT = 128  # tokens coded between two steps
 RATE = 6e-5  # per weight, over the RMS of its gradient (float, alice29.txt's first 8000 tokens: 3e-5 and 1e-4 worse)
 DECAY = 0.99  # of the running mean square, per step
@@ -163,7 +165,10 @@ class Learner:
     ones, rotated and with the norms' gains folded in, it saved a tenth as much."""
 
     def __init__(self, model: ExactLlama, maps: dict[tuple[int, str], ProjectionMap]) -> None:
-        self.model, self.maps = model, maps
+        """`model`'s projections are not touched: the learner steps its own `model`, a copy
+        that shares them until they change."""
+        self.model, self.maps = copy.copy(model), maps
+        self.model.blocks = [copy.copy(block) for block in model.blocks]
         self.prepared = {key: self._layer(key) for key in maps}
         self.reset()
 
@@ -187,7 +192,7 @@ class Learner:
 
     def learn(self, tape: Tape, logits: Tensor, targets: Tensor) -> None:
         """One step from a segment: the forward's tape and logits [rows, T, vocab] (positions
-        whose next tokens are targets [rows, T])."""
+        whose next tokens are targets [rows, T]; -1 where a row has none)."""
         with torch.inference_mode():
             grads = self.gradients(tape, logits, targets)
             self.decayed = self.decayed * DECAY
@@ -209,8 +214,10 @@ class Learner:
         flat = rows * length
         weights = exact.softmax_weights(logits.reshape(flat, -1))
         fixed = torch.round(weights.double() * 2.0**PROBABILITY_BITS)
-        dlogits = fixed / fixed.sum(-1, keepdim=True)
-        dlogits[torch.arange(flat), targets.reshape(-1)] -= 1.0  # q - [y = x]
+        targets = targets.reshape(-1)
+        learned = targets >= 0  # -1: a row past its end
+        dlogits = fixed / fixed.sum(-1, keepdim=True) * learned[:, None]
+        dlogits[learned.nonzero()[:, 0], targets[learned]] -= 1.0  # q - [y = x]
 
         grads = {}
         x, h, h_scale = (t.reshape(flat, -1) for t in tape.final)

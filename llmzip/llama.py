@@ -213,14 +213,22 @@ class ExactLlama(PreparedModel):
         return KEY_LEVELS[forward]
 
     def new_cache(
-        self, rows: int, positions: int, window: int | None = None, sinks: int = 0, forward: str = NAME
+        self,
+        rows: int,
+        positions: int,
+        window: int | None = None,
+        sinks: int = 0,
+        forward: str = NAME,
+        history: int = 0,
     ) -> KVCache:
         """A cache for `forward` (one of FORWARDS): `forward` computes with its keys."""
         if self.cos.shape[0] < positions:
             cos, sin = exact.rotary_table(positions, self.config.head_dim, self.config.rope_theta)
             self.cos, self.sin = cos.to(self.device), sin.to(self.device)
         key_levels = self.key_levels(self.config, forward)
-        return KVCache(self.config, key_levels, rows, positions, self.device, window, sinks, forward in PINNED_SINKS)
+        return KVCache(
+            self.config, key_levels, rows, positions, self.device, window, sinks, forward in PINNED_SINKS, history
+        )
 
     def embed_vectors(self, vectors: torch.Tensor) -> torch.Tensor:
         """Input embeddings given as vectors (steering) in the model's own basis, rotated."""

@@ -24,12 +24,13 @@ import transformers
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicLayer
 
-from . import exact
+from . import exact, learning
 from .container import EXACT, FLOAT_PRECISIONS, MIN_ROWS
 from .errors import LlmzipError
 from .gemma3 import ExactGemma3
 from .kvcache import SLACK, KVCache
-from .llama import ExactLlama
+from .learning import Learner
+from .llama import ExactLlama, Tape
 
 # The Hugging Face forward's dtype per float precision (int8: torch's dynamic quantization).
 DTYPES = dict(zip(FLOAT_PRECISIONS, (torch.float32, torch.bfloat16, torch.float32), strict=True))
@@ -91,9 +92,13 @@ class ExactPredictor:
         prefix: Prefix | None = None,
         window: int | None = None,
         forward: str | None = None,
+        learner: Learner | None = None,
     ) -> None:
-        """`forward`: which of the model's FORWARDS to compute (an archive's), its newest if None."""
-        self.model, self.alphabet_size, self.window = model, alphabet_size, window
+        """`forward`: which of the model's FORWARDS to compute (an archive's), its newest if None.
+        `learner`: the weights learn after every learning.SEGMENT positions of the batch's sequences
+        (learning.py), from the tokens their rows code; they start from the prepared ones at
+        each `start`."""
+        self.model, self.alphabet_size, self.window, self.learner = model, alphabet_size, window, learner
         self.forward = forward or model.NAME
         self.vocab = model.config.vocab
         self.prefix = None if prefix is None else self._embed(torch.as_tensor(prefix))
@@ -111,39 +116,74 @@ class ExactPredictor:
     def prefix_length(self) -> int:
         return 0 if self.prefix is None else len(self.prefix)
 
-    def start(self, rows: int, steps: int) -> None:
-        """Start `rows` new sequences of at most `steps` tokens after the prefix. The prefix's
+    def start(self, rows: int, steps: int, lengths: np.ndarray | None = None) -> None:
+        """Start `rows` new sequences of at most `steps` tokens after the prefix (each row's
+        `lengths`: its tokens, where the weights learn: a row learns from its own). The prefix's
         cache is computed once and kept while the cache is reused."""
         positions = self.prefix_length + steps
         sinks = self.prefix_length + SINK_TOKENS if self.window else 0
-        slots = KVCache.slots(positions, self.window, sinks)
+        history = learning.SEGMENT if self.learner else 0  # a decoder's segment, forwarded again to learn
+        slots = KVCache.slots(positions, self.window, sinks, history)
         if self.cache is None or self.cache.rows != rows or self.cache.positions < positions:
             key_levels = self.model.key_levels(self.model.config, self.forward)
             _check_memory(rows * slots * KVCache.bytes_per_position(self.model.config, key_levels), rows, slots)
-            self.cache = self.model.new_cache(rows, positions, self.window, sinks, self.forward)
+            self.cache = self.model.new_cache(rows, positions, self.window, sinks, self.forward, history)
             if self.prefix is not None:
                 self.model.forward(self.prefix.expand(rows, -1, -1), 0, self.cache)
         self.cache.restart()
         self.rows, self.position = rows, self.prefix_length
+        if self.learner:
+            self.learner.reset()
+            self.lengths = np.full(rows, steps) if lengths is None else np.asarray(lengths)
+            self.segment: list[np.ndarray] = []  # the current segment's inputs, stepped
 
     def step(self, input_ids: np.ndarray) -> np.ndarray:
         """Feed one token per row; return each row's next-token weights over the alphabet (an
         array reused by the next call)."""
+        if self.learner and len(self.segment) == learning.SEGMENT:  # input_ids are the segment's last targets
+            inputs = np.stack(self.segment, 1)
+            start = self.position - learning.SEGMENT
+            targets = np.concatenate([inputs[:, 1:], input_ids[:, None]], 1)
+            tape = Tape()
+            logits = self.model.forward(self._embed(torch.from_numpy(inputs)), start, self.cache, tape)
+            self._learn(tape, logits, targets, start)
+            self.segment = []
+        if self.learner:
+            self.segment.append(input_ids.copy())
         x = self.model.embed[torch.from_numpy(input_ids).to(self.model.device)][:, None]
         logits = self.model.forward(x, self.position, self.cache)[:, 0]
         self.position += 1
         return self._weights(logits)
 
-    def forced(self, input_ids: np.ndarray) -> Iterator[np.ndarray]:
+    def _learn(self, tape: Tape, logits: torch.Tensor, targets: np.ndarray, start: int) -> None:
+        """A step of the learner from positions start.. (targets: the model inputs that followed
+        them), where each row still had tokens."""
+        assert self.learner is not None
+        steps = np.arange(start, start + targets.shape[1]) - self.prefix_length
+        targets = np.where(steps[None] < self.lengths[:, None], targets, -1)
+        self.learner.learn(tape, logits, torch.from_numpy(targets).to(logits.device))
+
+    def forced(self, input_ids: np.ndarray, targets: np.ndarray | None = None) -> Iterator[np.ndarray]:
         """Teacher forcing of sequences in lockstep, input_ids [rows, n] (call `start(rows, n)`
         first): the weights after each input, [rows, positions, alphabet], FORCED_BLOCK rows x
-        positions at a time (each array valid until the next); the same numbers `step` gives."""
+        positions at a time (each array valid until the next); the same numbers `step` gives.
+        With a learner, learning.SEGMENT positions at a time, learning from `targets` (the model inputs
+        that follow each position) before the next."""
         ids = torch.from_numpy(input_ids).to(self.model.device)
-        rows, block = len(ids), max(1, FORCED_BLOCK // len(ids))
+        rows, block = len(ids), learning.SEGMENT if self.learner else max(1, FORCED_BLOCK // len(ids))
         for first in range(0, ids.shape[1], block):
-            logits = self.model.forward(self.model.embed[ids[:, first : first + block]], self.position, self.cache)
+            start, x = self.position, self.model.embed[ids[:, first : first + block]]
+            tape = Tape() if self.learner else None  # only Llama models learn
+            logits = (
+                self.model.forward(x, start, self.cache)
+                if tape is None
+                else self.model.forward(x, start, self.cache, tape)
+            )
             self.position += logits.shape[1]
             yield self._weights(logits.flatten(0, 1)).reshape(rows, -1, self.alphabet_size)
+            if tape is not None and first + block < ids.shape[1]:  # the decoder learns when it steps on
+                assert targets is not None
+                self._learn(tape, logits, targets[:, first : first + block], start)
 
     def _weights(self, logits: torch.Tensor) -> np.ndarray:
         # Escape symbols beyond the vocabulary get weight 0; the coder lifts every symbol to its
@@ -211,9 +251,10 @@ class FloatPredictor:
         self.preallocate = getattr(config, "sliding_window", None) is None and set(layer_types) == {"full_attention"}
         self.cache: Cache | None = None
 
-    def start(self, rows: int, steps: int) -> None:
+    def start(self, rows: int, steps: int, lengths: np.ndarray | None = None) -> None:
         """Start new sequences (`rows` must be the predictor's), to be advanced at most `steps`
-        tokens after the steering prefix, which is fed to all rows at once."""
+        tokens after the steering prefix, which is fed to all rows at once (`lengths`, each
+        row's tokens, matter to a predictor that learns; this one does not)."""
         if rows != self.rows:
             raise ValueError(f"this predictor runs {self.rows} rows")
         positions = len(self.prefix) + steps

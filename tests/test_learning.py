@@ -14,7 +14,8 @@ import pytest
 import torch
 from conftest import byte_level_tokenizer, prepared, tiny_model
 
-from llmzip import exact, learning
+from llmzip import Compressor, InvalidOptionError, container, exact, learning, levels
+from llmzip.levels import LEVELS, Level
 from llmzip.llama import HEAD, Tape
 
 SEGMENT = 24
@@ -91,6 +92,7 @@ def test_steps_lower_the_code_length_and_reset_undoes_them(monkeypatch):
     learner = learning.Learner(model, type(model).projection_maps(loaded.model, model.config))
     monkeypatch.setattr(learning, "RATE", 1e-3)  # the tiny model's weights are 100x SmolLM2's steps
     before = _bits(model, inputs, targets)
+    model = learner.model  # the learner's copy: the prepared model stays as it was
     for _ in range(3):
         tape = Tape()
         learner.learn(tape, _forward(model, inputs, tape), targets)
@@ -110,7 +112,8 @@ def test_learning_runs_past_the_window_with_pinned_sinks(monkeypatch):
     learner = learning.Learner(model, type(model).projection_maps(loaded.model, model.config))
     assert ids.shape[1] > 3 * 16
     prepared_bits = _stream(model, None, ids, window=16)
-    assert _stream(model, learner, ids, window=16) < 0.9 * prepared_bits
+    assert _stream(learner.model, learner, ids, window=16) < 0.9 * prepared_bits
+    assert _stream(model, None, ids, window=16) == prepared_bits
 
 
 def test_rms_step_kernel_gives_the_torch_codes_bits(monkeypatch):
@@ -146,6 +149,7 @@ model = prepared(loaded)
 inputs, targets = t._segment(loaded, model)
 learner = learning.Learner(model, type(model).projection_maps(loaded.model, model.config))
 learning.RATE = 1e-3
+model = learner.model
 digest = hashlib.sha256()
 for _ in range(3):
     tape = Tape()
@@ -191,3 +195,27 @@ def test_float64_hadamard_transposes_and_the_kernel_gives_the_torch_codes_bits(m
         assert torch.equal(exact.hadamard(there, transpose=True), x * 1536)
         results.append(there)
     assert torch.equal(*results)
+
+
+def test_learning_round_trips_and_codes_smaller(tiny, tiny_gemma3, monkeypatch):
+    """The weights learn as they code (--learn, here at level 9): chunks of several lengths in one batch, a cache that
+    slides, sinks pinned past the window; the decoder takes it all from the header, in any thread
+    count; the model alone codes it smaller than without learning."""
+    monkeypatch.setattr(learning, "SEGMENT", 8)
+    monkeypatch.setattr(learning, "RATE", 1e-3)
+    monkeypatch.setattr(levels, "STEP_ROWS", 2)
+    data = b"the rain and the sun in the inn at the " * 12 + b"sun"
+    sizes = {}
+    monkeypatch.setitem(LEVELS, 9, Level(48, 16))
+    for learns in (True, False):
+        compressor = Compressor(tiny, level=9, learn=learns, side_models=learns)  # without: the model alone
+        archive = compressor.compress(data)
+        header = container.unpack(archive)[0]
+        assert header.learning_version == (learning.VERSION if learns else 0)
+        assert len(header.chunks) >= 2 and len({c.tokens for c in header.chunks}) >= 2
+        for threads in (1, 2):
+            assert Compressor(tiny, level=1, threads=threads).decompress(archive) == data
+        sizes[learns] = len(Compressor(tiny, level=9, learn=learns, side_models=False).compress(data))
+    assert sizes[True] < sizes[False]
+    with pytest.raises(InvalidOptionError, match="Llama"):
+        Compressor(tiny_gemma3, learn=True)
