@@ -4,11 +4,12 @@ beside the classical compressors, on the same input in the same run.
     python benchmarks/levels.py ../shared/corpus/enwik6 --levels 1,6
     python benchmarks/levels.py alice29.txt enwik5 --levels 1,3,6,9
     python benchmarks/levels.py enwik5 alice29.txt --levels 9 --model gemma3-270m
+    python benchmarks/levels.py enwik5 alice29.txt --levels 9 --learn
 
 Each (file, level) runs in its own process (model loaded, then compress and decompress timed,
 round trip checked), so each peak RSS is its own. Results go to
-benchmarks/results/levels_[<model>_]<file>[_<bytes>].json, one file per input (the model named
-where it is not the default).
+benchmarks/results/levels_[<model>_]<file>[_<bytes>][_learn].json, one file per input (the model
+named where it is not the default; `--learn`: the weights learning as they code).
 """
 
 from __future__ import annotations
@@ -26,16 +27,17 @@ from llmzip.aliases import DEFAULT_MODEL
 from llmzip.levels import DEFAULT_LEVEL, LEVELS
 
 
-def one(model: str, spec: str, nbytes: int | None, level: int) -> dict[str, object]:
+def one(model: str, spec: str, nbytes: int | None, level: int, learn: bool) -> dict[str, object]:
     """One level on one input, in this process."""
     _, data = load_input(spec, nbytes)
-    compressor = Compressor(load_model(model), level=level)
+    compressor = Compressor(load_model(model), level=level, learn=learn)
     compressor.prepare()  # before the clock: a first run on a checkout builds the kernels (about a minute)
     result = round_trip(compressor, data)
     if not result["exact"]:
         raise SystemExit(f"level {level}: the round trip of {spec} failed")
     return result | {
         "level": level,
+        "learn": learn,
         "chunk_size": compressor.stats.chunk_size,
         "window": compressor.stats.window,
         "side_models": compressor.stats.side_models,
@@ -50,10 +52,11 @@ def main() -> None:
     parser.add_argument("--levels", default=f"1,{DEFAULT_LEVEL}", help="comma-separated, or 'all'")
     parser.add_argument("--bytes", type=int, default=None, help="only this prefix of each input")
     parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--learn", action="store_true", help="the weights learn as they code (llmzip --learn)")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: run one level, print JSON
     args = parser.parse_args()
     if args.one is not None:
-        print(json.dumps(one(args.model, args.inputs[0], args.bytes, args.one)))
+        print(json.dumps(one(args.model, args.inputs[0], args.bytes, args.one, args.learn)))
         return
     levels = sorted(LEVELS) if args.levels == "all" else [int(n) for n in args.levels.split(",")]
     for spec in args.inputs:
@@ -62,6 +65,7 @@ def main() -> None:
         for level in levels:
             command = [sys.executable, __file__, spec, "--one", str(level), "--model", args.model]
             command += ["--bytes", str(args.bytes)] if args.bytes else []
+            command += ["--learn"] if args.learn else []
             row = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
             rows.append(row)
             print(
@@ -76,7 +80,7 @@ def main() -> None:
             "levels": rows,
             "baselines": baselines(data),
         }
-        suffix = f"_{args.bytes}" if args.bytes else ""
+        suffix = (f"_{args.bytes}" if args.bytes else "") + ("_learn" if args.learn else "")
         prefix = "" if args.model == DEFAULT_MODEL else f"{args.model}_"
         save(f"levels_{prefix}{name}{suffix}.json", report)
 

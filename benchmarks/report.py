@@ -547,7 +547,8 @@ def levels_tables() -> list[Table]:
             window = "whole chunk" if x["window"] is None else _n(x["window"])
             speeds = [_n(x["compress_bytes_per_s"]), _n(x["decompress_bytes_per_s"])]
             side = _side_models(x.get("side_models"))
-            levels.setdefault(label, []).append([label, settings["model"], f"-{x['level']}", _n(x["chunk_size"]),
+            level = f"-{x['level']}" + " --learn" * x.get("learn", False)
+            levels.setdefault(label, []).append([label, settings["model"], level, _n(x["chunk_size"]),
                                                  window, side, f"{x['bits_per_byte']:.4f}", *speeds,
                                                  _n(x["peak_rss_mb"])])  # fmt: skip
         if label in others:
