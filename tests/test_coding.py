@@ -19,8 +19,8 @@ class Recording:
         self.predictor, self.seen = predictor, {}
         self.exact, self.rows = predictor.exact, getattr(predictor, "rows", 0)
 
-    def start(self, rows, steps):
-        self.predictor.start(rows, steps)
+    def start(self, rows, steps, lengths=None):
+        self.predictor.start(rows, steps, lengths)
         self.live = list(range(rows))
 
     def step(self, input_ids):
@@ -29,8 +29,8 @@ class Recording:
             self.seen.setdefault(row, []).append(p.copy())
         return probs
 
-    def forced(self, input_ids):  # row k is the k-th chunk with tokens
-        for probs in self.predictor.forced(input_ids):
+    def forced(self, input_ids, targets=None):  # row k is the k-th chunk with tokens
+        for probs in self.predictor.forced(input_ids, targets):
             for row, p in zip(self.live, probs, strict=True):
                 self.seen.setdefault(row, []).extend(w.copy() for w in p)
             yield probs
