@@ -40,6 +40,7 @@ from .predictor import (
     ExactPredictor,
     FloatPredictor,
     Predictor,
+    can_learn,
     default_precision,
     exact_architecture,
     forward_name,
@@ -92,7 +93,7 @@ class Plan:
     steering: bytes  # Steering.to_bytes()
     window: int | None
     side_models: int  # side.py's version; 0: none
-    learning: int = 0  # learning.VERSION the weights learn by as they code; 0: they do not
+    learning: int  # learning.VERSION the weights learn by as they code; 0: they do not
 
     @property
     def ngrams(self) -> bool:
@@ -204,8 +205,7 @@ class Compressor:
         self.level, self.chunk_size, self.window = level, *self._geometry(LEVELS[level], chunk_size, window)
         self.chunk_size_given = chunk_size is not None
         self.side_models = (LEVELS[level].side if side_models is None else side_models) and self.precision == EXACT
-        architecture = exact_architecture(self.model.model) if self.precision == EXACT else None
-        if learn and not hasattr(architecture, "projection_maps"):
+        if learn and not (self.precision == EXACT and can_learn(self.model.model)):
             raise InvalidOptionError("learning needs the exact predictor of a Llama model")
         self.learning = learn
         self.device_option, self.device = device, resolve_device(device)
@@ -557,7 +557,7 @@ class Compressor:
             raise UnsupportedVersionError(f"archive uses side models version {version}, unknown to this llmzip")
         if (learned := header.learning_version) and learned != learning.VERSION:
             raise UnsupportedVersionError(f"archive's weights learned by version {learned}, unknown to this llmzip")
-        if header.learning_version and not hasattr(exact_architecture(self.model.model), "projection_maps"):
+        if header.learning_version and not can_learn(self.model.model):
             raise CorruptArchiveError("invalid header: learning with a model that cannot learn")
         # An exact archive decodes in any thread count and, without side models or learning, in any batch.
         bound = header.machine_bound or header.side_models or header.learning_version

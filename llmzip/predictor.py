@@ -50,6 +50,11 @@ def has_exact(model: PreTrainedModel) -> bool:
     return exact_architecture(model) is not None
 
 
+def can_learn(model: PreTrainedModel) -> bool:
+    """Whether `model`'s exact architecture describes its preparation for learning.py (Llama)."""
+    return hasattr(exact_architecture(model), "projection_maps")
+
+
 def default_precision(model: PreTrainedModel | None) -> str:
     """`exact` where llmzip implements the architecture; else the float forward, in bf16 where
     oneDNN has native bfloat16 kernels (AVX512-BF16 or AMX), else fp32 (also for model None)."""
