@@ -58,7 +58,7 @@ def weight_levels(k: int) -> int:
 def quantize(x: torch.Tensor, levels: int, dim: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
     """Integers q in [-levels, levels] (float32) and scales s with x ≈ q * s, one scale per
     slice along `dim` taken from max|x| (exact: max does not depend on the order)."""
-    if dim in (-1, x.dim() - 1) and (fused := _fused(x)):
+    if dim in (-1, x.dim() - 1) and x.is_cpu and x.dtype in (torch.float32, torch.float64) and (fused := kernels()):
         return tuple(fused.quantize(x, levels, TINY, -1.0))
     scale = torch.clamp(x.abs().amax(dim, keepdim=True), min=TINY) / levels
     return torch.round(x / scale), scale
@@ -108,13 +108,17 @@ class ExactLinear:
         self.int_weight, self.scale = int_weight.to(torch.int16), scale.float()  # |w| < 2**15 for K >= 5
         self.to(torch.device("cpu"))
 
-    @classmethod
-    def of(cls, weight: torch.Tensor) -> ExactLinear:
-        """Quantize float64 weights [N, K] (already rotated and gain-folded) per output channel to
-        as many levels as the longest K-piece allows."""
+    @staticmethod
+    def quantized(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float64 weights [N, K] (already rotated and gain-folded) as integers per output channel,
+        as many levels as the longest K-piece allows (float64), and their scales [N]."""
         longest = -(-weight.shape[1] // -(-weight.shape[1] // MAX_PIECE))
         int_weight, scale = quantize(weight, weight_levels(longest))
-        return cls(int_weight, scale.view(-1))
+        return int_weight, scale.view(-1)
+
+    @classmethod
+    def of(cls, weight: torch.Tensor) -> ExactLinear:
+        return cls(*cls.quantized(weight))
 
     def to(self, device: torch.device) -> ExactLinear:
         self.int_weight, self.scale = self.int_weight.to(device), self.scale.to(device)

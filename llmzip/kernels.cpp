@@ -73,15 +73,16 @@ inline double rounded_sum(const float* x, int64_t n, float scale) {
 }
 
 // One row of exact.quantize: scale = max(max|x|, tiny) / levels and q = round(x / scale); returns the scale.
-inline float quantize_row(const float* x, int64_t n, float levels, float tiny, float* q) {
-  float lanes[kLanes] = {};
+template <typename T>
+inline T quantize_row(const T* x, int64_t n, T levels, T tiny, T* q) {
+  T lanes[kLanes] = {};
   int64_t j = 0;
   for (; j + kLanes <= n; j += kLanes)
     for (int l = 0; l < kLanes; ++l) lanes[l] = std::max(lanes[l], std::fabs(x[j + l]));
-  float top = 0.0f;
+  T top = 0;
   for (int l = 0; l < kLanes; ++l) top = std::max(top, lanes[l]);
   for (; j < n; ++j) top = std::max(top, std::fabs(x[j]));
-  const float s = std::max(top, tiny) / levels;
+  const T s = std::max(top, tiny) / levels;
   for (j = 0; j < n; ++j) q[j] = std::nearbyint(x[j] / s);
   return s;
 }
@@ -110,6 +111,15 @@ std::vector<torch::Tensor> quantize(torch::Tensor x, double levels, double tiny,
   auto sizes = xc.sizes().vec();
   sizes.back() = 1;
   auto scale = torch::empty(sizes, xc.options());
+  if (xc.scalar_type() == torch::kDouble) {  // weights being learned: no norm
+    TORCH_CHECK(eps < 0);
+    const double* in = xc.data_ptr<double>();
+    double *qp = q.data_ptr<double>(), *sp = scale.data_ptr<double>();
+    at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) sp[r] = quantize_row<double>(in + r * n, n, levels, tiny, qp + r * n);
+    });
+    return {q, scale};
+  }
   const float* in = xc.data_ptr<float>();
   float* qp = q.data_ptr<float>();
   float* sp = scale.data_ptr<float>();
@@ -118,7 +128,7 @@ std::vector<torch::Tensor> quantize(torch::Tensor x, double levels, double tiny,
   at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       float* out = qp + r * n;
-      const float s = quantize_row(in + r * n, n, level, smallest, out);
+      const float s = quantize_row<float>(in + r * n, n, level, smallest, out);
       if (!normed) {
         sp[r] = s;
         continue;
@@ -907,20 +917,23 @@ void fixed_totals(torch::Tensor weights, torch::Tensor rows, double scale, torch
 
 }  // namespace
 
-// learning.rms_step in place, one pass: float64 tensors of one projection (contiguous).
-void rms_step(torch::Tensor grad, torch::Tensor mean_square, torch::Tensor master, double decay, double keep,
-              double unbias, double floor, double epsilon, double rate) {
-  const double* g = grad.data_ptr<double>();
+// learning.rms_step in place, one pass: float64 tensors of one projection (contiguous), the
+// gradient as integers [N, K] times a scale per row [N, 1].
+void rms_step(torch::Tensor integers, torch::Tensor scale, torch::Tensor mean_square, torch::Tensor master,
+              double decay, double keep, double unbias, double floor, double epsilon, double rate) {
+  const double* q = integers.data_ptr<double>();
+  const double* s = scale.data_ptr<double>();
   double* ms = mean_square.data_ptr<double>();
   double* w = master.data_ptr<double>();
+  const int64_t k = integers.size(1);
   const float low = static_cast<float>(floor);
-  at::parallel_for(0, grad.numel(), 16384, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const double square = g[i] * g[i];
-      ms[i] = ms[i] * decay + square * keep;
+  at::parallel_for(0, integers.size(0), 16, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin * k; i < end * k; ++i) {
+      const double g = q[i] * s[i / k];
+      ms[i] = ms[i] * decay + g * g * keep;
       const float unbiased = std::max(static_cast<float>(ms[i] / unbias), low);
       const double rms = static_cast<double>(std::sqrt(unbiased)) + epsilon;  // IEEE sqrt: correctly rounded
-      w[i] = w[i] - g[i] / rms * rate;
+      w[i] = w[i] - g / rms * rate;
     }
   });
 }

@@ -15,7 +15,9 @@ Measured in float (benchmarks/dynamic_eval.py): alice29.txt 1.1066 -> 0.9958 bit
 Learning keeps float64 master weights in the checkpoint's coordinates beside the model's
 integer ones: a step moves the masters, prepares them again (`llama.ProjectionMap`) and
 quantizes them per output channel to the forward's grid (229 levels lose nothing against
-float weights: benchmarks/dynamic_eval.py, `--variants grid`).
+float weights: benchmarks/dynamic_eval.py, `--variants grid`). The gradient is taken there
+directly, from each projection's inputs and output gradients turned back per token, not as a
+matrix rotated back.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from . import exact
 from .exact import ExactLinear, quantize
 from .llama import HEAD, BlockTape, ExactLlama, ProjectionMap, Tape
 
-VERSION = 1  # archives record it: bump whenever any step computed here changes
+VERSION = 2  # archives record it: bump whenever any step computed here changes
 SEGMENT = 128  # tokens coded between two steps
 RATE = 6e-5  # per weight, over the RMS of its gradient (float, alice29.txt's first 8000 tokens: 3e-5 and 1e-4 worse)
 DECAY = 0.99  # of the running mean square, per step
@@ -39,7 +41,8 @@ EPSILON = 1e-8
 GRADIENT_LEVELS = 32767  # activations' gradients per token: 16 bits
 LOGIT_LEVELS = 2**23  # the logits' gradient per token: 24 bits (8 lose the tail of q and break learning)
 PROBABILITY_BITS = 24  # q in the logits' gradient q - [y = x], fixed point
-CHANNEL_LEVELS = 2**24  # weight gradients' factors per output channel: 2**24 * 127 * tokens < 2**53
+CHANNEL_LEVELS = 2**20  # weight gradients' factors per output channel: 2**20 * 2**16 * tokens < 2**53
+INPUT_LEVELS = 2**16 - 1  # the checkpoint's projection inputs per token, for its weights' gradient
 FINE_LEVELS = 2**20  # softmax and rotation gradients per row
 TINY_SQUARE = 1e-30  # the least mean square read (float32): no subnormal numbers, whose handling CPUs may flush
 
@@ -54,17 +57,28 @@ def _integer_sum(a: Tensor, b: Tensor) -> Tensor:
     return (a.double() * b.double()).sum(-1, keepdim=True)
 
 
-def linear_backward(layer: ExactLinear, x: Tensor, x_scale: Tensor, dy: Tensor, levels: int) -> tuple[Tensor, Tensor]:
-    """Gradients of y = layer(x, x_scale) with respect to its real weights ([N, K]) and input
-    ([M, K]) from dy [M, N]: dW sums dy * x_scale (quantized per output channel) times the
-    integer inputs, dx sums dy * weight scale (quantized per row to `levels`) times the integer
-    weights."""
-    if dy.shape[0] * CHANNEL_LEVELS * exact.ACTIVATION_LEVELS >= 2**53:
+@dataclass
+class WeightGradient:
+    """A projection's weight gradient as integers [N, K] times a scale per output channel [N, 1]."""
+
+    integers: Tensor
+    scale: Tensor
+
+
+def linear_backward(
+    integers: Tensor, scale: Tensor, projection: ProjectionMap, x: Tensor, x_scale: Tensor, dy: Tensor, levels: int
+) -> tuple[WeightGradient, Tensor]:
+    """Gradients of y = x * x_scale @ (integers * scale).T from dy [M, N]: with respect to the
+    checkpoint's weights [N, K] (`ProjectionMap`: the input taken back and quantized per row,
+    dy taken back and quantized per output channel, times that row's scale), and to the input
+    [M, K] (dy times the weight scale, quantized per row to `levels`, times the integers)."""
+    if dy.shape[0] * CHANNEL_LEVELS * INPUT_LEVELS >= 2**53:
         raise ValueError(f"{dy.shape[0]} positions are too many for one exact weight gradient")
-    g, g_scale = quantize(dy * x_scale.double(), CHANNEL_LEVELS, dim=0)
-    weight_grad = _product(g.T, x) * g_scale.T
-    v, v_scale = quantize(dy * layer.scale.double(), levels)
-    return weight_grad, _product(v, layer.int_weight) * v_scale
+    inputs, inputs_scale = quantize(projection.inputs_back(x.double() * x_scale.double()), INPUT_LEVELS)
+    g, g_scale = quantize(projection.outputs_back(dy) * inputs_scale.double(), CHANNEL_LEVELS, dim=0)
+    weight_grad = WeightGradient(_product(g.T, inputs), g_scale.double().reshape(-1, 1))
+    v, v_scale = quantize(dy * scale.double(), levels)
+    return weight_grad, _product(v, integers) * v_scale
 
 
 def norm_backward(x: Tensor, h: Tensor, h_scale: Tensor, dn: Tensor) -> Tensor:
@@ -137,16 +151,18 @@ def attention_backward(
     return dq, sink_dq, dk, dv
 
 
-def rms_step(grad: Tensor, mean_square: Tensor, master: Tensor, decayed: float) -> None:
+def rms_step(grad: WeightGradient, mean_square: Tensor, master: Tensor, decayed: float) -> None:
     """RMSprop's step, in place on float64 tensors: the running mean square of the gradient, and
     the master weights moved by RATE times the gradient over its RMS (bias-corrected: `decayed`
     is DECAY**steps). The RMS in float32, by a correctly rounded square root."""
     unbias = 1.0 - decayed
     if fused := exact.kernels():
-        return fused.rms_step(grad, mean_square, master, DECAY, 1.0 - DECAY, unbias, TINY_SQUARE, EPSILON, RATE)
-    mean_square.copy_(mean_square * DECAY + grad * grad * (1.0 - DECAY))
+        args = (DECAY, 1.0 - DECAY, unbias, TINY_SQUARE, EPSILON, RATE)
+        return fused.rms_step(grad.integers, grad.scale, mean_square, master, *args)
+    g = grad.integers * grad.scale
+    mean_square.copy_(mean_square * DECAY + g * g * (1.0 - DECAY))
     unbiased = torch.clamp((mean_square / unbias).float(), min=TINY_SQUARE)
-    master.copy_(master - grad / (exact.sqrt(unbiased).double() + EPSILON) * RATE)
+    master.copy_(master - g / (exact.sqrt(unbiased).double() + EPSILON) * RATE)
 
 
 @dataclass
@@ -188,6 +204,7 @@ class Learner:
         for key, layer in self.prepared.items():
             self._set_layer(key, layer)
         self.moments: dict[tuple[int, str], Moments] = {}
+        self.integers: dict[tuple[int, str], Tensor] = {}  # the learned layers' integer weights, float64
         self.decayed = 1.0  # DECAY**steps, by multiplication (pow is libm's, not correctly rounded everywhere)
 
     def learn(self, tape: Tape, logits: Tensor, targets: Tensor) -> None:
@@ -202,13 +219,22 @@ class Learner:
                 if moments is None:
                     weight = projection.weight
                     moments = self.moments[key] = Moments(weight.clone(), torch.zeros_like(weight))
-                rms_step(projection.pull_back(grad).contiguous(), moments.mean_square, moments.master, self.decayed)
+                rms_step(grad, moments.mean_square, moments.master, self.decayed)
                 device = self._layer(key).int_weight.device
-                self._set_layer(key, ExactLinear.of(projection.prepare(moments.master)).to(device))
+                integers, scale = ExactLinear.quantized(projection.prepare(moments.master))
+                self._set_layer(key, ExactLinear(integers, scale).to(device))
+                self.integers[key] = integers  # float64: the next backward's, without a conversion
 
-    def gradients(self, tape: Tape, logits: Tensor, targets: Tensor) -> dict[tuple[int, str], Tensor]:
-        """The code length's gradient (in nats, summed over the segment) for every projection
-        [N, K], keyed (block, field), the head as (-1, "head")."""
+    def _backward(
+        self, key: tuple[int, str], x: Tensor, x_scale: Tensor, dy: Tensor, levels: int
+    ) -> tuple[WeightGradient, Tensor]:
+        layer = self._layer(key)
+        integers = self.integers.get(key, layer.int_weight)
+        return linear_backward(integers, layer.scale, self.maps[key], x, x_scale, dy, levels)
+
+    def gradients(self, tape: Tape, logits: Tensor, targets: Tensor) -> dict[tuple[int, str], WeightGradient]:
+        """The code length's gradient (in nats, summed over the segment) for every projection's
+        checkpoint weights [N, K], keyed (block, field), the head as (-1, "head")."""
         model, c = self.model, self.model.config
         rows, length = targets.shape
         flat = rows * length
@@ -221,21 +247,21 @@ class Learner:
 
         grads = {}
         x, h, h_scale = (t.reshape(flat, -1) for t in tape.final)
-        grads[HEAD], dn = linear_backward(model.head, h, h_scale, dlogits, LOGIT_LEVELS)
+        grads[HEAD], dn = self._backward(HEAD, h, h_scale, dlogits, LOGIT_LEVELS)
         dx = norm_backward(x, h, h_scale, dn)
         cos, sin = model.cos[tape.start : tape.start + length, None], model.sin[tape.start : tape.start + length, None]
         for i in reversed(range(len(tape.blocks))):
-            t, block = tape.blocks[i], model.blocks[i]
+            t = tape.blocks[i]
             # the MLP: x + down(H(silu(gate) * up)), gate and up from RMSNorm(x)
-            grads[i, "down"], da = linear_backward(block.down, _flat(t.a), _flat(t.a_scale), dx, GRADIENT_LEVELS)
+            grads[i, "down"], da = self._backward((i, "down"), _flat(t.a), _flat(t.a_scale), dx, GRADIENT_LEVELS)
             dgate, dup = silu_mul_backward(_flat(t.gate), _flat(t.up), unhadamard(da))
             dh = torch.cat([dgate, dup], -1)
-            grads[i, "gate_up"], dn = linear_backward(
-                block.gate_up, _flat(t.h2), _flat(t.h2_scale), dh, GRADIENT_LEVELS
+            grads[i, "gate_up"], dn = self._backward(
+                (i, "gate_up"), _flat(t.h2), _flat(t.h2_scale), dh, GRADIENT_LEVELS
             )
             dx = dx + norm_backward(_flat(t.x_mid), _flat(t.h2), _flat(t.h2_scale), dn)
             # attention: x + out(attention(q, k, v)), q, k, v from RMSNorm(x)
-            grads[i, "out"], do = linear_backward(block.out, _flat(t.o), _flat(t.o_scale), dx, GRADIENT_LEVELS)
+            grads[i, "out"], do = self._backward((i, "out"), _flat(t.o), _flat(t.o_scale), dx, GRADIENT_LEVELS)
             do, o = (_by_head(x.view(rows, length, c.heads, c.head_dim), c.kv_heads) for x in (do, t.o))
             o_scale = _by_head(t.o_scale[:, :, None].expand(rows, length, c.heads, 1), c.kv_heads)
             dq, sink_dq, dk, dv = attention_backward(t, o, o_scale, do, length)
@@ -245,7 +271,7 @@ class Learner:
                 dq = dq + unrotary(_by_position(sink_dq, c.heads, length), sink_cos, sink_sin)
             dk = unrotary(dk.transpose(1, 2), cos, sin)
             dqkv = torch.cat([dq, dk, dv.transpose(1, 2)], 2).reshape(flat, -1)
-            grads[i, "qkv"], dn = linear_backward(block.qkv, _flat(t.h), _flat(t.h_scale), dqkv, GRADIENT_LEVELS)
+            grads[i, "qkv"], dn = self._backward((i, "qkv"), _flat(t.h), _flat(t.h_scale), dqkv, GRADIENT_LEVELS)
             dx = dx + norm_backward(_flat(t.x), _flat(t.h), _flat(t.h_scale), dn)
         return grads
 

@@ -74,13 +74,17 @@ HEAD = (-1, "head")  # the head's key among the projections'
 class ProjectionMap:
     """A projection's weights as the checkpoint has them (float64), and the linear maps of
     preparation: `prepare` takes checkpoint weights to the prepared ones (rotated, gains folded;
-    then quantized), `pull_back` is its adjoint, taking a gradient of the prepared weights to
-    that of the checkpoint's (learning.py steps there: the prepared coordinates would change
-    what a step per weight does)."""
+    then quantized). Preparation is A · W · diag(gain) · B, so the gradient of the checkpoint's
+    weights, A.T · G.T X · B.T · diag(gain) for the prepared outputs' gradients G [T, N] and
+    inputs X [T, K], is outputs_back(G).T @ inputs_back(X): what the checkpoint's projection
+    would read and would get back, each taken back in [T, ·] rows rather than in [N, K]
+    (learning.py steps in these coordinates: in the prepared ones a step per weight would do
+    something else)."""
 
     weight: Tensor
     prepare: Callable[[Tensor], Tensor]
-    pull_back: Callable[[Tensor], Tensor]
+    outputs_back: Callable[[Tensor], Tensor]
+    inputs_back: Callable[[Tensor], Tensor]
 
 
 @dataclass
@@ -173,25 +177,31 @@ class ExactLlama(PreparedModel):
             """H/1536 against the activations' online Hadamard H (not orthogonal)."""
             return exact.rotate_weights(weight, 1 / c.intermediate, back)
 
-        values = (c.heads + c.kv_heads) * c.head_dim  # rows before the values'
+        values = (c.heads + c.kv_heads) * c.head_dim  # outputs before the values'
 
-        def qkv_output(weight: Tensor, back: bool) -> Tensor:
-            """The value rows rotated per head: values come out rotated."""
-            return torch.cat([weight[:values], value_heads(weight[values:].T, c.kv_heads, back).T])
+        def qkv_output(g: Tensor, back: bool) -> Tensor:
+            """The values among the last axis rotated per head: values come out rotated."""
+            return torch.cat([g[:, :values], value_heads(g[:, values:], c.kv_heads, back)], -1)
 
-        def no_turn(weight: Tensor, back: bool) -> Tensor:
-            return weight
+        def no_turn(g: Tensor, back: bool) -> Tensor:
+            return g
 
         def reads_residual(weight: Tensor, gain: Tensor, output: Callable = no_turn) -> ProjectionMap:
             """A projection reading RMSNorm(x) * gain, made to read the rotated stream's norm."""
             return ProjectionMap(
-                weight, lambda v: stream(output(v, False) * gain), lambda g: output(stream(g, True) * gain, True)
+                weight,
+                lambda v: stream(output(v.T, False).T * gain),
+                lambda g: output(g, True),
+                lambda x: stream(x, True) * gain,
             )
 
         def writes_residual(weight: Tensor, input_turn: Callable) -> ProjectionMap:
             """A projection whose output is added to the residual stream, made to write it rotated."""
             return ProjectionMap(
-                weight, lambda v: stream(input_turn(v, False).T).T, lambda g: input_turn(stream(g.T, True).T, True)
+                weight,
+                lambda v: stream(input_turn(v, False).T).T,
+                lambda g: stream(g, True),
+                lambda x: input_turn(x, True),
             )
 
         maps = {}

@@ -85,6 +85,7 @@ def test_kernels_give_the_torch_codes_bits(torch_only, monkeypatch):
             exact.softmax_weights(logits, torch.zeros(5, 3010, dtype=torch.float64)),
             *exact.quantize(x[:4096].view(64, 64), 127),
             *exact.quantize(torch.cat([x[:4096].view(64, 64).T, torch.zeros(1, 64)]), 511),  # strided, a zero row
+            *exact.quantize(torch.cat([x[:4096].view(64, 64).double() / 7, torch.zeros(1, 64)]), 229),  # learning's
             *exact.quantize_normed(x[:4096].view(64, 64) * magnitudes, 1e-5),  # eps matters in the small rows
             *exact.quantize_normed(wide_rows, 1e-6, 8191),  # squares past 2**24: float64
             *exact.quantize_rotated(x[:3456].view(6, 576) * magnitudes[:6], 1023),  # 12, 12, 4
