@@ -55,13 +55,16 @@ def weight_levels(k: int) -> int:
     return (EXACT_SUM - 1) // (k * ACTIVATION_LEVELS)
 
 
-def quantize(x: torch.Tensor, levels: int, dim: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Integers q in [-levels, levels] (float32) and scales s with x ≈ q * s, one scale per
-    slice along `dim` taken from max|x| (exact: max does not depend on the order)."""
+def quantize(
+    x: torch.Tensor, levels: int, dim: int = -1, out: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Integers q in [-levels, levels] (x's dtype) and scales s with x ≈ q * s, one scale per
+    slice along `dim` taken from max|x| (exact: max does not depend on the order); q written
+    into `out` if given (contiguous, x's shape; x itself quantizes in place)."""
     if dim in (-1, x.dim() - 1) and x.is_cpu and x.dtype in (torch.float32, torch.float64) and (fused := kernels()):
-        return tuple(fused.quantize(x, levels, TINY, -1.0))
+        return tuple(fused.quantize(x, levels, TINY, -1.0, out))
     scale = torch.clamp(x.abs().amax(dim, keepdim=True), min=TINY) / levels
-    return torch.round(x / scale), scale
+    return torch.round(x / scale, out=out), scale
 
 
 def quantize_normed(x: torch.Tensor, eps: float, levels: int = ACTIVATION_LEVELS) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,7 +72,7 @@ def quantize_normed(x: torch.Tensor, eps: float, levels: int = ACTIVATION_LEVELS
     q * s ≈ x / rms(x). The sum of squares is taken over the integers q, so it is exact (in
     float64 where it may pass 2**24)."""
     if fused := _fused(x):
-        return tuple(fused.quantize(x, levels, TINY, eps))
+        return tuple(fused.quantize(x, levels, TINY, eps, None))
     q, scale = quantize(x, levels)
     if x.shape[-1] * levels**2 < EXACT_SUM:
         squares = (q * q).sum(-1, keepdim=True)
@@ -109,11 +112,12 @@ class ExactLinear:
         self.to(torch.device("cpu"))
 
     @staticmethod
-    def quantized(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def quantized(weight: torch.Tensor, out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Float64 weights [N, K] (already rotated and gain-folded) as integers per output channel,
-        as many levels as the longest K-piece allows (float64), and their scales [N]."""
+        as many levels as the longest K-piece allows (float64, into `out` if given), and their
+        scales [N]."""
         longest = -(-weight.shape[1] // -(-weight.shape[1] // MAX_PIECE))
-        int_weight, scale = quantize(weight, weight_levels(longest))
+        int_weight, scale = quantize(weight, weight_levels(longest), out=out)
         return int_weight, scale.view(-1)
 
     @classmethod
@@ -372,18 +376,28 @@ def quantize_rotated(x: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.
     return r, r_scale * scale
 
 
-def rotate_weights(w: torch.Tensor, scale: float, transpose: bool = False) -> torch.Tensor:
-    """(w @ H) * scale (or w @ H.T) over the last axis, in float64, for any float weights: w is
-    first put on a 40-bit fixed-point grid (one power-of-two step for the whole matrix), so the
-    product is exact and the only roundings are that grid and the final scaling."""
+def rotate_weights(
+    w: torch.Tensor, scale: float, transpose: bool = False, out: torch.Tensor | None = None, dim: int = -1
+) -> torch.Tensor:
+    """(w @ H) * scale (or w @ H.T) over the last axis (dim=0: over the first axis of a matrix,
+    H.T @ w), in float64, for any float weights: w is first put on a 40-bit fixed-point grid (one
+    power-of-two step for the whole matrix), so the product is exact and the only roundings are
+    that grid and the final scaling. Written into `out` if given (contiguous float64, w's shape;
+    w itself rotates in place)."""
     w = w.double()
     low, high = torch.aminmax(w)  # max|w| without a temporary as large as w
     step = 2.0 ** (math.frexp(max(-float(low), float(high)))[1] - 40)
+    if dim not in (-1, w.dim() - 1) and not (dim == 0 and w.dim() == 2):
+        raise ValueError("rotate_weights turns the last axis, or the first of a matrix")
+    columns = dim == 0 and w.dim() == 2
     if w.is_cpu and (fused := kernels()):
-        factors, sylvester = hadamard_factors(w.shape[-1])
+        factors, sylvester = hadamard_factors(w.shape[0 if columns else -1])
         factors = [(f.T if transpose else f).contiguous() for f in factors]
-        return fused.rotate_weights(w, step, step * scale, factors, sylvester)
-    return hadamard(torch.round(w / step), transpose) * (step * scale)
+        out = torch.empty_like(w, memory_format=torch.contiguous_format) if out is None else out
+        return fused.rotate_weights(w, out, step, step * scale, factors, sylvester, columns)
+    grid = torch.round(w / step)
+    rotated = (hadamard(grid.T, transpose).T if columns else hadamard(grid, transpose)) * (step * scale)
+    return rotated if out is None else out.copy_(rotated)
 
 
 def rotary_table(positions: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -104,10 +104,13 @@ inline Sum square_sum(const float* q, int64_t n) {
 // the scale, or the norm's factor 1 / sqrt(mean(q**2) + eps / scale**2) in the torch code's
 // operations: its divisions by a tensor are a reciprocal and a product (Tensor.__rdiv__), the
 // mean is float32 or, where the squares may pass 2**24, float64; std::sqrt is correctly rounded.
-std::vector<torch::Tensor> quantize(torch::Tensor x, double levels, double tiny, double eps) {
+// float64 x may be quantized in place: q given as x (contiguous).
+std::vector<torch::Tensor> quantize(torch::Tensor x, double levels, double tiny, double eps,
+                                    std::optional<torch::Tensor> into) {
   auto xc = x.contiguous();
   const int64_t n = xc.size(-1), rows = xc.numel() / n;
-  auto q = torch::empty_like(xc);
+  auto q = into.has_value() ? *into : torch::empty_like(xc);
+  TORCH_CHECK(q.is_contiguous() && q.sizes() == xc.sizes() && q.scalar_type() == xc.scalar_type());
   auto sizes = xc.sizes().vec();
   sizes.back() = 1;
   auto scale = torch::empty(sizes, xc.options());
@@ -365,28 +368,33 @@ torch::Tensor hadamard_rows(torch::Tensor xc, const std::vector<torch::Tensor>& 
   return out;
 }
 
-// exact.rotate_weights after its grid step: nearbyint(w / step) @ H * factor per row, float64;
-// kRotated rows at a time, interleaved, so that every loop of `apply` runs over many values.
+// exact.rotate_weights after its grid step: nearbyint(w / step) @ H * factor for each vector along
+// the last axis (with `columns`, along the first axis of a matrix), float64; kRotated vectors at a
+// time, interleaved, so that every loop of `apply` runs over many values.
 constexpr int64_t kRotated = 8;
 
-torch::Tensor rotate_weights(torch::Tensor w, double step, double factor, std::vector<torch::Tensor> factors,
-                             int64_t sylvester) {
+// `out` (contiguous, w's shape) may be w itself: each block of vectors is read before it is written.
+torch::Tensor rotate_weights(torch::Tensor w, torch::Tensor out, double step, double factor,
+                             std::vector<torch::Tensor> factors, int64_t sylvester, bool columns) {
   auto wc = w.contiguous();
-  const int64_t n = wc.size(-1), rows = wc.numel() / n;
+  TORCH_CHECK(!columns || wc.dim() == 2);
+  TORCH_CHECK(out.is_contiguous() && out.sizes() == wc.sizes() && out.scalar_type() == torch::kDouble);
+  const int64_t n = columns ? wc.size(0) : wc.size(-1), vectors = wc.numel() / n;
+  const int64_t along = columns ? vectors : 1, apart = columns ? 1 : n;  // between elements, between vectors
   const Hadamard<double> h(factors, sylvester);
-  auto out = torch::empty_like(wc);
   const double* in = wc.data_ptr<double>();
   double* op = out.data_ptr<double>();
-  at::parallel_for(0, (rows + kRotated - 1) / kRotated, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, (vectors + kRotated - 1) / kRotated, 1, [&](int64_t begin, int64_t end) {
     std::vector<double> y(n * kRotated), scratch(n * kRotated);
     for (int64_t block = begin; block < end; ++block) {
-      const int64_t first = block * kRotated, count = std::min(kRotated, rows - first);
+      const int64_t first = block * kRotated, count = std::min(kRotated, vectors - first);
       std::fill(y.begin(), y.end(), 0.0);
-      for (int64_t b = 0; b < count; ++b)
-        for (int64_t j = 0; j < n; ++j) y[j * kRotated + b] = std::nearbyint(in[(first + b) * n + j] / step);
+      for (int64_t j = 0; j < n; ++j)
+        for (int64_t b = 0; b < count; ++b)
+          y[j * kRotated + b] = std::nearbyint(in[(first + b) * apart + j * along] / step);
       h.apply(y.data(), n * kRotated, scratch.data(), kRotated);
-      for (int64_t b = 0; b < count; ++b)
-        for (int64_t j = 0; j < n; ++j) op[(first + b) * n + j] = y[j * kRotated + b] * factor;
+      for (int64_t j = 0; j < n; ++j)
+        for (int64_t b = 0; b < count; ++b) op[(first + b) * apart + j * along] = y[j * kRotated + b] * factor;
     }
   });
   return out;

@@ -47,9 +47,9 @@ FINE_LEVELS = 2**20  # softmax and rotation gradients per row
 TINY_SQUARE = 1e-30  # the least mean square read (float32): no subnormal numbers, whose handling CPUs may flush
 
 
-def _product(a: Tensor, b: Tensor) -> Tensor:
+def _product(a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
     """a @ b of integer-valued tensors in float64: exact while every sum stays below 2**53."""
-    return a.double() @ b.double()
+    return torch.matmul(a.double(), b.double(), out=out)
 
 
 def _integer_sum(a: Tensor, b: Tensor) -> Tensor:
@@ -66,17 +66,25 @@ class WeightGradient:
 
 
 def linear_backward(
-    integers: Tensor, scale: Tensor, projection: ProjectionMap, x: Tensor, x_scale: Tensor, dy: Tensor, levels: int
+    integers: Tensor,
+    scale: Tensor,
+    projection: ProjectionMap,
+    x: Tensor,
+    x_scale: Tensor,
+    dy: Tensor,
+    levels: int,
+    out: Tensor | None = None,
 ) -> tuple[WeightGradient, Tensor]:
     """Gradients of y = x * x_scale @ (integers * scale).T from dy [M, N]: with respect to the
     checkpoint's weights [N, K] (`ProjectionMap`: the input taken back and quantized per row,
-    dy taken back and quantized per output channel, times that row's scale), and to the input
-    [M, K] (dy times the weight scale, quantized per row to `levels`, times the integers)."""
+    dy taken back and quantized per output channel, times that row's scale; the integers into
+    `out` if given), and to the input [M, K] (dy times the weight scale, quantized per row to
+    `levels`, times the integers)."""
     if dy.shape[0] * CHANNEL_LEVELS * INPUT_LEVELS >= 2**53:
         raise ValueError(f"{dy.shape[0]} positions are too many for one exact weight gradient")
     inputs, inputs_scale = quantize(projection.inputs_back(x.double() * x_scale.double()), INPUT_LEVELS)
     g, g_scale = quantize(projection.outputs_back(dy) * inputs_scale.double(), CHANNEL_LEVELS, dim=0)
-    weight_grad = WeightGradient(_product(g.T, inputs), g_scale.double().reshape(-1, 1))
+    weight_grad = WeightGradient(_product(g.T, inputs, out), g_scale.double().reshape(-1, 1))
     v, v_scale = quantize(dy * scale.double(), levels)
     return weight_grad, _product(v, integers) * v_scale
 
@@ -168,10 +176,15 @@ def rms_step(grad: WeightGradient, mean_square: Tensor, master: Tensor, decayed:
 @dataclass
 class Moments:
     """One projection's learning state, in the checkpoint's coordinates: float64 master weights
-    and their gradients' running mean square."""
+    and their gradients' running mean square; and two buffers every step reuses (a fresh tensor
+    of this size costs as much in page faults as the arithmetic on it): the weight gradient's
+    integers, and the prepared weights, quantized in place (float64 integers, which the next
+    backward multiplies)."""
 
     master: Tensor
     mean_square: Tensor
+    gradient: Tensor
+    integers: Tensor
 
 
 class Learner:
@@ -204,7 +217,6 @@ class Learner:
         for key, layer in self.prepared.items():
             self._set_layer(key, layer)
         self.moments: dict[tuple[int, str], Moments] = {}
-        self.integers: dict[tuple[int, str], Tensor] = {}  # the learned layers' integer weights, float64
         self.decayed = 1.0  # DECAY**steps, by multiplication (pow is libm's, not correctly rounded everywhere)
 
     def learn(self, tape: Tape, logits: Tensor, targets: Tensor) -> None:
@@ -218,19 +230,21 @@ class Learner:
                 moments = self.moments.get(key)
                 if moments is None:
                     weight = projection.weight
-                    moments = self.moments[key] = Moments(weight.clone(), torch.zeros_like(weight))
+                    moments = Moments(weight.clone(), torch.zeros_like(weight), grad.integers, torch.empty_like(weight))
+                    self.moments[key] = moments
                 rms_step(grad, moments.mean_square, moments.master, self.decayed)
                 device = self._layer(key).int_weight.device
-                integers, scale = ExactLinear.quantized(projection.prepare(moments.master))
+                prepared = projection.prepare(moments.master, out=moments.integers)
+                integers, scale = ExactLinear.quantized(prepared, out=moments.integers)
                 self._set_layer(key, ExactLinear(integers, scale).to(device))
-                self.integers[key] = integers  # float64: the next backward's, without a conversion
 
     def _backward(
         self, key: tuple[int, str], x: Tensor, x_scale: Tensor, dy: Tensor, levels: int
     ) -> tuple[WeightGradient, Tensor]:
-        layer = self._layer(key)
-        integers = self.integers.get(key, layer.int_weight)
-        return linear_backward(integers, layer.scale, self.maps[key], x, x_scale, dy, levels)
+        layer, moments = self._layer(key), self.moments.get(key)
+        if moments is None:  # the prepared weights
+            return linear_backward(layer.int_weight, layer.scale, self.maps[key], x, x_scale, dy, levels)
+        return linear_backward(moments.integers, layer.scale, self.maps[key], x, x_scale, dy, levels, moments.gradient)
 
     def gradients(self, tape: Tape, logits: Tensor, targets: Tensor) -> dict[tuple[int, str], WeightGradient]:
         """The code length's gradient (in nats, summed over the segment) for every projection's

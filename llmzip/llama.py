@@ -73,16 +73,16 @@ HEAD = (-1, "head")  # the head's key among the projections'
 @dataclass(frozen=True)
 class ProjectionMap:
     """A projection's weights as the checkpoint has them (float64), and the linear maps of
-    preparation: `prepare` takes checkpoint weights to the prepared ones (rotated, gains folded;
-    then quantized). Preparation is A · W · diag(gain) · B, so the gradient of the checkpoint's
-    weights, A.T · G.T X · B.T · diag(gain) for the prepared outputs' gradients G [T, N] and
-    inputs X [T, K], is outputs_back(G).T @ inputs_back(X): what the checkpoint's projection
-    would read and would get back, each taken back in [T, ·] rows rather than in [N, K]
-    (learning.py steps in these coordinates: in the prepared ones a step per weight would do
-    something else)."""
+    preparation: `prepare(weights, out=None)` takes checkpoint weights to the prepared ones
+    (rotated, gains folded; then quantized), written into `out` if given (contiguous float64).
+    Preparation is A · W · diag(gain) · B, so the gradient of the checkpoint's weights,
+    A.T · G.T X · B.T · diag(gain) for the prepared outputs' gradients G [T, N] and inputs
+    X [T, K], is outputs_back(G).T @ inputs_back(X): what the checkpoint's projection would read
+    and would get back, each taken back in [T, ·] rows rather than in [N, K] (learning.py steps
+    in these coordinates: in the prepared ones a step per weight would do something else)."""
 
     weight: Tensor
-    prepare: Callable[[Tensor], Tensor]
+    prepare: Callable[..., Tensor]
     outputs_back: Callable[[Tensor], Tensor]
     inputs_back: Callable[[Tensor], Tensor]
 
@@ -161,9 +161,9 @@ class ExactLlama(PreparedModel):
         w = {name: t.detach().double() for name, t in model.state_dict().items()}
         into = 1 / math.sqrt(c.hidden)  # exact for 576 = 24**2; any rounding is the same everywhere
 
-        def stream(weight: Tensor, back: bool = False) -> Tensor:
-            """The last axis rotated as the residual stream is (orthogonal: H/24), or back."""
-            return exact.rotate_weights(weight, into, back)
+        def stream(weight: Tensor, back: bool = False, out: Tensor | None = None, dim: int = -1) -> Tensor:
+            """The last axis (or `dim`) rotated as the residual stream is (orthogonal: H/24), or back."""
+            return exact.rotate_weights(weight, into, back, out, dim)
 
         def value_heads(weight: Tensor, heads: int, back: bool = False) -> Tensor:
             """Each head's slice of the last axis rotated as values are (orthogonal: H/8), or back."""
@@ -190,7 +190,7 @@ class ExactLlama(PreparedModel):
             """A projection reading RMSNorm(x) * gain, made to read the rotated stream's norm."""
             return ProjectionMap(
                 weight,
-                lambda v: stream(output(v.T, False).T * gain),
+                lambda v, out=None: stream(torch.mul(output(v.T, False).T, gain, out=out), out=out),
                 lambda g: output(g, True),
                 lambda x: stream(x, True) * gain,
             )
@@ -199,7 +199,7 @@ class ExactLlama(PreparedModel):
             """A projection whose output is added to the residual stream, made to write it rotated."""
             return ProjectionMap(
                 weight,
-                lambda v: stream(input_turn(v, False).T).T,
+                lambda v, out=None: stream(input_turn(v, False), out=out, dim=0),
                 lambda g: stream(g, True),
                 lambda x: input_turn(x, True),
             )

@@ -74,6 +74,15 @@ def test_kernels_give_the_torch_codes_bits(torch_only, monkeypatch):
     cos40, sin40 = exact.rotary_table(5, 40, 100.0)
     rotated_scale = exact.rotary_quantize(heads[:, :, 3:9], cos[30:35, None], sin[30:35, None], 511)[1]
     sink_q = torch.randint(-723, 724, q.shape, generator=rng).float()  # queries turned elsewhere, q's scales
+    weights = torch.randn(6, 576, generator=rng, dtype=torch.float64) * magnitudes[:6].double()  # learning's
+
+    def rotated_in_place(w: torch.Tensor) -> list[torch.Tensor]:
+        w, columns = w.clone(), w.T.contiguous()
+        return [exact.rotate_weights(w, 1 / 24, out=w), exact.rotate_weights(columns, 1 / 24, out=columns, dim=0)]
+
+    def quantized_in_place(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        w = w.clone()
+        return exact.quantize(w, 229, out=w)
 
     def calls() -> list[torch.Tensor]:
         return [
@@ -86,6 +95,11 @@ def test_kernels_give_the_torch_codes_bits(torch_only, monkeypatch):
             *exact.quantize(x[:4096].view(64, 64), 127),
             *exact.quantize(torch.cat([x[:4096].view(64, 64).T, torch.zeros(1, 64)]), 511),  # strided, a zero row
             *exact.quantize(torch.cat([x[:4096].view(64, 64).double() / 7, torch.zeros(1, 64)]), 229),  # learning's
+            exact.rotate_weights(weights, 1 / 24),
+            exact.rotate_weights(weights.T.contiguous().T, 1 / 24, transpose=True),  # strided
+            exact.rotate_weights(weights.T.contiguous(), 1 / 24, dim=0),  # each column
+            *rotated_in_place(weights),
+            *quantized_in_place(weights * 1e3),
             *exact.quantize_normed(x[:4096].view(64, 64) * magnitudes, 1e-5),  # eps matters in the small rows
             *exact.quantize_normed(wide_rows, 1e-6, 8191),  # squares past 2**24: float64
             *exact.quantize_rotated(x[:3456].view(6, 576) * magnitudes[:6], 1023),  # 12, 12, 4
