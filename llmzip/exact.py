@@ -384,12 +384,12 @@ def rotate_weights(
     power-of-two step for the whole matrix), so the product is exact and the only roundings are
     that grid and the final scaling. Written into `out` if given (contiguous float64, w's shape;
     w itself rotates in place)."""
-    w = w.double()
-    low, high = torch.aminmax(w)  # max|w| without a temporary as large as w
-    step = 2.0 ** (math.frexp(max(-float(low), float(high)))[1] - 40)
     if dim not in (-1, w.dim() - 1) and not (dim == 0 and w.dim() == 2):
         raise ValueError("rotate_weights turns the last axis, or the first of a matrix")
     columns = dim == 0 and w.dim() == 2
+    w = w.double()
+    low, high = torch.aminmax(w)  # max|w| without a temporary as large as w
+    step = 2.0 ** (math.frexp(max(-float(low), float(high)))[1] - 40)
     if w.is_cpu and (fused := kernels()):
         factors, sylvester = hadamard_factors(w.shape[0 if columns else -1])
         factors = [(f.T if transpose else f).contiguous() for f in factors]

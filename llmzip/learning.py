@@ -242,9 +242,8 @@ class Learner:
         self, key: tuple[int, str], x: Tensor, x_scale: Tensor, dy: Tensor, levels: int
     ) -> tuple[WeightGradient, Tensor]:
         layer, moments = self._layer(key), self.moments.get(key)
-        if moments is None:  # the prepared weights
-            return linear_backward(layer.int_weight, layer.scale, self.maps[key], x, x_scale, dy, levels)
-        return linear_backward(moments.integers, layer.scale, self.maps[key], x, x_scale, dy, levels, moments.gradient)
+        integers, out = (layer.int_weight, None) if moments is None else (moments.integers, moments.gradient)
+        return linear_backward(integers, layer.scale, self.maps[key], x, x_scale, dy, levels, out)
 
     def gradients(self, tape: Tape, logits: Tensor, targets: Tensor) -> dict[tuple[int, str], WeightGradient]:
         """The code length's gradient (in nats, summed over the segment) for every projection's
