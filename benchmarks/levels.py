@@ -4,12 +4,13 @@ beside the classical compressors, on the same input in the same run.
     python benchmarks/levels.py ../shared/corpus/enwik6 --levels 1,6
     python benchmarks/levels.py alice29.txt enwik5 --levels 1,3,6,9
     python benchmarks/levels.py enwik5 alice29.txt --levels 9 --model gemma3-270m
-    python benchmarks/levels.py enwik5 alice29.txt --levels 9 --learn
+    python benchmarks/levels.py enwik5 alice29.txt --levels 9 --no-learn
 
 Each (file, level) runs in its own process (model loaded, then compress and decompress timed,
 round trip checked), so each peak RSS is its own. Results go to
-benchmarks/results/levels_[<model>_]<file>[_<bytes>][_learn].json, one file per input (the model
-named where it is not the default; `--learn`: the weights learning as they code).
+benchmarks/results/levels_[<model>_]<file>[_<bytes>][_learn|_no-learn].json, one file per input
+(the model named where it is not the default; `--learn`/`--no-learn`: the weights learning as they
+code, or not, whatever the level says).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from llmzip.aliases import DEFAULT_MODEL
 from llmzip.levels import DEFAULT_LEVEL, LEVELS
 
 
-def one(model: str, spec: str, nbytes: int | None, level: int, learn: bool) -> dict[str, object]:
+def one(model: str, spec: str, nbytes: int | None, level: int, learn: bool | None) -> dict[str, object]:
     """One level on one input, in this process."""
     _, data = load_input(spec, nbytes)
     compressor = Compressor(load_model(model), level=level, learn=learn)
@@ -37,7 +38,7 @@ def one(model: str, spec: str, nbytes: int | None, level: int, learn: bool) -> d
         raise SystemExit(f"level {level}: the round trip of {spec} failed")
     return result | {
         "level": level,
-        "learn": learn,
+        "learn": compressor.learning,
         "chunk_size": compressor.stats.chunk_size,
         "window": compressor.stats.window,
         "side_models": compressor.stats.side_models,
@@ -52,7 +53,7 @@ def main() -> None:
     parser.add_argument("--levels", default=f"1,{DEFAULT_LEVEL}", help="comma-separated, or 'all'")
     parser.add_argument("--bytes", type=int, default=None, help="only this prefix of each input")
     parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--learn", action="store_true", help="the weights learn as they code (llmzip --learn)")
+    parser.add_argument("--learn", action=argparse.BooleanOptionalAction, help="llmzip --learn/--no-learn")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: run one level, print JSON
     args = parser.parse_args()
     if args.one is not None:
@@ -65,7 +66,7 @@ def main() -> None:
         for level in levels:
             command = [sys.executable, __file__, spec, "--one", str(level), "--model", args.model]
             command += ["--bytes", str(args.bytes)] if args.bytes else []
-            command += ["--learn"] if args.learn else []
+            command += [] if args.learn is None else ["--learn" if args.learn else "--no-learn"]
             row = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
             rows.append(row)
             print(
@@ -80,7 +81,7 @@ def main() -> None:
             "levels": rows,
             "baselines": baselines(data),
         }
-        suffix = (f"_{args.bytes}" if args.bytes else "") + ("_learn" if args.learn else "")
+        suffix = (f"_{args.bytes}" if args.bytes else "") + {None: "", True: "_learn", False: "_no-learn"}[args.learn]
         prefix = "" if args.model == DEFAULT_MODEL else f"{args.model}_"
         save(f"levels_{prefix}{name}{suffix}.json", report)
 

@@ -547,27 +547,28 @@ def levels_tables() -> list[Table]:
             window = "whole chunk" if x["window"] is None else _n(x["window"])
             speeds = [_n(x["compress_bytes_per_s"]), _n(x["decompress_bytes_per_s"])]
             side = _side_models(x.get("side_models"))
-            level = f"-{x['level']}" + " --learn" * x.get("learn", False)
-            levels.setdefault(label, []).append([label, settings["model"], level, _n(x["chunk_size"]),
-                                                 window, side, f"{x['bits_per_byte']:.4f}", *speeds,
+            learns = "yes" if x.get("learn") else "no"
+            levels.setdefault(label, []).append([label, settings["model"], f"-{x['level']}", _n(x["chunk_size"]),
+                                                 window, side, learns, f"{x['bits_per_byte']:.4f}", *speeds,
                                                  _n(x["peak_rss_mb"])])  # fmt: skip
         if label in others:
             continue
         rows = others[label] = []
         for name in ("xz -9e", "brotli -11"):
             base = r["baselines"][name]
-            rows.append([label, "", name, "", "", "", f"{base['bits_per_byte']:.4f}", _n(base["bytes_per_s"]), "", ""])
+            rows.append([label, "", name, *[""] * 4, f"{base['bits_per_byte']:.4f}", _n(base["bytes_per_s"]), "", ""])
         for peer in peers:
             for x in peer["inputs"]:
                 if (x["file"], x["bytes"]) == (Path(settings["file"]).name, settings["bytes"]):
                     speed = "" if x["bytes_per_s"] is None else _n(x["bytes_per_s"])
                     bpb = f"{x['bits_per_byte']:.4f}"
-                    rows.append([label, peer["model"], peer["name"], "", _n(peer["window"]), "", bpb, speed, speed, ""])
+                    rows.append([label, peer["model"], peer["name"], "", _n(peer["window"]), *[""] * 2, bpb, speed,
+                                 speed, ""])  # fmt: skip
     rows = [row for label in sorted(levels) for row in levels[label] + others[label]]
     if not rows:
         return []
-    columns = ["input", "model", "level", "chunk tokens", "window", "side models", "bits/byte", "compress B/s",
-               "decompress B/s", "peak RSS MB"]  # fmt: skip
+    columns = ["input", "model", "level", "chunk tokens", "window", "side models", "weights learn", "bits/byte",
+               "compress B/s", "decompress B/s", "peak RSS MB"]  # fmt: skip
     caption = "Compression levels (exact), each in its own process, beside classical and LLM compressors"
     cited = " ".join(f"{p['name']}: {p['setting']}; {p['source']}." for p in peers)
     return [Table("levels", caption, columns, rows, f"{_source(found)} Peers (benchmarks/peers.json): {cited}")]
@@ -785,12 +786,15 @@ def plots(out: Path) -> list[Path]:
     if found := _load("levels_*.json"):
         fig, ax = plt.subplots(figsize=(6, 4))
         for _, r in found:
-            points = sorted((x["decompress_bytes_per_s"], x["bits_per_byte"], x["level"]) for x in r["levels"])
+            points = sorted(
+                (x["decompress_bytes_per_s"], x["bits_per_byte"], f"-{x['level']}" + " learning" * x.get("learn", 0))
+                for x in r["levels"]
+            )
             label = _label(r["settings"]["file"], r["settings"]["bytes"], FULL_SIZES)
             label += "" if r["settings"]["model"] == DEFAULT_MODEL else f" ({r['settings']['model']})"
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
             for speed, bpb, level in points:
-                ax.annotate(f"-{level}", (speed, bpb), textcoords="offset points", xytext=(4, 4), fontsize=7)
+                ax.annotate(level, (speed, bpb), textcoords="offset points", xytext=(4, 4), fontsize=7)
         ax.set(xlabel="decompress bytes/s", ylabel="bits per byte")
         ax.legend(fontsize=7)
         save(fig, "bpb_vs_speed_per_level.png")

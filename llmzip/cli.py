@@ -130,6 +130,7 @@ def _level_options(f: Callable) -> Callable:
         sees = "each token sees its whole chunk" if level.window is None else f"window {level.window}"
         sees += " (or half the model's context, if longer)" if level.half_context else ""
         sees += ", side models" if level.side else ""
+        sees += ", weights learning (Llama)" if level.learn else ""
         more = "" if level.window is None or level.chunk_size >= MAX_STREAM else " (more on large files)"
         default = " (default)" if n == DEFAULT_LEVEL else ""
         f = click.option(f"-{n}", "level", type=int, flag_value=n,
@@ -324,9 +325,10 @@ def _progress_bar(total: int | None, desc: str, quiet: bool, unit: str = "B") ->
     "fp32/bf16/int8 (machine-bound archives).",
 )
 @click.option(
-    "--learn", is_flag=True,
+    "--learn/--no-learn", default=None,
     help="The model's weights learn as they code (dynamic evaluation; exact Llama models): a smaller archive, "
-    "and compress and decompress several times slower.",
+    "and compress and decompress about an order of magnitude slower [default: at "
+    + ", ".join(f"-{n}" for n in LEVELS if LEVELS[n].learn) + ", where the model can].",
 )  # fmt: skip
 @_geometry_options
 @_steering_options

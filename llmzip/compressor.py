@@ -165,7 +165,7 @@ class Compressor:
         batch_size: int = DEFAULT_BATCH_SIZE,
         threads: int | None = None,
         precision: str | None = None,
-        learn: bool = False,
+        learn: bool | None = None,
         device: str = "auto",
         steer: str = "none",
         prior: str = "gaussian",
@@ -176,7 +176,8 @@ class Compressor:
         quiet: bool = True,
     ) -> None:
         """`cluster`: code batches on its workers, which load `model` by name (exact predictor only).
-        `learn`: the weights learn as they code (learning.py; the exact predictor of a Llama model)."""
+        `learn`: the weights learn as they code (learning.py; the exact predictor of a Llama model);
+        None: where the level says and the model can."""
         self.model = model if isinstance(model, LoadedModel) else load_model(model, quiet=quiet)
         self.source = model if isinstance(model, str) else None  # what a worker loads
         if level not in LEVELS:
@@ -205,9 +206,10 @@ class Compressor:
         self.level, self.chunk_size, self.window = level, *self._geometry(LEVELS[level], chunk_size, window)
         self.chunk_size_given = chunk_size is not None
         self.side_models = (LEVELS[level].side if side_models is None else side_models) and self.precision == EXACT
-        if learn and not (self.precision == EXACT and can_learn(self.model.model)):
+        learnable = self.precision == EXACT and can_learn(self.model.model)
+        if learn and not learnable:
             raise InvalidOptionError("learning needs the exact predictor of a Llama model")
-        self.learning = learn
+        self.learning = LEVELS[level].learn and learnable if learn is None else learn
         self.device_option, self.device = device, resolve_device(device)
         self.cluster = cluster
         self._exact_model: ExactModel | None = None  # prepared once, on first use

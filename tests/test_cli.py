@@ -8,7 +8,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from llmzip import Compressor, container, side
+from llmzip import Compressor, container, learning, side
 from llmzip.cli import main
 from llmzip.levels import BEST, DEFAULT_LEVEL, FASTEST, LEVELS
 
@@ -183,14 +183,20 @@ def test_bad_steering_options(run, sample, bad):
 
 @pytest.mark.parametrize(
     ("flags", "level"),
-    [((), DEFAULT_LEVEL), (("-1",), 1), (("--fast",), FASTEST), (("--best",), BEST), (("-9", "-3"), 3)],
-)
+    [
+        ((), DEFAULT_LEVEL), (("-1",), 1), (("--fast",), FASTEST), (("--best",), BEST), (("-9", "-3"), 3),
+        (("--best", "--no-learn"), BEST), (("-3", "--learn"), 3),
+    ],
+)  # fmt: skip
 def test_levels_and_info(run, sample, tiny, flags, level):
-    """-N, --fast and --best (the last one given wins, as in zstd); info shows the level."""
+    """-N, --fast and --best (the last one given wins, as in zstd), the level's learning unless
+    --learn/--no-learn say; info shows the level."""
     assert run("compress", str(sample), "-f", "-q", *flags).exit_code == 0
     info = run("info", str(sample) + ".lz").stdout
     assert f"level: {level}," in info and f"up to {Compressor(tiny, level=level).chunk_size} tokens" in info
     assert (f"side models v{side.VERSION}" in info) == ("side models" in info) == LEVELS[level].side
+    learns = "--learn" in flags or (LEVELS[level].learn and "--no-learn" not in flags)
+    assert (f"weights learning as they code v{learning.VERSION}" in info) == learns
     assert run("decompress", str(sample) + ".lz", "-o", str(sample) + ".out", "-q").exit_code == 0
 
 

@@ -220,3 +220,13 @@ def test_learning_round_trips_and_codes_smaller(tiny, tiny_gemma3, monkeypatch):
     assert sizes[True] < sizes[False]
     with pytest.raises(InvalidOptionError, match="Llama"):
         Compressor(tiny_gemma3, learn=True)
+
+
+def test_levels_learn_where_the_model_can(tiny, tiny_gemma3):
+    """A level's learning (-9's) unless `learn` says; a model that cannot learn codes the level without."""
+    for n, level in LEVELS.items():
+        assert Compressor(tiny, level=n).learning == level.learn
+        assert Compressor(tiny, level=n, learn=not level.learn).learning != level.learn
+        assert not Compressor(tiny_gemma3, level=n).learning
+        assert not Compressor(tiny, level=n, precision="fp32").learning
+    assert any(level.learn for level in LEVELS.values())
