@@ -48,16 +48,29 @@ inline float exp2_neg(float d) {
 }
 
 // max over x[0..n): exact in any order, so lanes may take it apart.
-inline float row_max(const float* x, int64_t n) {
-  float lanes[kLanes];
-  for (int l = 0; l < kLanes; ++l) lanes[l] = -std::numeric_limits<float>::infinity();
+template <typename T>
+inline T row_max(const T* x, int64_t n) {
+  T lanes[kLanes];
+  for (int l = 0; l < kLanes; ++l) lanes[l] = -std::numeric_limits<T>::infinity();
   int64_t j = 0;
   for (; j + kLanes <= n; j += kLanes)
     for (int l = 0; l < kLanes; ++l) lanes[l] = std::max(lanes[l], x[j + l]);
-  float top = -std::numeric_limits<float>::infinity();
+  T top = -std::numeric_limits<T>::infinity();
   for (int l = 0; l < kLanes; ++l) top = std::max(top, lanes[l]);
   for (; j < n; ++j) top = std::max(top, x[j]);
   return top;
+}
+
+// sum of integers x[0..n) below 2**53: exact in any order, so lanes may take it apart.
+inline double integer_sum(const double* x, int64_t n) {
+  double lanes[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) lanes[l] += x[j + l];
+  double sum = 0.0;
+  for (int l = 0; l < kLanes; ++l) sum += lanes[l];
+  for (; j < n; ++j) sum += x[j];
+  return sum;
 }
 
 // sum of nearbyint(x[j] * scale): integers, summed exactly in float64 lanes (any order is exact).
@@ -946,6 +959,64 @@ void rms_step(torch::Tensor integers, torch::Tensor scale, torch::Tensor mean_sq
   });
 }
 
+// learning.softmax_backward, one pass per query: the probabilities p from the integer scores q.k
+// [B, Q, T] (B = rows * kv heads; float64, contiguous) written over them, the scores' gradient
+// ds = p * (dp * d_scale * v_scale - dp_mean) over dp's integer products [B, Q, T] (float64,
+// contiguous), and ds * k_scale quantized per row to `levels`: returned, with its scales
+// [B, Q, 1]. Keys' and values' scales [B, 1, T] and queries' [B, Q, 1] float32; d_scale and
+// dp_mean [B, Q, 1] float64; each query's position [Q] masks keys as attention_weights does.
+std::vector<torch::Tensor> softmax_backward(torch::Tensor scores, torch::Tensor dp, torch::Tensor k_scale,
+                                            torch::Tensor q_scale, torch::Tensor v_scale, torch::Tensor d_scale,
+                                            torch::Tensor dp_mean, torch::Tensor positions, int64_t window,
+                                            int64_t sinks, double levels, double tiny) {
+  TORCH_CHECK(scores.is_contiguous() && dp.is_contiguous() && scores.sizes() == dp.sizes());
+  TORCH_CHECK(scores.scalar_type() == torch::kDouble && dp.scalar_type() == torch::kDouble);
+  auto ks = k_scale.contiguous(), qs = q_scale.contiguous(), vs = v_scale.contiguous();
+  auto dsc = d_scale.contiguous(), mean = dp_mean.contiguous(), pos = positions.contiguous();
+  const int64_t keys = scores.size(-1), queries = scores.size(-2), batch = scores.numel() / (queries * keys);
+  TORCH_CHECK(ks.numel() == batch * keys && vs.numel() == batch * keys && qs.numel() == batch * queries);
+  TORCH_CHECK(dsc.numel() == batch * queries && mean.numel() == batch * queries && pos.numel() == queries);
+  auto a = torch::empty_like(scores);
+  auto sizes = scores.sizes().vec();
+  sizes.back() = 1;
+  auto a_scale = torch::empty(sizes, scores.options());
+  double *sp = scores.data_ptr<double>(), *dpp = dp.data_ptr<double>(), *ap = a.data_ptr<double>();
+  double* asp = a_scale.data_ptr<double>();
+  const float* ksp = ks.data_ptr<float>();
+  const float* qsp = qs.data_ptr<float>();
+  const float* vsp = vs.data_ptr<float>();
+  const double* dsp = dsc.data_ptr<double>();
+  const double* mp = mean.data_ptr<double>();
+  const int64_t* pp = pos.data_ptr<int64_t>();
+  at::parallel_for(0, batch * queries, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / queries, position = pp[row % queries];
+      double* p = sp + row * keys;
+      double* ds = dpp + row * keys;
+      double* x = ap + row * keys;
+      const float* kb = ksp + b * keys;
+      const float* vb = vsp + b * keys;
+      const double query = qsp[row];
+      for (int64_t j = 0; j < keys; ++j) {
+        const bool masked = j > position || (j <= position - window && j >= sinks);
+        p[j] = masked ? -std::numeric_limits<double>::infinity() : p[j] * static_cast<double>(kb[j]) * query;
+      }
+      const double top = row_max(p, keys);
+      for (int64_t j = 0; j < keys; ++j)
+        p[j] = std::nearbyint(static_cast<double>(exp2_neg(static_cast<float>(top - p[j]))) * 1048576.0);
+      const double total = integer_sum(p, keys);
+      const double scale = dsp[row], shift = mp[row];
+      for (int64_t j = 0; j < keys; ++j) {
+        p[j] = p[j] / total;
+        ds[j] = p[j] * (ds[j] * scale * static_cast<double>(vb[j]) - shift);
+        x[j] = ds[j] * static_cast<double>(kb[j]);
+      }
+      asp[row] = quantize_row<double>(x, keys, levels, tiny, x);
+    }
+  });
+  return {a, a_scale};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("quantize", &quantize);
   m.def("rotary_quantize", &rotary_quantize);
@@ -962,4 +1033,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bias_learn", &bias_learn);
   m.def("fixed_totals", &fixed_totals);
   m.def("rms_step", &rms_step);
+  m.def("softmax_backward", &softmax_backward);
 }

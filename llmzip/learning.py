@@ -123,28 +123,15 @@ def attention_backward(
 ) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
     """Gradients of the rotated queries (and of the sink queries, if any), of the last `length`
     keys (rotated) and of their values, from that of attention's output do; do, o (the
-    forward's integer output) and o_scale in attention's layout [rows, kv_heads, queries, ...].
-    The probabilities are recomputed from the integer scores as fixed point; the softmax's
-    gradient dS = p * (do . v - do . o) takes do . o from o."""
+    forward's integer output) and o_scale in attention's layout [rows, kv_heads, queries, ...]."""
     k, v = t.keys.double(), t.values.double()
     scores = _product(t.q, k.transpose(-1, -2))
     if t.sink_q is not None:
         scores[..., : t.sinks] = _product(t.sink_q, k[..., : t.sinks, :].transpose(-1, -2))
-    scores = scores * t.key_scales.double() * t.q_scale.double()  # log2 units
-    keys = torch.arange(scores.shape[-1], device=scores.device)
-    positions = t.positions[:, None]
-    mask = (keys > positions) | ((keys <= positions - t.window) & (keys >= t.sinks))
-    scores = scores.masked_fill(mask, -torch.inf)
-    e = exact.exp2_neg((scores.amax(-1, keepdim=True) - scores).float())
-    fixed = torch.round(e.double() * 2.0**20)
-    p = fixed / fixed.sum(-1, keepdim=True)  # exact sums of integers
-
     d, d_scale = quantize(do, GRADIENT_LEVELS)
-    dp = _product(d, v.transpose(-1, -2)) * d_scale * t.value_scales.double()
+    dp = _product(d, v.transpose(-1, -2))
     dp_mean = _integer_sum(d, o) * (d_scale * o_scale.double())  # do . o = sum_j p_j dp_j
-    ds = p * (dp - dp_mean)  # of the scores in natural units
-
-    a, a_scale = quantize(ds * t.key_scales.double(), FINE_LEVELS)
+    p, ds, a, a_scale = softmax_backward(t, scores, dp, d_scale, dp_mean)
     a_scale = a_scale / exact.LOG2E  # key scales hold log2(e) / sqrt(head_dim)
     sink_dq = None
     if t.sink_q is not None:
@@ -157,6 +144,28 @@ def attention_backward(
     c, c_scale = quantize(p[..., new] * d_scale, FINE_LEVELS, dim=-2)
     dv = _product(c.transpose(-1, -2), d) * c_scale.transpose(-1, -2)
     return dq, sink_dq, dk, dv
+
+
+def softmax_backward(
+    t: BlockTape, scores: Tensor, dp: Tensor, d_scale: Tensor, dp_mean: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """From the integer products q . k (`scores`) and do . v (`dp`, times d_scale and the values'
+    scales): the probabilities p, recomputed from the scores as fixed point; the scores' gradient
+    ds = p * (dp - dp_mean), in natural units; and ds times the keys' scales quantized per row.
+    The kernels write p and ds over scores and dp, in one pass instead of a dozen."""
+    if scores.is_cpu and (fused := exact.kernels()):
+        scales, mask = (t.key_scales, t.q_scale, t.value_scales, d_scale, dp_mean), (t.positions, t.window, t.sinks)
+        return scores, dp, *fused.softmax_backward(scores, dp, *scales, *mask, FINE_LEVELS, exact.TINY)
+    scores = scores * t.key_scales.double() * t.q_scale.double()  # log2 units
+    keys = torch.arange(scores.shape[-1], device=scores.device)
+    positions = t.positions[:, None]
+    mask = (keys > positions) | ((keys <= positions - t.window) & (keys >= t.sinks))
+    scores = scores.masked_fill(mask, -torch.inf)
+    e = exact.exp2_neg((scores.amax(-1, keepdim=True) - scores).float())
+    fixed = torch.round(e.double() * 2.0**20)
+    p = fixed / fixed.sum(-1, keepdim=True)  # exact sums of integers
+    ds = p * (dp * d_scale * t.value_scales.double() - dp_mean)
+    return p, ds, *quantize(ds * t.key_scales.double(), FINE_LEVELS)
 
 
 def rms_step(grad: WeightGradient, mean_square: Tensor, master: Tensor, decayed: float) -> None:

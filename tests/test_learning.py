@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -134,6 +135,45 @@ def test_rms_step_kernel_gives_the_torch_codes_bits(monkeypatch):
             learning.rms_step(grad, square, master, decayed)
         results.append((square, master))
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+def test_softmax_backward_kernel_gives_the_torch_codes_bits(monkeypatch):
+    """Attention's backward pass between its products (probabilities, their gradient, its
+    quantization) in the kernels and in torch, with keys masked by a window and sinks."""
+    if exact.kernels() is None:
+        pytest.skip("no compiler here")
+    generator = torch.Generator().manual_seed(0)
+    batch, keys, length, groups = 3, 70, 20, 2
+
+    def uniform(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=generator, dtype=torch.float64)
+
+    def integers(*shape: int) -> torch.Tensor:
+        return torch.randint(-(2**20), 2**20, shape, generator=generator, dtype=torch.float64)
+
+    positions = torch.arange(keys - length, keys).repeat(groups)
+    t = SimpleNamespace(
+        key_scales=uniform(batch, 1, keys).float() * 1e-5,
+        q_scale=uniform(batch, len(positions), 1).float(),
+        value_scales=uniform(batch, 1, keys).float(),
+        positions=positions,
+        window=24,
+        sinks=4,
+    )
+    scores, dp = integers(batch, len(positions), keys), integers(batch, len(positions), keys)
+    d_scale, dp_mean = uniform(batch, len(positions), 1) * 1e-6, uniform(batch, len(positions), 1)
+    results = []
+    for kernels in (exact.kernels(), None):
+        monkeypatch.setattr(exact, "kernels", lambda k=kernels: k)
+        results.append(learning.softmax_backward(t, scores.clone(), dp.clone(), d_scale, dp_mean))
+    p = results[1][0]
+    assert (
+        (p[0, 0, 4 : keys - length - 23] == 0).all()
+        and (p[0, 0, :4] > 0).all()
+        and (p[0, 0, keys - length + 1 :] == 0).all()
+    )
+    for kernel, reference in zip(*results, strict=True):
+        assert torch.equal(kernel, reference)
 
 
 # A few steps on the tiny model, then the prepared weights' and the next logits' digest.
