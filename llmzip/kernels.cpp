@@ -964,7 +964,7 @@ void rms_step(torch::Tensor integers, torch::Tensor scale, torch::Tensor mean_sq
 // ds = p * (dp * d_scale * v_scale - dp_mean) over dp's integer products [B, Q, T] (float64,
 // contiguous), and ds * k_scale quantized per row to `levels`: returned, with its scales
 // [B, Q, 1]. Keys' and values' scales [B, 1, T] and queries' [B, Q, 1] float32; d_scale and
-// dp_mean [B, Q, 1] float64; each query's position [Q] masks keys as attention_weights does.
+// dp_mean [B, Q, 1] float64; each query's position [Q]: the keys it sees (`Visible`), the others p = 0.
 std::vector<torch::Tensor> softmax_backward(torch::Tensor scores, torch::Tensor dp, torch::Tensor k_scale,
                                             torch::Tensor q_scale, torch::Tensor v_scale, torch::Tensor d_scale,
                                             torch::Tensor dp_mean, torch::Tensor positions, int64_t window,
@@ -990,7 +990,8 @@ std::vector<torch::Tensor> softmax_backward(torch::Tensor scores, torch::Tensor 
   const int64_t* pp = pos.data_ptr<int64_t>();
   at::parallel_for(0, batch * queries, 1, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
-      const int64_t b = row / queries, position = pp[row % queries];
+      const int64_t b = row / queries;
+      const Visible seen(pp[row % queries], keys, window, sinks);
       double* p = sp + row * keys;
       double* ds = dpp + row * keys;
       double* x = ap + row * keys;
@@ -998,8 +999,8 @@ std::vector<torch::Tensor> softmax_backward(torch::Tensor scores, torch::Tensor 
       const float* vb = vsp + b * keys;
       const double query = qsp[row];
       for (int64_t j = 0; j < keys; ++j) {
-        const bool masked = j > position || (j <= position - window && j >= sinks);
-        p[j] = masked ? -std::numeric_limits<double>::infinity() : p[j] * static_cast<double>(kb[j]) * query;
+        const bool visible = j < seen.sink_end || (j >= seen.first && j < seen.end);
+        p[j] = visible ? p[j] * static_cast<double>(kb[j]) * query : -std::numeric_limits<double>::infinity();
       }
       const double top = row_max(p, keys);
       for (int64_t j = 0; j < keys; ++j)
