@@ -18,7 +18,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
-from . import container, hyperprior, learning, side, steering, training
+from . import container, hyperprior, side, steering, training, versions
 from .aliases import DEFAULT_MODEL
 from .chunking import DEFAULT_BATCH_SIZE, TokenChunks
 from .cluster import Cluster, WorkerSpec
@@ -28,7 +28,6 @@ from .errors import (
     CorruptArchiveError,
     DecodeMismatchError,
     InvalidOptionError,
-    UnsupportedVersionError,
     WrongModelError,
 )
 from .learning import Learner
@@ -61,7 +60,7 @@ class CodingStats:
     chunks: int = 0
     chunk_size: int = 0  # tokens per chunk (the last may have fewer)
     window: int | None = None  # the attention window coded with (None: whole chunks)
-    side_models: int = 0  # the side models' version coded with (side.VERSION); 0: none
+    side_models: int = 0  # the side models' version coded with (versions.SIDE_MODELS); 0: none
     raw_chunks: int = 0
     payload_bytes: int = 0
     archive_bytes: int = 0
@@ -72,14 +71,6 @@ class CodingStats:
     steering_bytes: int = 0  # its header payload
     steering_seconds: float = 0.0  # spent training steering vectors (before any coding)
     unsteered_bytes: int | None = None  # archive size without steering, where it was measured (auto)
-
-
-# Older exact forwards and the llmzip that decodes them: their square root was torch's, which
-# differs between CPUs (exact.sqrt), so only on the kind of CPU that made the archive.
-FORWARD_READERS = {
-    "llmzip-exact-llama-1": "llmzip 0.4 (on the kind of CPU that made it)",
-    "llmzip-exact-gemma3-1": "llmzip 0.4 (on the kind of CPU that made it)",
-}
 
 
 @dataclass(frozen=True)
@@ -93,12 +84,12 @@ class Plan:
     steering: bytes  # Steering.to_bytes()
     window: int | None
     side_models: int  # side.py's version; 0: none
-    learning: int  # learning.VERSION the weights learn by as they code; 0: they do not
+    learning: int  # versions.LEARNING the weights learn by as they code; 0: they do not
 
     @property
     def ngrams(self) -> bool:
         """Side models that mix token n-grams in (version 4 on)."""
-        return self.side_models >= side.NGRAMS_FROM
+        return self.side_models >= versions.NGRAMS_FROM
 
 
 Job = tuple[list[bytes], list[ChunkEntry]]  # a batch to decode: stored payloads and their entries
@@ -235,12 +226,6 @@ class Compressor:
             chunk_size = min(level.chunk_size, self._longest_chunk(window))
         return chunk_size, window
 
-    def _pins_sinks(self, forward: str, window: int | None) -> bool:
-        """Whether `forward` with `window` keeps every query within the model's context of its
-        keys however long the chunk (`KVCache.sink_positions`)."""
-        architecture = exact_architecture(self.model.model)
-        return window is not None and architecture is not None and forward in architecture.PINNED_SINKS
-
     def _fitting_chunk(self) -> int:
         """The longest chunk within the model's context: 15/16 of it (the rest for steering)."""
         return (self._context() - 1) * 15 // 16
@@ -248,7 +233,7 @@ class Compressor:
     def _longest_chunk(self, window: int | None) -> int:
         """The longest chunk a level codes: one within the context, or MAX_STREAM tokens where
         the forward pins the sinks before a window that fits there."""
-        pins = self._pins_sinks(forward_name(self.model.model, self.precision), window)
+        pins = versions.pins_sinks(forward_name(self.model.model, self.precision), window)
         return MAX_STREAM if pins and window + SINK_TOKENS <= self._fitting_chunk() else self._fitting_chunk()
 
     def chunk_size_for(self, tokens: int) -> int:
@@ -351,7 +336,7 @@ class Compressor:
         recorded)."""
         context = self._context()
         span, what = chunk_size, "chunk size"
-        if self._pins_sinks(forward, window) and window + SINK_TOKENS < chunk_size:
+        if versions.pins_sinks(forward, window) and window + SINK_TOKENS < chunk_size:
             span, what = window + SINK_TOKENS, "window plus sinks"
         if span + prefix_length >= context:  # the start token takes one position
             raise InvalidOptionError(
@@ -369,9 +354,10 @@ class Compressor:
         batch_size = balanced_batch_size(len(chunks), self.batch_size)
         longest = min(chunks.tokens, chunks.chunk_size)
         window = self.window if self.window is not None and self.window < longest else None  # else it changes nothing
-        forward, side_models = forward_name(self.model.model, self.precision), side.VERSION if self.side_models else 0
+        forward = forward_name(self.model.model, self.precision)
         self._check_context(0 if prefix is None else len(prefix), chunks.chunk_size, self.window, forward)
-        learns = learning.VERSION if self.learning else 0
+        side_models = versions.SIDE_MODELS if self.side_models else 0
+        learns = versions.LEARNING if self.learning else 0
         plan = Plan(self.precision, forward, batch_size, steer.to_bytes(), window, side_models, learns)
         stats = CodingStats(
             input_bytes=chunks.input_bytes,
@@ -520,18 +506,8 @@ class Compressor:
                 f"invalid header: a vocabulary of {header.roles.model_vocab} tokens, "
                 f"but the model has {self.model.tokenizer.model_vocab}"
             )
-        if header.precision not in PRECISIONS:
-            raise UnsupportedVersionError(f"archive uses precision {header.precision!r}, unknown to this llmzip")
-        if header.precision == EXACT and not has_exact(self.model.model):  # same fingerprint: damaged
-            raise CorruptArchiveError("invalid header: exact precision for a model without an exact predictor")
-        ours = forward_name(self.model.model, header.precision)
-        computed = exact_architecture(self.model.model).FORWARDS if header.precision == EXACT else (ours,)
-        # Other transformers versions may still give the same floats: the CRCs will tell.
-        if header.step not in computed and not (_is_transformers(header.step) and _is_transformers(ours)):
-            reader = f", which {FORWARD_READERS[header.step]} decodes" if header.step in FORWARD_READERS else ""
-            raise UnsupportedVersionError(
-                f"archive was coded with forward {header.step!r}{reader}; this llmzip runs {ours!r}"
-            )
+        architecture = exact_architecture(self.model.model)
+        versions.check_decodable(header, architecture and architecture.ARCHITECTURE, can_learn(self.model.model))
 
     def iter_decompress(self, archive: bytes | ArchiveReader, progress: ByteProgress | None = None) -> Iterator[bytes]:
         """Yield the original bytes batch by batch. A chunk failing its CRC raises before its batch
@@ -540,27 +516,11 @@ class Compressor:
         reader = archive if isinstance(archive, ArchiveReader) else ArchiveReader(io.BytesIO(archive))
         header = reader.header
         self.check_model(header)
-        known = (
-            container.STEERING_EXTENSION,
-            container.WINDOW_EXTENSION,
-            container.SIDE_EXTENSION,
-            container.LEARNING_EXTENSION,
-        )
-        if critical := [t for t in header.extensions if t < container.FIRST_OPTIONAL_EXTENSION and t not in known]:
-            raise UnsupportedVersionError(f"archive uses extension {critical[0]}, unknown to this llmzip")
         tokenizer = self.model.tokenizer
         steer = Steering.from_bytes(header.extensions.get(container.STEERING_EXTENSION, b""))
         prefix = steer.prefix(tokenizer, embedding_width(self.model))
         longest = max((chunk.tokens for chunk in header.chunks), default=0)
         self._check_context(0 if prefix is None else len(prefix), longest, header.window, header.step)
-        if header.side_models and header.machine_bound:  # no encoder writes them: float rows differ
-            raise CorruptArchiveError("invalid header: side models on a machine-bound archive")
-        if header.side_models and (version := header.side_models_version) not in side.READABLE:
-            raise UnsupportedVersionError(f"archive uses side models version {version}, unknown to this llmzip")
-        if (learned := header.learning_version) and learned != learning.VERSION:
-            raise UnsupportedVersionError(f"archive's weights learned by version {learned}, unknown to this llmzip")
-        if header.learning_version and not can_learn(self.model.model):
-            raise CorruptArchiveError("invalid header: learning with a model that cannot learn")
         # An exact archive decodes in any thread count and, without side models or learning, in any batch.
         bound = header.machine_bound or header.side_models or header.learning_version
         batch = header.batch_size if bound else balanced_batch_size(len(header.chunks), self.batch_size)

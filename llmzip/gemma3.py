@@ -29,16 +29,15 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from . import exact
+from . import exact, versions
 from .exact import ExactLinear, attention, hadamard, quantize, quantize_normed, quantize_rotated, rotary_quantize
 from .kvcache import KVCache
 from .prepared import DecoderConfig, PreparedModel, Projections, decoder_fields
 
-NAME = "llmzip-exact-gemma3-3"  # archives record it: bump whenever any number computed here changes
-# Version 3 pins the sinks before the window, as llama.py's forward 4, in every layer that attends
+# Version 3 pins the sinks before the window, as the Llama's forward 4, in every layer that attends
 # them (`KVCache.sink_positions`: sequences may then run past the model's context); version 2 did not.
-FORWARDS = ("llmzip-exact-gemma3-2", NAME)
-PINNED_SINKS = frozenset({NAME})
+NAME = versions.NEWEST["gemma3"]  # archives record it: bump (versions.py) whenever any number computed here changes
+FORWARDS = versions.forwards_of("gemma3")
 V_LEVELS = 127  # as in llama.py
 NORM_LEVELS = 8191  # 13 bits for what a norm reads and what a Hadamard transform rotates online
 
@@ -105,9 +104,9 @@ class Block(Projections):
 class ExactGemma3(PreparedModel):
     """The prepared model: call `forward` with input embeddings and the position of the first."""
 
+    ARCHITECTURE = "gemma3"
     NAME = NAME
     FORWARDS = FORWARDS
-    PINNED_SINKS = PINNED_SINKS
     Block = Block
     TENSORS = ("embed", "final_gain")
     config: Gemma3Config
@@ -190,7 +189,15 @@ class ExactGemma3(PreparedModel):
             ]
         key_levels = self.key_levels(self.config, forward)
         return KVCache(
-            self.config, key_levels, rows, positions, self.device, window, sinks, forward in PINNED_SINKS, history
+            self.config,
+            key_levels,
+            rows,
+            positions,
+            self.device,
+            window,
+            sinks,
+            versions.FORWARDS[forward].pins_sinks,
+            history,
         )
 
     def embed_vectors(self, vectors: Tensor) -> Tensor:

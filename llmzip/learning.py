@@ -33,7 +33,6 @@ from . import exact
 from .exact import ExactLinear, quantize
 from .llama import HEAD, BlockTape, ExactLlama, ProjectionMap, Tape
 
-VERSION = 2  # archives record it: bump whenever any step computed here changes
 SEGMENT = 128  # tokens coded between two steps
 RATE = 6e-5  # per weight, over the RMS of its gradient (float, alice29.txt's first 8000 tokens: 3e-5 and 1e-4 worse)
 DECAY = 0.99  # of the running mean square, per step

@@ -24,20 +24,18 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from . import exact
+from . import exact, versions
 from .exact import ExactLinear, attention, quantize, quantize_normed, quantize_rotated, rotary_quantize
 from .kvcache import KVCache
 from .prepared import DecoderConfig, PreparedModel, Projections, decoder_fields
 
-NAME = "llmzip-exact-llama-4"  # archives record it: bump whenever any number computed here changes
 QUERY_LEVELS = 511  # 10-bit queries
 SINK_QUERY_LEVELS = 723  # sink queries, on the queries' scales: within sqrt(2) * 511 (head_dim * 723 * 127 < 2**24)
-# Keys' levels in each forward computed here: version 2 had 10-bit keys (int16 in the cache),
-# version 3 has 8-bit ones (int8: a decoding step, which streams the whole cache, reads a third
-# less; +0.03% bits on enwik5). Version 4 has version 3's keys and pins the sinks before the
-# window (`KVCache.sink_positions`: sequences may then run past the model's context).
-KEY_LEVELS = {"llmzip-exact-llama-2": 511, "llmzip-exact-llama-3": 127, NAME: 127}
-PINNED_SINKS = frozenset({NAME})
+# The forwards computed here differ in their keys' levels (versions.FORWARDS) and in pinning
+# the sinks before the window (`KVCache.sink_positions`).
+NAME = versions.NEWEST["llama"]  # archives record it: bump (versions.py) whenever any number computed here changes
+FORWARDS = versions.forwards_of("llama")
+KEY_LEVELS = {forward: versions.FORWARDS[forward].key_levels for forward in FORWARDS}
 V_LEVELS = 127  # attention weights sum to ~2**16, so 2**16 * 127 * (1 + ...) < 2**24
 DOWN_LEVELS = 8191  # the down projection's input before its Hadamard: 13 bits, n * 8191 < 2**24
 
@@ -130,9 +128,9 @@ class Tape:
 class ExactLlama(PreparedModel):
     """The prepared model: call `forward` with input embeddings and the position of the first."""
 
+    ARCHITECTURE = "llama"
     NAME = NAME
-    FORWARDS = tuple(KEY_LEVELS)
-    PINNED_SINKS = PINNED_SINKS
+    FORWARDS = FORWARDS
     Block = Projections
     config: LlamaConfig
     embed: Tensor  # input embeddings, rotated [vocab, hidden]
@@ -237,7 +235,15 @@ class ExactLlama(PreparedModel):
             self.cos, self.sin = cos.to(self.device), sin.to(self.device)
         key_levels = self.key_levels(self.config, forward)
         return KVCache(
-            self.config, key_levels, rows, positions, self.device, window, sinks, forward in PINNED_SINKS, history
+            self.config,
+            key_levels,
+            rows,
+            positions,
+            self.device,
+            window,
+            sinks,
+            versions.FORWARDS[forward].pins_sinks,
+            history,
         )
 
     def embed_vectors(self, vectors: torch.Tensor) -> torch.Tensor:

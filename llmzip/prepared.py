@@ -66,9 +66,9 @@ class PreparedModel:
     """Blocks (dataclasses of ExactLinear and Tensor fields), an ExactLinear `head` and the
     model-level tensors named in TENSORS; the subclass's constructor takes them by name."""
 
+    ARCHITECTURE: ClassVar[str]  # its name in versions.FORWARDS
     NAME: ClassVar[str]  # the forward archives record
     FORWARDS: ClassVar[tuple[str, ...]]  # the forwards computed: NAME and older ones, whose archives still decode
-    PINNED_SINKS: ClassVar[frozenset[str]] = frozenset()  # forwards whose windowed sequences may outrun the context
     Block: ClassVar[type]
     TENSORS: ClassVar[tuple[str, ...]] = ("embed",)
     blocks: list

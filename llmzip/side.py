@@ -25,9 +25,6 @@ import torch
 
 from .exact import kernels
 
-VERSION = 4  # what archives record (container.SIDE_EXTENSION): these models, the adaptive bias, these constants
-READABLE = (3, 4)  # version 3: without token n-grams
-NGRAMS_FROM = 4  # the first version that mixes token n-grams in
 MIN_MATCH = 3  # tokens a match starts from (simulated: 2 saves 0.1-0.2% more on prose, 3 saves 3.8% more on JSON)
 FIXED_SCALE = 2.0**32  # the language model's weights (at most 1) as integers floor(w * 2**32)
 PROB_BITS = 16  # probabilities passed between the models: integers over 2**16

@@ -8,7 +8,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from llmzip import Compressor, container, learning, side
+from llmzip import Compressor, container, versions
 from llmzip.cli import main
 from llmzip.levels import BEST, DEFAULT_LEVEL, FASTEST, LEVELS
 
@@ -194,9 +194,9 @@ def test_levels_and_info(run, sample, tiny, flags, level):
     assert run("compress", str(sample), "-f", "-q", *flags).exit_code == 0
     info = run("info", str(sample) + ".lz").stdout
     assert f"level: {level}," in info and f"up to {Compressor(tiny, level=level).chunk_size} tokens" in info
-    assert (f"side models v{side.VERSION}" in info) == ("side models" in info) == LEVELS[level].side
+    assert (f"side models v{versions.SIDE_MODELS}" in info) == ("side models" in info) == LEVELS[level].side
     learns = "--learn" in flags or (LEVELS[level].learn and "--no-learn" not in flags)
-    assert (f"weights learning as they code v{learning.VERSION}" in info) == learns
+    assert (f"weights learning as they code v{versions.LEARNING}" in info) == learns
     assert run("decompress", str(sample) + ".lz", "-o", str(sample) + ".out", "-q").exit_code == 0
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import byte_level_tokenizer, prepared, tiny_model
 
-from llmzip import Compressor, InvalidOptionError, container, exact, learning, levels
+from llmzip import Compressor, InvalidOptionError, container, exact, learning, levels, versions
 from llmzip.levels import LEVELS, Level
 from llmzip.llama import HEAD, Tape
 
@@ -252,7 +252,7 @@ def test_learning_round_trips_and_codes_smaller(tiny, tiny_gemma3, monkeypatch):
         compressor = Compressor(tiny, level=9, learn=learns, side_models=learns)  # without: the model alone
         archive = compressor.compress(data)
         header = container.unpack(archive)[0]
-        assert header.learning_version == (learning.VERSION if learns else 0)
+        assert header.learning_version == (versions.LEARNING if learns else 0)
         assert len(header.chunks) >= 2 and len({c.tokens for c in header.chunks}) >= 2
         for threads in (1, 2):
             assert Compressor(tiny, level=1, threads=threads).decompress(archive) == data

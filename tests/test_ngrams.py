@@ -4,7 +4,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from llmzip import Compressor, container, ngrams, side
+from llmzip import Compressor, container, ngrams, versions
 
 LOG = ("GET /index.html 200 user=alice\nGET /login 302 user=bob\n" * 12).encode()
 
@@ -74,11 +74,11 @@ def test_ngrams_shrink_a_log_and_version_3_archives_still_decode(tiny, monkeypat
     before) and 4: both decode, and 4 is smaller on repeated lines."""
     options = {"chunk_size": 64, "batch_size": 4, "threads": 1, "side_models": True}
     archive = Compressor(tiny, **options).compress(LOG)
-    monkeypatch.setattr(side, "VERSION", 3)
+    monkeypatch.setattr(versions, "SIDE_MODELS", 3)
     old = Compressor(tiny, **options).compress(LOG)
     monkeypatch.undo()
     assert container.unpack(old)[0].side_models_version == 3
-    assert container.unpack(archive)[0].side_models_version == side.VERSION == 4
+    assert container.unpack(archive)[0].side_models_version == versions.SIDE_MODELS == 4
     assert len(archive) < len(old)
     for coded in (archive, old):
         assert Compressor(tiny, batch_size=7, threads=2).decompress(coded) == LOG

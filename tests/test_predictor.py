@@ -19,6 +19,7 @@ from llmzip import (
     kvcache,
     llama,
     models,
+    versions,
 )
 from llmzip.container import MIN_ROWS
 from llmzip.gemma3 import Gemma3Config
@@ -108,9 +109,9 @@ def test_each_architecture_computes_each_of_its_forwards_forced_and_stepped(exac
         predictor.start(1, len(chunk))
         forced.append(np.concatenate([w[0].copy() for w in predictor.forced(inputs[None])]))
         assert predictor.cache.keys.dtype == kvcache.key_dtype(model.key_levels(model.config, forward))
-        assert predictor.cache.pin_sinks == (forward in model.PINNED_SINKS)
+        assert predictor.cache.pin_sinks == versions.FORWARDS[forward].pins_sinks
         assert np.array_equal(_stepped(predictor, 3, chunk, 2, start_id), forced[-1])
-    assert model.FORWARDS[-1] == model.NAME and {model.NAME} == model.PINNED_SINKS
+    assert model.FORWARDS[-1] == model.NAME and [versions.FORWARDS[f].pins_sinks for f in model.FORWARDS][-1:] == [True]
     assert not any(np.array_equal(a, b) for a, b in itertools.combinations(forced, 2))
     # before a query is past the window and sinks pinning changes nothing
     unpinned = window + SINK_TOKENS
