@@ -1,4 +1,4 @@
-"""Dynamic evaluation in the exact model (llmzip/learning.py): the language model's code length
+"""Dynamic evaluation in the exact model (llmzip/exact/learning.py): the language model's code length
 on a file (bits per byte, what an ideal coder would write from its probabilities), with the
 weights as prepared and with the weights learning after each segment. The language model
 alone: no side models.
@@ -22,8 +22,8 @@ from common import load_input, machine, markdown_table, save
 
 from llmzip import learning, load_model
 from llmzip.aliases import DEFAULT_MODEL
-from llmzip.exact import softmax_weights
-from llmzip.llama import Tape
+from llmzip.exact.arithmetic import softmax_weights
+from llmzip.exact.llama import Tape
 from llmzip.models import exact_model
 from llmzip.predictor import SINK_TOKENS
 

@@ -651,7 +651,7 @@ def dynamic_eval_tables() -> list[Table]:
 
 
 def exact_learning_tables() -> list[Table]:
-    """Dynamic evaluation in the exact model (benchmarks/exact_learning.py, llmzip/learning.py)."""
+    """Dynamic evaluation in the exact model (benchmarks/exact_learning.py, llmzip/exact/learning.py)."""
     found = _load("exact_learning_*.json")
     rows = []
     for _, r in found:

@@ -1,4 +1,4 @@
-"""Side models' gain per kind of file: the same level coded with and without them (side.py),
+"""Side models' gain per kind of file: the same level coded with and without them (llmzip/side/),
 bits per byte of the real archives, compress bytes/s both ways, and the side models' archive
 decoded and checked.
 

@@ -20,9 +20,9 @@ from collections.abc import Callable
 import numpy as np
 from common import command_line, machine, machine_tag, save
 
-from llmzip import side
-from llmzip.bias import AdaptiveBias
-from llmzip.ngrams import NgramMixer
+from llmzip.side import match
+from llmzip.side.bias import AdaptiveBias
+from llmzip.side.ngrams import NgramMixer
 
 
 def fastest(work: Callable[[np.ndarray], object], weights: np.ndarray, repeats: int) -> float:
@@ -64,7 +64,7 @@ def main() -> None:
         "bias apply and learn": fastest(bias_step, weights, args.repeats),
         "n-gram mix": fastest(lambda rows: mixer.mix(args.history, every, rows), weights, args.repeats),
         "guess probabilities": fastest(
-            lambda rows: side.guess_probabilities(rows, every, guesses), weights, args.repeats
+            lambda rows: match.guess_probabilities(rows, every, guesses), weights, args.repeats
         ),
     }
     seconds["all"] = sum(seconds.values())

@@ -19,9 +19,10 @@ from pathlib import Path
 
 from common import machine, markdown_table, save
 
-from llmzip import Compressor, hyperprior, load_model, training
+from llmzip import Compressor, load_model
 from llmzip.levels import FASTEST, LEVELS
-from llmzip.steering import Steering, TrainOptions
+from llmzip.steering import hyperprior, training
+from llmzip.steering.soft_prompt import Steering, TrainOptions
 
 VARIANT_COLUMNS = ["steering", "header_steering_bytes", "text_bytes", "archive_bytes", "text_ratio", "total_ratio",
                    "gain_vs_none_bytes", "train_seconds", "coding_seconds"]  # fmt: skip

@@ -7,14 +7,14 @@ forcing), so its encoder steps the batch's rows many positions per forward; a fl
 predictor's encoder must run the decoder's lockstep computation itself (`_lockstep` drives
 both directions).
 
-With side models (`side.py`, exact predictors only) a batch also has one stream of flags (was
+With side models (`side/`, exact predictors only) a batch also has one stream of flags (was
 the guess right?) in the decoder's lockstep order, the order the adaptive map learns in; the
 batch's first coded chunk carries it before its tokens (varint byte count, then the flags). The
 encoder takes the guesses from the tokens first, codes each chunk's tokens teacher-forced, and
 then the flags. One flag stream per batch, not per chunk: a stream's last word is overhead.
-From side models version 3 an adaptive bias (`bias.py`) corrects the model's weights first,
+From side models version 3 an adaptive bias (`side/bias.py`) corrects the model's weights first,
 learning from each step's rows: what the encoder's lockstep forward is for; from version 4 token
-n-grams (`ngrams.py`) are mixed in next, learning the same way.
+n-grams (`side/ngrams.py`) are mixed in next, learning the same way.
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ from collections.abc import Callable
 import constriction
 import numpy as np
 
-from . import side
-from .bias import AdaptiveBias
 from .container import Reader, varint
 from .errors import CorruptArchiveError
-from .ngrams import NgramMixer
 from .predictor import ExactPredictor, Predictor
+from .side import match
+from .side.bias import AdaptiveBias
+from .side.ngrams import NgramMixer
 from .tokenization import TokenRoles
 
 # Fast quantization: every symbol gets at least the smallest representable probability.
@@ -123,11 +123,11 @@ def _encode_span(
 ) -> float:
     """Code a run of one chunk's positions; return its ideal bits. With the match model's
     guesses, a right guess codes no token and a wrong one codes it without the guess; the
-    model's probability of each guess goes to `guess_probs` (side.guess_probabilities)."""
+    model's probability of each guess goes to `guess_probs` (match.guess_probabilities)."""
     coded = [slice(0, len(probs))]
     if guess is not None and guess_probs is not None:
         has = np.flatnonzero(guess >= 0)
-        guess_probs[has] = side.guess_probabilities(probs, has, guess[has])
+        guess_probs[has] = match.guess_probabilities(probs, has, guess[has])
         wrong = has[guess[has] != symbols[has]]
         probs[wrong, guess[wrong]] = 0.0  # the predictor's buffer, rewritten by its next block
         coded = _runs(guess != symbols)
@@ -191,11 +191,11 @@ def _encode_forced(
 def _flag_probs(p: list[int]) -> np.ndarray:
     """Rows of weights for flags whose chance of 1 (the guess is right) is p / 2**16."""
     right = np.array(p, dtype=np.float64)
-    return np.stack([side.ONE - right, right], 1)
+    return np.stack([match.ONE - right, right], 1)
 
 
 def _encode_flags(
-    adaptive: side.AdaptiveMap,
+    adaptive: match.AdaptiveMap,
     chunks: list[np.ndarray],
     guessed: list[np.ndarray],
     match_lengths: list[np.ndarray],
@@ -215,7 +215,7 @@ def _encode_flags(
             adaptive.update(where, right)
             flags.append(int(right))
             probs.append(p)
-            bits -= np.log2((p if right else side.ONE - p) / side.ONE)
+            bits -= np.log2((p if right else match.ONE - p) / match.ONE)
     encoder = constriction.stream.queue.RangeEncoder()
     if flags:
         encoder.encode(np.array(flags, dtype=np.int32), CODER_MODEL, _flag_probs(probs))
@@ -227,7 +227,7 @@ def encode_batch(
     chunks: list[np.ndarray],
     roles: TokenRoles,
     progress: Progress | None = None,
-    adaptive: side.AdaptiveMap | None = None,
+    adaptive: match.AdaptiveMap | None = None,
     biased: bool = False,
     mixed: bool = False,
 ) -> tuple[list[bytes], bytes, float]:
@@ -238,7 +238,7 @@ def encode_batch(
     the flags are empty. `biased`: with the batch's adaptive bias, `mixed`: and its token n-grams
     (exact predictors)."""
     if predictor.exact:
-        guessed, match_lengths = side.guesses(chunks) if adaptive else ([None] * len(chunks), None)
+        guessed, match_lengths = match.guesses(chunks) if adaptive else ([None] * len(chunks), None)
         head = AdaptiveBias(predictor.alphabet_size) if biased else None
         tokens, bits, guess_probs = _encode_forced(predictor, chunks, roles, progress, guessed, head, mixed)
         if adaptive is None:
@@ -290,7 +290,7 @@ def decode_batch(
     lengths: list[int],
     roles: TokenRoles,
     progress: Progress | None = None,
-    adaptive: side.AdaptiveMap | None = None,
+    adaptive: match.AdaptiveMap | None = None,
     biased: bool = False,
     mixed: bool = False,
 ) -> list[np.ndarray]:
@@ -303,7 +303,7 @@ def decode_batch(
     flag_decoder = _decoder(flags)
     decoders = [_decoder(words) for words in payloads]
     tokens = [np.zeros(n, dtype=np.int64) for n in lengths]
-    match = side.MatchModel(tokens)
+    matches = match.MatchModel(tokens)
     head = AdaptiveBias(predictor.alphabet_size) if biased else None
     mixer = NgramMixer(tokens) if mixed else None
 
@@ -313,9 +313,9 @@ def decode_batch(
             learning[active] = True
             head.apply(probs, learning)
         mixture = mixer.mix(t, active, probs) if mixer else {}
-        guesses = {r: g for r in active if adaptive and (g := match.guess(r, t)) is not None}
+        guesses = {r: g for r in active if adaptive and (g := matches.guess(r, t)) is not None}
         rows = np.array(list(guesses), dtype=np.int64)
-        chances = side.guess_probabilities(probs, rows, np.array([g for g, _ in guesses.values()], np.int64))
+        chances = match.guess_probabilities(probs, rows, np.array([g for g, _ in guesses.values()], np.int64))
         for r in active:
             try:
                 if r in guesses:
@@ -337,7 +337,7 @@ def decode_batch(
         if mixer:
             mixer.learn(t, active, mixture)
         if adaptive:
-            match.advance(t, active)
+            matches.advance(t, active)
         return coded[active]
 
     _lockstep(predictor, _row_lengths(predictor, list(lengths)), roles, code_step, progress)

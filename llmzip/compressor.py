@@ -18,7 +18,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
-from . import container, hyperprior, side, steering, training, versions
+from . import container, versions
 from .aliases import DEFAULT_MODEL
 from .chunking import DEFAULT_BATCH_SIZE, TokenChunks
 from .cluster import Cluster, WorkerSpec
@@ -30,7 +30,7 @@ from .errors import (
     InvalidOptionError,
     WrongModelError,
 )
-from .learning import Learner
+from .exact.learning import Learner
 from .levels import BEST, DEFAULT_LEVEL, FASTEST, LEVELS, MAX_STREAM, Level, chunk_size_for
 from .models import LoadedModel, exact_model, load_model
 from .predictor import (
@@ -45,7 +45,9 @@ from .predictor import (
     forward_name,
     has_exact,
 )
-from .steering import Steering, TrainOptions
+from .side import match
+from .steering import hyperprior, training
+from .steering.soft_prompt import Steering, TrainOptions, parse_spec
 from .tokenization import ByteTokenizer
 
 ByteProgress = Callable[[int], None]  # called with a count of input bytes just processed
@@ -83,7 +85,7 @@ class Plan:
     rows: int  # chunks per batch
     steering: bytes  # Steering.to_bytes()
     window: int | None
-    side_models: int  # side.py's version; 0: none
+    side_models: int  # versions.SIDE_MODELS coded with; 0: none
     learning: int  # versions.LEARNING the weights learn by as they code; 0: they do not
 
     @property
@@ -206,7 +208,7 @@ class Compressor:
         self._exact_model: ExactModel | None = None  # prepared once, on first use
         self._plan_predictor: tuple[Plan, Predictor] | None = None
         self._learner: Learner | None = None  # made once, on first use
-        self.steer = steering.parse_spec(steer)
+        self.steer = parse_spec(steer)
         hyperprior.check_options(prior, prior_bins, prior_clip)
         self.prior, self.prior_bins, self.prior_clip = prior, prior_bins, prior_clip
         self.training = training or TrainOptions()
@@ -478,7 +480,7 @@ class Compressor:
         with torch_threads(self.threads):
             while True:
                 rows = [np.empty(0, np.int64) if r else c for c, r in zip(batch, raw, strict=True)]
-                adaptive = side.AdaptiveMap() if plan.side_models else None
+                adaptive = match.AdaptiveMap() if plan.side_models else None
                 coded, flags, ideal_bits = encode_batch(
                     predictor, rows, tokenizer.roles, on_symbols, adaptive, adaptive is not None, plan.ngrams
                 )
@@ -569,7 +571,7 @@ class Compressor:
         """One batch's chunks as they decode (raw ones as stored), not yet checked against their CRCs."""
         predictor = self._predictor(plan)
         coded = [b"" if e.raw else p for e, p in zip(entries, stored, strict=True)]
-        adaptive = side.AdaptiveMap() if plan.side_models else None
+        adaptive = match.AdaptiveMap() if plan.side_models else None
         roles = self.model.tokenizer.roles
         lengths = [e.tokens for e in entries]
         biased = adaptive is not None

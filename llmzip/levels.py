@@ -1,7 +1,7 @@
 """Compression levels, in zstd's and xz's convention (-1 fastest ... -9 smallest): each sets the
 chunk size (tokens coded in one sequence, one row of a decoding step) and the attention window
 (tokens each token sees, besides the first: `predictor.ExactPredictor`), whether side models
-(`side.py`) code along, and whether the weights learn as they code (`learning.py`).
+(`side/`) code along, and whether the weights learn as they code (`exact/learning.py`).
 
 Longer chunks restart the context less often and a longer window sees more of it; both cost
 time: a window of 2048 makes a decoding step about 1.5x as long as one of 1024 (SmolLM2, 60
@@ -26,11 +26,11 @@ MAX_STREAM = 1 << 16
 class Level:
     chunk_size: int  # tokens; with a window, the least (`chunk_size_for`)
     window: int | None  # tokens; None: each token sees its whole chunk
-    side: bool = True  # side models: adaptive bias, token n-grams, match model, adaptive map (side.py)
+    side: bool = True  # side models: adaptive bias, token n-grams, match model, adaptive map (side/)
     # the window grows to half the model's context where that is longer: Gemma 3's 32 768 positions
     # give 16 384 (alice29.txt at -9: -0.9% against 4096, compress 1.5x as long)
     half_context: bool = False
-    # the weights learn as they code where the model can (learning.py: the exact predictor of a
+    # the weights learn as they code where the model can (exact/learning.py: the exact predictor of a
     # Llama model): enwik5 at -9 with SmolLM2 2.8% smaller, coding an order of magnitude slower
     learn: bool = False
 

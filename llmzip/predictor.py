@@ -24,13 +24,13 @@ import transformers
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicLayer
 
-from . import exact, learning
 from .container import EXACT, FLOAT_PRECISIONS, MIN_ROWS
 from .errors import LlmzipError
-from .gemma3 import ExactGemma3
-from .kvcache import SLACK, KVCache
-from .learning import Learner
-from .llama import ExactLlama, Tape
+from .exact import arithmetic, learning
+from .exact.gemma3 import ExactGemma3
+from .exact.kvcache import SLACK, KVCache
+from .exact.learning import Learner
+from .exact.llama import ExactLlama, Tape
 
 # The Hugging Face forward's dtype per float precision (int8: torch's dynamic quantization).
 DTYPES = dict(zip(FLOAT_PRECISIONS, (torch.float32, torch.bfloat16, torch.float32), strict=True))
@@ -197,7 +197,7 @@ class ExactPredictor:
         if self.weights.shape[0] != len(logits):
             self.weights = torch.zeros(len(logits), self.alphabet_size, dtype=torch.float64)
         self.weights[:, logits.shape[-1] :] = 0
-        return exact.softmax_weights(logits.cpu(), self.weights).numpy()
+        return arithmetic.softmax_weights(logits.cpu(), self.weights).numpy()
 
 
 class PreallocatedLayer(DynamicLayer):

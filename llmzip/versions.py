@@ -36,7 +36,7 @@ FORWARDS = {
 }
 NEWEST = {"llama": "llmzip-exact-llama-4", "gemma3": "llmzip-exact-gemma3-3"}  # what encoders write
 # Forwards no longer computed, and the llmzip that decodes them: their square root was torch's,
-# which differs between CPUs (exact.sqrt), so only on the kind of CPU that made the archive.
+# which differs between CPUs (exact/arithmetic.sqrt), so only on the kind of CPU that made the archive.
 RETIRED_FORWARDS = {
     "llmzip-exact-llama-1": "llmzip 0.4 (on the kind of CPU that made it)",
     "llmzip-exact-gemma3-1": "llmzip 0.4 (on the kind of CPU that made it)",

@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from llmzip import bias
 from llmzip.coding import decode_batch, encode_batch
 from llmzip.predictor import ExactPredictor
+from llmzip.side import bias
 
 
 def test_the_multiplier_table_is_exact():

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from llmzip import LlmzipError
-from llmzip.cli import TEMP_TAG, write_atomically
+from llmzip.cli.files import TEMP_TAG, write_atomically
 
 LLMZIP = [sys.executable, "-m", "llmzip"]
 

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import byte_level_tokenizer, prepared, tiny_model
+from llmzip.arithmetic.llama import HEAD, Tape
 
-from llmzip import Compressor, InvalidOptionError, container, exact, learning, levels, versions
+from llmzip import Compressor, InvalidOptionError, container, levels, versions
+from llmzip.exact import arithmetic, learning
 from llmzip.levels import LEVELS, Level
-from llmzip.llama import HEAD, Tape
 
 SEGMENT = 24
 
@@ -33,7 +34,7 @@ def _forward(model, inputs: torch.Tensor, tape: Tape | None = None) -> torch.Ten
 
 
 def _bits(model, inputs: torch.Tensor, targets: torch.Tensor) -> float:
-    weights = exact.softmax_weights(_forward(model, inputs)[0]).double()
+    weights = arithmetic.softmax_weights(_forward(model, inputs)[0]).double()
     q = weights[torch.arange(inputs.shape[1]), targets[0]] / weights.sum(-1)
     return float(-torch.log2(q).sum())
 
@@ -47,7 +48,7 @@ def _stream(model, learner: learning.Learner | None, ids: torch.Tensor, window: 
         end = min(start + segment, ids.shape[1] - 1)
         tape = Tape() if learner else None
         logits = model.forward(model.embed[ids[:, start:end]], start, cache, tape)
-        weights = exact.softmax_weights(logits[0]).double()
+        weights = arithmetic.softmax_weights(logits[0]).double()
         targets = ids[:, start + 1 : end + 1]
         bits -= float(torch.log2(weights[torch.arange(end - start), targets[0]] / weights.sum(-1)).sum())
         if learner:
@@ -118,15 +119,15 @@ def test_learning_runs_past_the_window_with_pinned_sinks(monkeypatch):
 
 
 def test_rms_step_kernel_gives_the_torch_codes_bits(monkeypatch):
-    if exact.kernels() is None:
+    if arithmetic.kernels() is None:
         pytest.skip("no compiler here")
     generator = torch.Generator().manual_seed(0)
     integers = torch.randint(-(2**20), 2**20, (1000, 37), generator=generator, dtype=torch.float64)
     integers[0, :5] = 0.0
     grad = learning.WeightGradient(integers, 10.0 ** torch.randint(-18, -6, (1000, 1), generator=generator).double())
     results = []
-    for kernels in (exact.kernels(), None):
-        monkeypatch.setattr(exact, "kernels", lambda k=kernels: k)
+    for kernels in (arithmetic.kernels(), None):
+        monkeypatch.setattr(arithmetic, "kernels", lambda k=kernels: k)
         square, master = (
             torch.rand(1000, 37, generator=torch.Generator().manual_seed(1), dtype=torch.float64),
             integers.cos(),
@@ -140,7 +141,7 @@ def test_rms_step_kernel_gives_the_torch_codes_bits(monkeypatch):
 def test_softmax_backward_kernel_gives_the_torch_codes_bits(monkeypatch):
     """Attention's backward pass between its products (probabilities, their gradient, its
     quantization) in the kernels and in torch, with keys masked by a window and sinks."""
-    if exact.kernels() is None:
+    if arithmetic.kernels() is None:
         pytest.skip("no compiler here")
     generator = torch.Generator().manual_seed(0)
     batch, keys, length, groups = 3, 70, 20, 2
@@ -163,8 +164,8 @@ def test_softmax_backward_kernel_gives_the_torch_codes_bits(monkeypatch):
     scores, dp = integers(batch, len(positions), keys), integers(batch, len(positions), keys)
     d_scale, dp_mean = uniform(batch, len(positions), 1) * 1e-6, uniform(batch, len(positions), 1)
     results = []
-    for kernels in (exact.kernels(), None):
-        monkeypatch.setattr(exact, "kernels", lambda k=kernels: k)
+    for kernels in (arithmetic.kernels(), None):
+        monkeypatch.setattr(arithmetic, "kernels", lambda k=kernels: k)
         results.append(learning.softmax_backward(t, scores.clone(), dp.clone(), d_scale, dp_mean))
     p = results[1][0]
     assert (
@@ -182,8 +183,8 @@ import hashlib, sys, torch
 sys.path.insert(0, sys.argv[1])
 import test_learning as t
 from conftest import byte_level_tokenizer, prepared, tiny_model
-from llmzip import learning
-from llmzip.llama import Tape
+from llmzip.exact import learning
+from llmzip.arithmetic.llama import Tape
 torch.set_num_threads(int(sys.argv[2]))
 loaded = tiny_model(byte_level_tokenizer())
 model = prepared(loaded)
@@ -226,14 +227,14 @@ def test_every_kernel_level_and_thread_count_takes_the_same_steps():
 
 
 def test_float64_hadamard_transposes_and_the_kernel_gives_the_torch_codes_bits(monkeypatch):
-    """exact.hadamard with transpose=True undoes it (H H^T = n I), on float64 grids as learning
+    """arithmetic.hadamard with transpose=True undoes it (H H^T = n I), on float64 grids as learning
     rotates weights, in the kernels and in torch alike."""
     x = torch.from_numpy(np.random.RandomState(0).randint(-(2**40), 2**40, (5, 1536)).astype(np.float64))
     results = []
-    for kernels in (exact.kernels(), None):
-        monkeypatch.setattr(exact, "kernels", lambda k=kernels: k)
-        there = exact.hadamard(x)
-        assert torch.equal(exact.hadamard(there, transpose=True), x * 1536)
+    for kernels in (arithmetic.kernels(), None):
+        monkeypatch.setattr(arithmetic, "kernels", lambda k=kernels: k)
+        there = arithmetic.hadamard(x)
+        assert torch.equal(arithmetic.hadamard(there, transpose=True), x * 1536)
         results.append(there)
     assert torch.equal(*results)
 

@@ -4,7 +4,8 @@ from fractions import Fraction
 
 import numpy as np
 
-from llmzip import Compressor, container, ngrams, versions
+from llmzip import Compressor, container, versions
+from llmzip.side import ngrams
 
 LOG = ("GET /index.html 200 user=alice\nGET /login 302 user=bob\n" * 12).encode()
 

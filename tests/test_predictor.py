@@ -15,15 +15,13 @@ from llmzip import (
     LlmzipError,
     UnsupportedVersionError,
     container,
-    gemma3,
-    kvcache,
-    llama,
     models,
     versions,
 )
 from llmzip.container import MIN_ROWS
-from llmzip.gemma3 import Gemma3Config
-from llmzip.llama import LlamaConfig
+from llmzip.exact import gemma3, kvcache, llama
+from llmzip.exact.gemma3 import Gemma3Config
+from llmzip.exact.llama import LlamaConfig
 from llmzip.predictor import SINK_TOKENS, ExactPredictor, FloatPredictor, exact_architecture, forward_name
 
 TEXT = b"the rain and the sun in the morning, \xd0\x9f\xd1\x80\xd0\xb8\xd0\xb2\xd0\xb5\xd1\x82 and the " * 3

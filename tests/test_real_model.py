@@ -4,7 +4,7 @@ import pytest
 from conftest import CORPUS
 
 from llmzip import Compressor, load_model
-from llmzip.steering import TrainOptions
+from llmzip.steering.soft_prompt import TrainOptions
 
 pytestmark = pytest.mark.real_model
 

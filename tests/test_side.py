@@ -7,18 +7,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmzip import Compressor, container, side, versions
+from llmzip import Compressor, container, versions
 from llmzip.errors import CorruptArchiveError, InvalidOptionError, UnsupportedVersionError
 from llmzip.levels import DEFAULT_LEVEL, FASTEST, LEVELS
+from llmzip.side import match
 
 LOG = ("GET /index.html 200 user=alice\nGET /login 302 user=bob\n" * 12).encode()
 
 
 def test_the_map_starts_as_the_identity_and_learns():
-    adaptive = side.AdaptiveMap()
-    for q in (1, 300, 1 << 14, 1 << 15, 50_000, side.ONE - 1):
+    adaptive = match.AdaptiveMap()
+    for q in (1, 300, 1 << 14, 1 << 15, 50_000, match.ONE - 1):
         p, _ = adaptive.predict(4, q)
-        assert abs(p - q) <= max(q, side.ONE - q) // 3  # piecewise linear between powers of two
+        assert abs(p - q) <= max(q, match.ONE - q) // 3  # piecewise linear between powers of two
     p, where = adaptive.predict(4, 1 << 12)
     for _ in range(50):
         adaptive.update(where, True)
@@ -26,9 +27,9 @@ def test_the_map_starts_as_the_identity_and_learns():
 
 
 def test_the_axis_is_monotone_and_continuous():
-    x = np.array([side._axis(q) for q in range(1, side.ONE)])
-    assert x[0] == 0 and x[-1] == (side.POINTS - 1) << side.FRACTION_BITS
-    assert np.all(np.diff(x) >= 0) and np.diff(x).max() <= 1 << side.FRACTION_BITS
+    x = np.array([match._axis(q) for q in range(1, match.ONE)])
+    assert x[0] == 0 and x[-1] == (match.POINTS - 1) << match.FRACTION_BITS
+    assert np.all(np.diff(x) >= 0) and np.diff(x).max() <= 1 << match.FRACTION_BITS
 
 
 @settings(max_examples=30, deadline=None)
@@ -38,10 +39,10 @@ def test_guess_probability_is_the_exact_fraction(weights, guess):
     guess %= len(weights)
     row = np.array([weights], dtype=np.float64)
     fixed = [int(Fraction(w) * 2**32) for w in weights]
-    expected = min(max(fixed[guess] * side.ONE // sum(fixed), 1), side.ONE - 1)
-    assert side.guess_probabilities(row, np.array([0]), np.array([guess]))[0] == expected
+    expected = min(max(fixed[guess] * match.ONE // sum(fixed), 1), match.ONE - 1)
+    assert match.guess_probabilities(row, np.array([0]), np.array([guess]))[0] == expected
     stacked = np.concatenate([np.ones_like(row), row, row])
-    assert list(side.guess_probabilities(stacked, np.array([2, 1]), np.array([guess] * 2))) == [expected] * 2
+    assert list(match.guess_probabilities(stacked, np.array([2, 1]), np.array([guess] * 2))) == [expected] * 2
 
 
 def test_the_kernel_gives_the_numpy_totals_and_floors(monkeypatch):
@@ -49,12 +50,12 @@ def test_the_kernel_gives_the_numpy_totals_and_floors(monkeypatch):
     weights = np.random.default_rng(1).random((5, 2, 3000)) ** 8 / 2**20
     weights[:, :, 0] = 1.0
     rows = np.array([4, 0, 2])
-    assert side.kernels() is not None
+    assert match.kernels() is not None
     results = []
     for _ in ("kernel", "numpy"):
         out = np.full((5, 3000), -1.0)
-        results.append((side.fixed_totals(weights[:, 1], rows, out), out))
-        monkeypatch.setattr(side, "kernels", lambda: None)
+        results.append((match.fixed_totals(weights[:, 1], rows, out), out))
+        monkeypatch.setattr(match, "kernels", lambda: None)
     (totals, floors), (numpy_totals, numpy_floors) = results
     assert np.array_equal(totals, numpy_totals) and np.array_equal(floors, numpy_floors)
     assert totals[0] == sum(int(Fraction(w) * 2**32) for w in weights[4, 1]) and floors[1, 0] == -1.0
@@ -62,7 +63,7 @@ def test_the_kernel_gives_the_numpy_totals_and_floors(monkeypatch):
 
 def test_a_match_guesses_what_followed_its_context():
     tokens = [np.array([5, 6, 7, 8, 1, 5, 6, 7, 8, 2])]
-    guessed, lengths = side.guesses(tokens)
+    guessed, lengths = match.guesses(tokens)
     assert list(guessed[0][:8]) == [-1] * 8  # 5 6 7 seen once: the guess comes at position 8
     assert (guessed[0][8], lengths[0][8]) == (8, 1) and (guessed[0][9], lengths[0][9]) == (1, 2)
 
@@ -71,7 +72,7 @@ def test_rows_guess_from_each_other_but_only_what_is_known():
     """Row 1 repeats row 0 two steps behind: it guesses row 0's tokens, which are decoded by then."""
     row0 = np.arange(10, 30)
     tokens = [row0, np.concatenate([[1, 2], row0[:18]])]
-    guessed, _ = side.guesses(tokens)
+    guessed, _ = match.guesses(tokens)
     known = np.flatnonzero(guessed[1] >= 0)
     assert len(known) > 10 and np.array_equal(guessed[1][known], tokens[1][known])
 
@@ -81,7 +82,7 @@ def test_rows_guess_from_each_other_but_only_what_is_known():
 def test_a_guess_never_needs_a_token_not_yet_decoded(rows):
     """Whatever the rows, each guess is a token that the lockstep decoder knows at its step."""
     tokens = [np.array(r, dtype=np.int64) for r in rows]
-    model = side.MatchModel(tokens)
+    model = match.MatchModel(tokens)
     for t in range(max(map(len, tokens))):
         active = np.array([r for r, x in enumerate(tokens) if len(x) > t])
         for r in active:

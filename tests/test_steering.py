@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from llmzip import Compressor, CorruptArchiveError, InvalidOptionError, container, hyperprior
-from llmzip.steering import Steering, TrainOptions
-from llmzip.training import train, training_batch
+from llmzip import Compressor, CorruptArchiveError, InvalidOptionError, container
+from llmzip.steering import hyperprior
+from llmzip.steering.soft_prompt import Steering, TrainOptions
+from llmzip.steering.training import train, training_batch
 
 TEXT = ("the rain and the sun in the morning, Привет мир. " * 40).encode()
 QUICK = TrainOptions(steps=8, lr=0.05, chunks=4, tokens=32)

@@ -31,7 +31,7 @@ from types import ModuleType
 
 import torch
 
-from .aliases import cache_dir
+from ..aliases import cache_dir
 
 EXACT_SUM = 2**24  # float32 represents every integer up to this
 ACTIVATION_LEVELS = 127  # linear inputs are quantized per row to integers in [-127, 127]

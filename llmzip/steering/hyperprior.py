@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import constriction
 import numpy as np
 
-from .container import Reader, varint
-from .errors import CorruptArchiveError, InvalidOptionError
+from ..container import Reader, varint
+from ..errors import CorruptArchiveError, InvalidOptionError
 
 PRIORS = ("gaussian", "empirical", "lloyd-max")
 DEFAULT_BINS = 64

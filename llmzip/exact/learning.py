@@ -3,7 +3,7 @@ against that segment's code length (Krause et al. 2018), on the encoder's side a
 decoder's, which computes the same step from the same tokens. The step is RMSprop's: each
 weight moves by RATE over the running RMS of its gradient.
 
-The backward pass is written in `exact.py`'s two kinds of operation, so that every machine
+The backward pass is written in `arithmetic.py`'s two kinds of operation, so that every machine
 takes the same step: each product's operands are quantized to integers first (the gradient
 per token or per output channel, the forward's own integer activations and weights) and
 multiplied in float64, where every sum of such integers is exact below 2**53 in any order;
@@ -29,8 +29,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from . import exact
-from .exact import ExactLinear, quantize
+from . import arithmetic
+from .arithmetic import ExactLinear, quantize
 from .llama import HEAD, BlockTape, ExactLlama, ProjectionMap, Tape
 
 SEGMENT = 128  # tokens coded between two steps
@@ -93,13 +93,13 @@ def norm_backward(x: Tensor, h: Tensor, h_scale: Tensor, dn: Tensor) -> Tensor:
     forward's integers): (dn - n * mean(dn * n)) / rms(x), the mean over integers."""
     d, d_scale = quantize(dn, GRADIENT_LEVELS)
     mean = _integer_sum(d, h) * (d_scale * h_scale.double()) / x.shape[-1]
-    inverse_rms = h_scale.double() / quantize(x, exact.ACTIVATION_LEVELS)[1].double()
+    inverse_rms = h_scale.double() / quantize(x, arithmetic.ACTIVATION_LEVELS)[1].double()
     return (dn - h.double() * h_scale.double() * mean) * inverse_rms
 
 
 def silu_mul_backward(gate: Tensor, up: Tensor, da: Tensor) -> tuple[Tensor, Tensor]:
-    """Gradients of gate and up from that of a = silu(gate) * up, sigmoid from `exact.exp2_neg`."""
-    t = exact.exp2_neg(gate.abs() * exact.LOG2E).double()
+    """Gradients of gate and up from that of a = silu(gate) * up, sigmoid from `arithmetic.exp2_neg`."""
+    t = arithmetic.exp2_neg(gate.abs() * arithmetic.LOG2E).double()
     sigmoid = torch.where(gate >= 0, 1.0, t) / (1.0 + t)
     gate = gate.double()
     silu_grad = sigmoid * (1.0 + gate * (1.0 - sigmoid))
@@ -107,14 +107,14 @@ def silu_mul_backward(gate: Tensor, up: Tensor, da: Tensor) -> tuple[Tensor, Ten
 
 
 def unrotary(dy: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Gradient of x from that of y = `exact.rotary`(x): the rotation back, by -angle."""
-    return exact.rotary(dy, cos.double(), -sin.double())
+    """Gradient of x from that of y = `arithmetic.rotary`(x): the rotation back, by -angle."""
+    return arithmetic.rotary(dy, cos.double(), -sin.double())
 
 
 def unhadamard(dy: Tensor) -> Tensor:
-    """Gradient of x from that of y = x @ H (`exact.hadamard`): dy @ H.T, over integers."""
+    """Gradient of x from that of y = x @ H (`arithmetic.hadamard`): dy @ H.T, over integers."""
     d, d_scale = quantize(dy, FINE_LEVELS)
-    return exact.hadamard(d, transpose=True) * d_scale
+    return arithmetic.hadamard(d, transpose=True) * d_scale
 
 
 def attention_backward(
@@ -131,7 +131,7 @@ def attention_backward(
     dp = _product(d, v.transpose(-1, -2))
     dp_mean = _integer_sum(d, o) * (d_scale * o_scale.double())  # do . o = sum_j p_j dp_j
     p, ds, a, a_scale = softmax_backward(t, scores, dp, d_scale, dp_mean)
-    a_scale = a_scale / exact.LOG2E  # key scales hold log2(e) / sqrt(head_dim)
+    a_scale = a_scale / arithmetic.LOG2E  # key scales hold log2(e) / sqrt(head_dim)
     sink_dq = None
     if t.sink_q is not None:
         sink_dq = _product(a[..., : t.sinks], k[..., : t.sinks, :]) * a_scale
@@ -152,15 +152,15 @@ def softmax_backward(
     scales): the probabilities p, recomputed from the scores as fixed point; the scores' gradient
     ds = p * (dp - dp_mean), in natural units; and ds times the keys' scales quantized per row.
     The kernels write p and ds over scores and dp, in one pass instead of a dozen."""
-    if scores.is_cpu and (fused := exact.kernels()):
+    if scores.is_cpu and (fused := arithmetic.kernels()):
         scales, mask = (t.key_scales, t.q_scale, t.value_scales, d_scale, dp_mean), (t.positions, t.window, t.sinks)
-        return scores, dp, *fused.softmax_backward(scores, dp, *scales, *mask, FINE_LEVELS, exact.TINY)
+        return scores, dp, *fused.softmax_backward(scores, dp, *scales, *mask, FINE_LEVELS, arithmetic.TINY)
     scores = scores * t.key_scales.double() * t.q_scale.double()  # log2 units
     keys = torch.arange(scores.shape[-1], device=scores.device)
     positions = t.positions[:, None]
     mask = (keys > positions) | ((keys <= positions - t.window) & (keys >= t.sinks))
     scores = scores.masked_fill(mask, -torch.inf)
-    e = exact.exp2_neg((scores.amax(-1, keepdim=True) - scores).float())
+    e = arithmetic.exp2_neg((scores.amax(-1, keepdim=True) - scores).float())
     fixed = torch.round(e.double() * 2.0**20)
     p = fixed / fixed.sum(-1, keepdim=True)  # exact sums of integers
     ds = p * (dp * d_scale * t.value_scales.double() - dp_mean)
@@ -172,13 +172,13 @@ def rms_step(grad: WeightGradient, mean_square: Tensor, master: Tensor, decayed:
     the master weights moved by RATE times the gradient over its RMS (bias-corrected: `decayed`
     is DECAY**steps). The RMS in float32, by a correctly rounded square root."""
     unbias = 1.0 - decayed
-    if fused := exact.kernels():
+    if fused := arithmetic.kernels():
         args = (DECAY, 1.0 - DECAY, unbias, TINY_SQUARE, EPSILON, RATE)
         return fused.rms_step(grad.integers, grad.scale, mean_square, master, *args)
     g = grad.integers * grad.scale
     mean_square.copy_(mean_square * DECAY + g * g * (1.0 - DECAY))
     unbiased = torch.clamp((mean_square / unbias).float(), min=TINY_SQUARE)
-    master.copy_(master - g / (exact.sqrt(unbiased).double() + EPSILON) * RATE)
+    master.copy_(master - g / (arithmetic.sqrt(unbiased).double() + EPSILON) * RATE)
 
 
 @dataclass
@@ -259,7 +259,7 @@ class Learner:
         model, c = self.model, self.model.config
         rows, length = targets.shape
         flat = rows * length
-        weights = exact.softmax_weights(logits.reshape(flat, -1))
+        weights = arithmetic.softmax_weights(logits.reshape(flat, -1))
         fixed = torch.round(weights.double() * 2.0**PROBABILITY_BITS)
         targets = targets.reshape(-1)
         learned = targets >= 0  # -1: a row past its end

@@ -5,7 +5,7 @@ Variants (the CLI's `--steer`):
 - `text:STRING`: the tokens of a fixed string (the string is stored).
 - `random:N`: N static random vectors in embedding space (seed and scale are stored).
 - `trained:N`: N vectors trained with Adam on the file's own chunks to minimise their code
-  length (`training.py`), then quantized and coded by `hyperprior`; what is stored, and what
+  length (`training`), then quantized and coded by `hyperprior`; what is stored, and what
   both sides feed the model, is the dequantized vector.
 
 A prefix is either token ids (text) or float32 vectors [N, hidden] entering through the
@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..container import Reader, string_bytes, varint
+from ..errors import CorruptArchiveError, InvalidOptionError
+from ..tokenization import ByteTokenizer
 from . import hyperprior
-from .container import Reader, string_bytes, varint
-from .errors import CorruptArchiveError, InvalidOptionError
-from .tokenization import ByteTokenizer
 
 KINDS = ("none", "text", "random", "trained")
 MAX_VECTORS = 256

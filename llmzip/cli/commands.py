@@ -2,36 +2,34 @@
 
 from __future__ import annotations
 
-import errno
-import os
 import signal
-import stat
 import sys
 import traceback
 import warnings
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import closing, contextmanager, suppress
-from typing import TYPE_CHECKING, Any, BinaryIO
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
+from typing import TYPE_CHECKING, Any
 
 import click
 from tqdm import tqdm
 
-from . import __version__, container, hyperprior
-from .aliases import ALIASES, DEFAULT_MODEL, alias_path
-from .chunking import DEFAULT_BATCH_SIZE
-from .cluster import Cluster
-from .container import Header
-from .errors import LlmzipError
-from .levels import BEST, DEFAULT_LEVEL, FASTEST, LEVELS, MAX_STREAM
-from .steering import Steering, TrainOptions
+from .. import __version__, container
+from ..aliases import ALIASES, DEFAULT_MODEL, alias_path
+from ..chunking import DEFAULT_BATCH_SIZE
+from ..cluster import Cluster
+from ..container import Header
+from ..errors import LlmzipError
+from ..levels import BEST, DEFAULT_LEVEL, FASTEST, LEVELS, MAX_STREAM
+from ..steering import hyperprior
+from ..steering.soft_prompt import Steering, TrainOptions
+from .files import check_overwrite, input_mode, open_input, plan_output, remove_input, stream_size, write_atomically
 
 # The coder (`compressor`: torch and transformers, about 7 s to import) is imported by the
 # commands that code, so that --help, info, models and errors in the options answer at once.
 if TYPE_CHECKING:
-    from .compressor import Compressor
+    from ..compressor import Compressor
 
 SUFFIX = ".lz"
-TEMP_TAG = ".llmzip-"  # output is written to .NAME.llmzip-PID.tmp, then renamed to NAME
 
 
 class _Cli(click.Group):
@@ -168,112 +166,6 @@ def main() -> None:
     """Lossless compression with a language model. `llmzip -d FILE` = `llmzip decompress FILE`."""
 
 
-# -- files --------------------------------------------------------------------------------
-
-
-@contextmanager
-def _open_input(file: str) -> Iterator[BinaryIO]:
-    """FILE, or standard input for `-`, as a binary stream (read as it is needed, never whole)."""
-    if file == "-":
-        yield sys.stdin.buffer
-        return
-    if os.path.isdir(file):
-        raise LlmzipError(f"{file}: is a directory")
-    with open(file, "rb") as f:
-        yield f
-
-
-def _stream_size(stream: BinaryIO) -> int | None:
-    """Bytes in a regular file (for progress), None for a pipe or terminal."""
-    try:
-        info = os.fstat(stream.fileno())
-    except OSError:  # an in-memory stream (tests)
-        return None
-    return info.st_size if stat.S_ISREG(info.st_mode) else None
-
-
-def _plan_output(file: str, output: str | None, to_stdout: bool, default: Callable[[str], str]) -> str | None:
-    """Where to write (None: standard output), refusing before any work what would fail later."""
-    if file != "-" and not os.path.exists(file):
-        raise LlmzipError(f"{file}: no such file")
-    if os.path.isdir(file):
-        raise LlmzipError(f"{file}: is a directory")
-    if to_stdout or (file == "-" and output is None):
-        return None
-    target = output or default(file)
-    if file != "-" and os.path.exists(target) and os.path.samefile(file, target):
-        raise LlmzipError(f"{target}: output would overwrite the input")
-    return target
-
-
-def _check_overwrite(target: str | None, force: bool) -> None:
-    if target is not None and os.path.exists(target) and not force:
-        raise LlmzipError(f"{target} already exists; use -f to overwrite")
-
-
-def write_atomically(target: str | None, blocks: Iterable[bytes], mode: int | None = None) -> None:
-    """Write blocks to a temp file beside `target` and rename it into place only when all were
-    written; on any error or interrupt the temp file is removed. None writes to stdout.
-
-    A process killed outright (SIGKILL, power loss) cannot remove its temp file, so the name
-    carries the writer's pid, and the next write of the same target removes those of dead pids."""
-    if target is None:
-        for block in blocks:
-            sys.stdout.buffer.write(block)
-        sys.stdout.buffer.flush()
-        return
-    folder, name = os.path.split(os.path.abspath(target))
-    _remove_stale_temps(folder, name)
-    tmp = os.path.join(folder, f".{name}{TEMP_TAG}{os.getpid()}.tmp")
-    try:  # opened inside the try, so an interrupt just after creating the file still removes it
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            for block in blocks:
-                f.write(block)
-            f.flush()
-            os.fsync(f.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
-        os.replace(tmp, target)
-    except BaseException as e:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO):
-            raise LlmzipError(f"cannot write {target}: {e.strerror}") from e
-        raise
-
-
-def _remove_stale_temps(folder: str, name: str) -> None:
-    prefix = f".{name}{TEMP_TAG}"
-    for entry in os.listdir(folder):
-        pid = entry[len(prefix) : -len(".tmp")]
-        if entry.startswith(prefix) and entry.endswith(".tmp") and pid.isdigit() and not _alive(int(pid)):
-            with suppress(FileNotFoundError):  # another llmzip may be removing it too
-                os.unlink(os.path.join(folder, entry))
-
-
-def _alive(pid: int) -> bool:
-    """Whether a process other than this one has this pid."""
-    if pid == os.getpid():  # a temp file with our pid that we did not make: an earlier process's
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        pass
-    return True
-
-
-def _finish(file: str, target: str | None, remove: bool) -> None:
-    if remove and file != "-" and target is not None:
-        os.unlink(file)
-
-
-def _input_mode(file: str) -> int | None:
-    return None if file == "-" else stat.S_IMODE(os.stat(file).st_mode)
-
-
 @contextmanager
 def _cluster(workers: int | None, address: str | None, threads: int | None) -> Iterator[Cluster | None]:
     """The Ray cluster asked for, stopped at the end (or on Ctrl-C); None: code in this process."""
@@ -339,23 +231,23 @@ def compress(
     steer_tokens, quiet, verbose, debug,
 ):  # fmt: skip
     """Compress FILE (or standard input) to FILE.lz."""
-    target = _plan_output(file, output, to_stdout, lambda f: f + SUFFIX)
-    _check_overwrite(target, force)
+    target = plan_output(file, output, to_stdout, lambda f: f + SUFFIX)
+    check_overwrite(target, force)
     if target is None and sys.stdout.isatty():
         raise LlmzipError("will not write compressed data to a terminal; use -o or redirect")
     if remove and target is None:
         raise LlmzipError("--rm needs an output file")
     training = TrainOptions(steps=steer_steps, lr=steer_lr, chunks=steer_chunks, tokens=steer_tokens)
     passes = 2 if steer.startswith("auto") else 1  # auto codes with and without the trained vectors
-    with _open_input(file) as stream, _cluster(workers, ray_address, threads) as cluster:
-        from .compressor import Compressor, MachineBoundWarning
+    with open_input(file) as stream, _cluster(workers, ray_address, threads) as cluster:
+        from ..compressor import Compressor, MachineBoundWarning
 
         compressor = Compressor(
             model, level=level or DEFAULT_LEVEL, chunk_size=chunk_size, window=window, batch_size=batch_size,
             threads=threads, precision=precision, learn=learn, device=device, cluster=cluster,
             steer=steer, prior=prior, prior_bins=prior_bins, prior_clip=prior_clip, training=training, quiet=quiet,
         )  # fmt: skip
-        size = _stream_size(stream)
+        size = stream_size(stream)
         trains = steer.startswith(("trained", "auto")) and size != 0
         with (
             _progress_bar(steer_steps if trains else 0, "train steering", quiet, unit="step") as training_bar,
@@ -375,8 +267,8 @@ def compress(
         if not quiet:
             click.echo(f"llmzip: warning: {warning.message}", err=True)
     with closing(archive):
-        write_atomically(target, archive.blocks(), _input_mode(file))
-    _finish(file, target, remove)
+        write_atomically(target, archive.blocks(), input_mode(file))
+    remove_input(file, target, remove)
     if not quiet:
         s = compressor.stats
         ratio = 8 * s.archive_bytes / s.input_bytes if s.input_bytes else 0.0
@@ -402,7 +294,7 @@ def compress(
 
 
 def _decoder(header: Header, model: str | None, quiet: bool, verbose: bool, **options: Any) -> Compressor:
-    from .compressor import Compressor
+    from ..compressor import Compressor
 
     compressor = Compressor(model or header.model_name, quiet=quiet, **options)
     compressor.check_model(header)  # before any long work
@@ -424,7 +316,7 @@ def _decoder(header: Header, model: str | None, quiet: bool, verbose: bool, **op
 
 
 def _fewer_threads(header: Header) -> str:
-    from .compressor import decoding_threads
+    from ..compressor import decoding_threads
 
     threads = decoding_threads(header)
     return f" (this machine runs {threads}: it has fewer CPUs)" if threads != header.threads else ""
@@ -447,11 +339,11 @@ def decompress(
             raise LlmzipError(f"{f}: unknown suffix (expected {SUFFIX}); use -o or -c")
         return f[: -len(SUFFIX)]
 
-    target = _plan_output(file, output, to_stdout, strip_suffix)
-    _check_overwrite(target, force)
+    target = plan_output(file, output, to_stdout, strip_suffix)
+    check_overwrite(target, force)
     if remove and target is None:
         raise LlmzipError("--rm needs an output file")
-    with _open_input(file) as stream:
+    with open_input(file) as stream:
         archive = container.ArchiveReader(stream)
         with _cluster(workers, ray_address, threads) as cluster:
             compressor = _decoder(
@@ -460,8 +352,8 @@ def decompress(
             )  # fmt: skip
             size = archive.header.original_size
             with _progress_bar(size, "decompress", quiet) as bar:
-                write_atomically(target, compressor.iter_decompress(archive, bar.update), _input_mode(file))
-    _finish(file, target, remove)
+                write_atomically(target, compressor.iter_decompress(archive, bar.update), input_mode(file))
+    remove_input(file, target, remove)
     if not quiet and target is not None:
         click.echo(f"{file}: {size} bytes -> {target}", err=True)
     if verbose:
@@ -475,7 +367,7 @@ def decompress(
 def test_command(files, model, quiet, verbose, debug):
     """Decode FILES and verify every checksum; write nothing."""
     for file in files:
-        with _open_input(file) as stream:
+        with open_input(file) as stream:
             archive = container.ArchiveReader(stream)
             compressor = _decoder(archive.header, model, quiet, verbose)
             size = archive.header.original_size
@@ -492,7 +384,7 @@ def test_command(files, model, quiet, verbose, debug):
 def info(files, quiet, verbose, debug):
     """Show what an archive holds: sizes, ratio, model, chunks, header bytes."""
     for file in files:
-        with _open_input(file) as stream:
+        with open_input(file) as stream:
             archive = container.ArchiveReader(stream)
             if not stream.seekable():  # a file's payloads were verified on opening, a pipe's were not
                 archive.verify_payloads()

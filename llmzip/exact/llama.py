@@ -1,5 +1,5 @@
 """The Llama architecture (SmolLM2) as an exact predictor: logits that are a function of the
-weights and the token history alone, written in the operations of `exact.py`.
+weights and the token history alone, written in the operations of `arithmetic.py`.
 
 The weights are prepared once (QuaRot, Ashkboos et al. 2024): the RMSNorm gains are folded
 into the projections that read the norms, the residual stream is rotated by a Hadamard
@@ -7,7 +7,7 @@ matrix, each value head and its slice of the output projection by another, and t
 projection's input by a third, applied online; then every projection is quantized per output
 channel. Rotations spread the outliers that 8-bit activations could not carry. Every
 projection input is quantized per row to 8 bits, queries per head to 10 bits, keys and values
-to 8, and attention runs in integers (`exact.attention`).
+to 8, and attention runs in integers (`arithmetic.attention`).
 
 One forward serves teacher forcing (many positions of a chunk at once, for the encoder) and
 KV-cache steps (one position for many chunks, for the decoder): a position's numbers do not
@@ -24,8 +24,9 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from . import exact, versions
-from .exact import ExactLinear, attention, quantize, quantize_normed, quantize_rotated, rotary_quantize
+from .. import versions
+from . import arithmetic
+from .arithmetic import ExactLinear, attention, quantize, quantize_normed, quantize_rotated, rotary_quantize
 from .kvcache import KVCache
 from .prepared import DecoderConfig, PreparedModel, Projections, decoder_fields
 
@@ -57,9 +58,9 @@ class LlamaConfig(DecoderConfig):
             and c.hidden_act == "silu"
             and not getattr(c, "attention_bias", False)
             and not getattr(c, "mlp_bias", False)
-            and head_dim * QUERY_LEVELS * max(KEY_LEVELS.values()) < exact.EXACT_SUM
-            and head_dim * SINK_QUERY_LEVELS * KEY_LEVELS[NAME] < exact.EXACT_SUM
-            and c.hidden_size <= exact.MAX_PIECE  # exact sums of squares in the norms
+            and head_dim * QUERY_LEVELS * max(KEY_LEVELS.values()) < arithmetic.EXACT_SUM
+            and head_dim * SINK_QUERY_LEVELS * KEY_LEVELS[NAME] < arithmetic.EXACT_SUM
+            and c.hidden_size <= arithmetic.MAX_PIECE  # exact sums of squares in the norms
         )
         sizes = decoder_fields(model, head_dim) if plain else None
         return None if sizes is None else cls(**sizes, rope_theta=float(rope["rope_theta"]))
@@ -148,7 +149,7 @@ class ExactLlama(PreparedModel):
         parts = {key: ExactLinear.of(m.prepare(m.weight)) for key, m in cls.projection_maps(model, config).items()}
         names = [f.name for f in fields(Projections)]
         blocks = [Projections(**{name: parts[i, name] for name in names}) for i in range(config.layers)]
-        embed = exact.rotate_weights(model.state_dict()["model.embed_tokens.weight"], 1 / math.sqrt(config.hidden))
+        embed = arithmetic.rotate_weights(model.state_dict()["model.embed_tokens.weight"], 1 / math.sqrt(config.hidden))
         return cls(config, blocks, parts[HEAD], embed=embed.float())
 
     @staticmethod
@@ -161,19 +162,19 @@ class ExactLlama(PreparedModel):
 
         def stream(weight: Tensor, back: bool = False, out: Tensor | None = None, dim: int = -1) -> Tensor:
             """The last axis (or `dim`) rotated as the residual stream is (orthogonal: H/24), or back."""
-            return exact.rotate_weights(weight, into, back, out, dim)
+            return arithmetic.rotate_weights(weight, into, back, out, dim)
 
         def value_heads(weight: Tensor, heads: int, back: bool = False) -> Tensor:
             """Each head's slice of the last axis rotated as values are (orthogonal: H/8), or back."""
             parts = weight.reshape(*weight.shape[:-1], heads, c.head_dim)
-            return exact.rotate_weights(parts, 1 / math.sqrt(c.head_dim), back).reshape(weight.shape)
+            return arithmetic.rotate_weights(parts, 1 / math.sqrt(c.head_dim), back).reshape(weight.shape)
 
         def out_input(weight: Tensor, back: bool) -> Tensor:
             return value_heads(weight, c.heads, back)
 
         def down_input(weight: Tensor, back: bool) -> Tensor:
             """H/1536 against the activations' online Hadamard H (not orthogonal)."""
-            return exact.rotate_weights(weight, 1 / c.intermediate, back)
+            return arithmetic.rotate_weights(weight, 1 / c.intermediate, back)
 
         values = (c.heads + c.kv_heads) * c.head_dim  # outputs before the values'
 
@@ -231,7 +232,7 @@ class ExactLlama(PreparedModel):
     ) -> KVCache:
         """A cache for `forward` (one of FORWARDS): `forward` computes with its keys."""
         if self.cos.shape[0] < positions:
-            cos, sin = exact.rotary_table(positions, self.config.head_dim, self.config.rope_theta)
+            cos, sin = arithmetic.rotary_table(positions, self.config.head_dim, self.config.rope_theta)
             self.cos, self.sin = cos.to(self.device), sin.to(self.device)
         key_levels = self.key_levels(self.config, forward)
         return KVCache(
@@ -248,7 +249,7 @@ class ExactLlama(PreparedModel):
 
     def embed_vectors(self, vectors: torch.Tensor) -> torch.Tensor:
         """Input embeddings given as vectors (steering) in the model's own basis, rotated."""
-        rotated = exact.rotate_weights(vectors.cpu(), 1 / math.sqrt(self.config.hidden))
+        rotated = arithmetic.rotate_weights(vectors.cpu(), 1 / math.sqrt(self.config.hidden))
         return rotated.float().to(self.device)
 
     @torch.inference_mode()
@@ -266,7 +267,7 @@ class ExactLlama(PreparedModel):
         positions = slots.repeat(groups)  # of each query row, as attention lays them out
         pinned = cache.sink_positions(start, length)
         sink_cos, sink_sin = (None, None) if pinned is None else (self.cos[pinned, None], self.sin[pinned, None])
-        key_scale = exact.LOG2E / math.sqrt(c.head_dim)  # scores in log2 units
+        key_scale = arithmetic.LOG2E / math.sqrt(c.head_dim)  # scores in log2 units
         for i, block in enumerate(self.blocks):
             h, h_scale = quantize_normed(x, c.rms_eps)
             qkv = block.qkv(h, h_scale).view(rows, length, c.heads + 2 * c.kv_heads, c.head_dim)
@@ -284,11 +285,11 @@ class ExactLlama(PreparedModel):
             kv = cache.read(i, end)
             o = attention(q, q_scale, *kv, positions, window, sinks, sink_q)
             o = o.view(rows, c.kv_heads, groups, length, c.head_dim).permute(0, 3, 1, 2, 4)
-            o, o_scale = quantize(o.reshape(rows, length, c.heads * c.head_dim), exact.ACTIVATION_LEVELS)
+            o, o_scale = quantize(o.reshape(rows, length, c.heads * c.head_dim), arithmetic.ACTIVATION_LEVELS)
             x_mid = x + block.out(o, o_scale)
             h2, h2_scale = quantize_normed(x_mid, c.rms_eps)
             gate, up = block.gate_up(h2, h2_scale).chunk(2, dim=-1)
-            a, a_scale = quantize_rotated(exact.silu_mul(gate, up), DOWN_LEVELS)
+            a, a_scale = quantize_rotated(arithmetic.silu_mul(gate, up), DOWN_LEVELS)
             if tape is not None:
                 tape.blocks.append(BlockTape(x, h, h_scale, q, q_scale, sink_q, *kv, positions, window, sinks,
                                              o, o_scale, x_mid, h2, h2_scale, gate, up, a, a_scale))  # fmt: skip

@@ -16,7 +16,7 @@ from math import isqrt
 import numpy as np
 import torch
 
-from .exact import kernels
+from ..exact.arithmetic import kernels
 
 WEIGHT_BITS = 26  # the model's weights as integers up to 2**26
 FINE_BITS = 16  # biases in units of 2**-16 bits (log2)

@@ -10,8 +10,8 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from . import exact
-from .exact import ExactLinear
+from . import arithmetic
+from .arithmetic import ExactLinear
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self from Python 3.11 on
@@ -37,7 +37,7 @@ def decoder_fields(model: PreTrainedModel, head_dim: int) -> dict[str, Any] | No
     c = model.config
     try:
         for n in (c.hidden_size, c.intermediate_size, head_dim):
-            exact.hadamard_factors(n)
+            arithmetic.hadamard_factors(n)
     except ValueError:
         return None
     return {

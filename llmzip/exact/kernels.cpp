@@ -1,4 +1,4 @@
-// Fused CPU versions of exact.py's pipelines and bias.py's: the same IEEE operations in the
+// Fused CPU versions of arithmetic.py's pipelines and bias.py's: the same IEEE operations in the
 // same order, and the same integer sums (int32 here, float32 below 2**24 there), so the same
 // bits, in one pass over memory instead of one pass per torch op. Compiled with -ffp-contract=off
 // (no fused multiply-add), without -ffast-math and with OpenMP (at::parallel_for); explicit
@@ -20,12 +20,12 @@
 #include <vector>
 
 #ifndef LLMZIP_EXP2_POLY
-#error "compile through exact.kernels(), which passes the polynomial"
+#error "compile through arithmetic.kernels(), which passes the polynomial"
 #endif
 
 namespace {
 
-// exact.EXP2_POLY, lowest degree first, passed by exact.py as exact hexadecimal literals.
+// arithmetic.EXP2_POLY, lowest degree first, passed by arithmetic.py as exact hexadecimal literals.
 constexpr float kPoly[] = {LLMZIP_EXP2_POLY};
 constexpr int kDegree = sizeof(kPoly) / sizeof(kPoly[0]) - 1;
 constexpr int kLanes = 16;  // independent partial maxima, so that max over a row vectorises
@@ -85,7 +85,7 @@ inline double rounded_sum(const float* x, int64_t n, float scale) {
   return sum;
 }
 
-// One row of exact.quantize: scale = max(max|x|, tiny) / levels and q = round(x / scale); returns the scale.
+// One row of arithmetic.quantize: scale = max(max|x|, tiny) / levels and q = round(x / scale); returns the scale.
 template <typename T>
 inline T quantize_row(const T* x, int64_t n, T levels, T tiny, T* q) {
   T lanes[kLanes] = {};
@@ -113,7 +113,7 @@ inline Sum square_sum(const float* q, int64_t n) {
   return sum;
 }
 
-// exact.quantize (and with eps >= 0, exact.quantize_normed) over the last axis: q and per row
+// arithmetic.quantize (and with eps >= 0, arithmetic.quantize_normed) over the last axis: q and per row
 // the scale, or the norm's factor 1 / sqrt(mean(q**2) + eps / scale**2) in the torch code's
 // operations: its divisions by a tensor are a reciprocal and a product (Tensor.__rdiv__), the
 // mean is float32 or, where the squares may pass 2**24, float64; std::sqrt is correctly rounded.
@@ -158,7 +158,7 @@ std::vector<torch::Tensor> quantize(torch::Tensor x, double levels, double tiny,
   return {q, scale};
 }
 
-// exact.rotary_quantize: the rotary embedding of each head's vector x [rows, T, heads, dim] (last
+// arithmetic.rotary_quantize: the rotary embedding of each head's vector x [rows, T, heads, dim] (last
 // axis contiguous, any other strides) as the torch code computes it, x * cos + turned * sin with
 // each product and the sum rounded to float32, then quantized: q [rows, heads, T, dim] and scales
 // [rows, heads, T, 1]; or, with `given` scales of that shape, q = round(rotated / given) clipped
@@ -198,7 +198,7 @@ std::vector<torch::Tensor> rotary_quantize(torch::Tensor x, torch::Tensor cos, t
   return {q, scale};
 }
 
-// exact.softmax_weights written as float64 into out[:, :n] (the coder reads float64 rows).
+// arithmetic.softmax_weights written as float64 into out[:, :n] (the coder reads float64 rows).
 void softmax_weights_into(torch::Tensor logits, torch::Tensor out, double log2e) {
   auto z = logits.contiguous();
   const int64_t n = z.size(-1), rows = z.numel() / n, stride = out.stride(0);
@@ -216,7 +216,7 @@ void softmax_weights_into(torch::Tensor logits, torch::Tensor out, double log2e)
   });
 }
 
-// exact.silu(gate) * up.
+// arithmetic.silu(gate) * up.
 torch::Tensor silu_mul(torch::Tensor gate, torch::Tensor up, double log2e) {
   auto g = gate.contiguous(), u = up.contiguous();
   auto out = torch::empty_like(g);
@@ -235,7 +235,7 @@ torch::Tensor silu_mul(torch::Tensor gate, torch::Tensor up, double log2e) {
   return out;
 }
 
-// exact.attention's weights for one query: from its integer scores acc[0..n) (keys 0..n-1
+// arithmetic.attention's weights for one query: from its integer scores acc[0..n) (keys 0..n-1
 // attended), the keys' and values' scales and the query's scale, the integer weights w[0..n)
 // and the returned output factor. scaled and e are scratch of n floats.
 float query_weights(const float* acc, const float* kscale, const float* vscale, float qscale, int64_t n, float* w,
@@ -256,7 +256,7 @@ float query_weights(const float* acc, const float* kscale, const float* vscale, 
   return static_cast<float>(sum * static_cast<double>(top_ev) / (65536.0 * normalizer));
 }
 
-// The keys a query at `position` attends among `keys` (exact.attention): the first `sinks`,
+// The keys a query at `position` attends among `keys` (arithmetic.attention): the first `sinks`,
 // and those within `window` of it; [0, sink_end) and [first, end).
 struct Visible {
   int64_t sink_end, first, end;
@@ -275,7 +275,7 @@ struct Visible {
   }
 };
 
-// exact.attention's weights: from integer scores [B, Q, T] (B = rows * kv heads), key and value
+// arithmetic.attention's weights: from integer scores [B, Q, T] (B = rows * kv heads), key and value
 // scales [B, 1, T], query scales [B, Q, 1] and each query's position [Q] (keys after it, and
 // `window` or more before it except the first `sinks`, are not attended), the integer weights
 // [B, Q, T] and the output factor [B, Q, 1].
@@ -310,7 +310,7 @@ std::vector<torch::Tensor> attention_weights(torch::Tensor scores, torch::Tensor
   return {weights, factor};
 }
 
-// exact.hadamard: y = x @ H over each length-n row of x, H = F1 ⊗ F2 ⊗ ... ⊗ S with ±1 Paley
+// arithmetic.hadamard: y = x @ H over each length-n row of x, H = F1 ⊗ F2 ⊗ ... ⊗ S with ±1 Paley
 // factors F (float64 [m, m]) and Sylvester's matrix S of order `sylvester` (a power of two),
 // as sums and differences along each factor's axis and butterflies for S. The values are
 // integers and every partial sum is bounded by n * max|x| < 2**24 (float32) or 2**53 (float64),
@@ -381,7 +381,7 @@ torch::Tensor hadamard_rows(torch::Tensor xc, const std::vector<torch::Tensor>& 
   return out;
 }
 
-// exact.rotate_weights after its grid step: nearbyint(w / step) @ H * factor for each vector along
+// arithmetic.rotate_weights after its grid step: nearbyint(w / step) @ H * factor for each vector along
 // the last axis (with `columns`, along the first axis of a matrix), float64; kRotated vectors at a
 // time, interleaved, so that every loop of `apply` runs over many values.
 constexpr int64_t kRotated = 8;
@@ -420,7 +420,7 @@ torch::Tensor hadamard(torch::Tensor x, std::vector<torch::Tensor> factors, int6
   return hadamard_rows<float>(xc, factors, sylvester);
 }
 
-// exact.quantize_rotated: per row, q, s = quantize(x, levels); r, t = quantize(q @ H, rotated_levels); r and t * s.
+// arithmetic.quantize_rotated: per row, q, s = quantize(x, levels); r, t = quantize(q @ H, rotated_levels); r and t * s.
 std::vector<torch::Tensor> quantize_rotated(torch::Tensor x, double levels, double rotated_levels,
                                             std::vector<torch::Tensor> factors, int64_t sylvester, double tiny) {
   auto xc = x.contiguous();
@@ -565,7 +565,7 @@ inline void linear_tile(const int16_t* x, int64_t lda, const Weight* w, int64_t 
 #endif
 }
 
-// exact.ExactLinear: y = (x @ W.T) * scale * row_scale for integer-valued x [M, K] (float32) and
+// arithmetic.ExactLinear: y = (x @ W.T) * scale * row_scale for integer-valued x [M, K] (float32) and
 // packed integer weights. The integer product is exact, as the float32 pieces' sum is, and is
 // rounded to float32 once, as theirs is; then the same two float32 products.
 torch::Tensor linear(torch::Tensor x, torch::Tensor packed, int64_t n, torch::Tensor scale, torch::Tensor row_scale) {
@@ -744,7 +744,7 @@ inline void add_weighted_values(int64_t queries, const float* w, int64_t w_strid
   }
 }
 
-// exact.attention with the integer cache read directly (int8 or int16 keys, int8 values: at most
+// arithmetic.attention with the integer cache read directly (int8 or int16 keys, int8 values: at most
 // a quarter of float32's memory traffic, which bounds a decoding step): q [B, Q, D] integers,
 // q_scale [B, Q, 1], k [B, T, D] Key, k_scale [B, 1, T], v [B, T, D] int8, v_scale [B, 1, T]
 // (B may be strided: rows of a larger cache), positions [Q], window and sinks as in

@@ -1,4 +1,4 @@
-"""The Gemma 3 architecture (gemma3-270m) as an exact predictor, in the operations of `exact.py`.
+"""The Gemma 3 architecture (gemma3-270m) as an exact predictor, in the operations of `arithmetic.py`.
 
 Gemma differs from Llama in ways that decide where rotations can go:
 
@@ -29,8 +29,9 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from . import exact, versions
-from .exact import ExactLinear, attention, hadamard, quantize, quantize_normed, quantize_rotated, rotary_quantize
+from .. import versions
+from . import arithmetic
+from .arithmetic import ExactLinear, attention, hadamard, quantize, quantize_normed, quantize_rotated, rotary_quantize
 from .kvcache import KVCache
 from .prepared import DecoderConfig, PreparedModel, Projections, decoder_fields
 
@@ -52,12 +53,12 @@ class Gemma3Config(DecoderConfig):
     @property
     def qk_levels(self) -> int:
         """The most integer levels of queries and keys whose dot products stay below 2**24."""
-        return min(511, math.isqrt((exact.EXACT_SUM - 1) // self.head_dim))
+        return min(511, math.isqrt((arithmetic.EXACT_SUM - 1) // self.head_dim))
 
     @property
     def sink_levels(self) -> int:
         """The most levels of sink queries (on the queries' scales) whose dot products with keys stay below 2**24."""
-        return (exact.EXACT_SUM - 1) // (self.head_dim * self.qk_levels)
+        return (arithmetic.EXACT_SUM - 1) // (self.head_dim * self.qk_levels)
 
     @classmethod
     def of(cls, model: PreTrainedModel) -> Gemma3Config | None:
@@ -76,8 +77,8 @@ class Gemma3Config(DecoderConfig):
             and set(c.layer_types) <= set(kinds)
             and all((rope.get(k) or {}).get("rope_type", "default") == "default" for k in kinds)
             and all((rope.get(k) or {}).get("rope_theta") for k in kinds)
-            and c.hidden_size * NORM_LEVELS < exact.EXACT_SUM
-            and c.intermediate_size * NORM_LEVELS < exact.EXACT_SUM
+            and c.hidden_size * NORM_LEVELS < arithmetic.EXACT_SUM
+            and c.intermediate_size * NORM_LEVELS < arithmetic.EXACT_SUM
         )
         sizes = decoder_fields(model, c.head_dim) if plain else None
         if sizes is None:
@@ -131,11 +132,11 @@ class ExactGemma3(PreparedModel):
 
         def reads_residual(weight: Tensor) -> Tensor:
             """A projection made to read its input rotated online (by H, not H / sqrt(n))."""
-            return exact.rotate_weights(weight, 1 / c.hidden)
+            return arithmetic.rotate_weights(weight, 1 / c.hidden)
 
         def per_head(weight: Tensor, heads: int) -> Tensor:
             parts = weight.reshape(*weight.shape[:-1], heads, c.head_dim)
-            return exact.rotate_weights(parts, 1 / math.sqrt(c.head_dim)).reshape(weight.shape)
+            return arithmetic.rotate_weights(parts, 1 / math.sqrt(c.head_dim)).reshape(weight.shape)
 
         def gain(name: str) -> Tensor:
             return (1 + w[name]).float()
@@ -147,7 +148,7 @@ class ExactGemma3(PreparedModel):
             values = per_head(w[attn + "v_proj.weight"].T, c.kv_heads).T
             qkv = torch.cat([w[attn + "q_proj.weight"], w[attn + "k_proj.weight"], values])
             gate_up = torch.cat([w[mlp + "gate_proj.weight"], w[mlp + "up_proj.weight"]])
-            down = exact.rotate_weights(w[mlp + "down_proj.weight"], 1 / c.intermediate)
+            down = arithmetic.rotate_weights(w[mlp + "down_proj.weight"], 1 / c.intermediate)
             blocks.append(
                 Block(
                     qkv=ExactLinear.of(reads_residual(qkv)),
@@ -184,7 +185,7 @@ class ExactGemma3(PreparedModel):
     ) -> KVCache:
         if not self.tables or self.tables[0][0].shape[0] < positions:
             self.tables = [
-                tuple(t.to(self.device) for t in exact.rotary_table(positions, self.config.head_dim, theta))
+                tuple(t.to(self.device) for t in arithmetic.rotary_table(positions, self.config.head_dim, theta))
                 for theta in self.config.rope_theta
             ]
         key_levels = self.key_levels(self.config, forward)
@@ -211,7 +212,7 @@ class ExactGemma3(PreparedModel):
             return quantize_rotated(x, NORM_LEVELS)
         q, factor = quantize_normed(x, self.config.rms_eps, NORM_LEVELS)
         q, scale = quantize(q * gain, NORM_LEVELS)
-        r, r_scale = quantize(hadamard(q), exact.ACTIVATION_LEVELS)
+        r, r_scale = quantize(hadamard(q), arithmetic.ACTIVATION_LEVELS)
         return r, r_scale * (scale * factor)
 
     def _head_norm(
@@ -246,7 +247,7 @@ class ExactGemma3(PreparedModel):
         attended = [(slots.repeat(groups), window, sinks) for slots, window, sinks in attended]
         pinned = cache.sink_positions(start, length)
         sink_tables = [None if pinned is None else (cos[pinned, None], sin[pinned, None]) for cos, sin in self.tables]
-        key_scale = exact.LOG2E * c.query_scale  # scores in log2 units
+        key_scale = arithmetic.LOG2E * c.query_scale  # scores in log2 units
         for i, block in enumerate(self.blocks):
             cos, sin = tables[c.sliding[i]]
             h, h_scale = self._read(x, block.input_gain)
@@ -264,11 +265,11 @@ class ExactGemma3(PreparedModel):
                 sink_q = sink_q.reshape(q.shape)
             o = attention(q, q_scale, *cache.read(i, end), *attended[c.sliding[i]], sink_q)
             o = o.view(rows, c.heads, length, c.head_dim).transpose(1, 2)
-            o, o_scale = quantize(o.reshape(rows, length, c.heads * c.head_dim), exact.ACTIVATION_LEVELS)
+            o, o_scale = quantize(o.reshape(rows, length, c.heads * c.head_dim), arithmetic.ACTIVATION_LEVELS)
             x = x + self._normed(block.out(o, o_scale), block.attention_gain)
             h, h_scale = self._read(x, block.mlp_input_gain)
             gate, up = block.gate_up(h, h_scale).chunk(2, dim=-1)
-            a, a_scale = self._read(exact.gelu_tanh_mul(gate, up), None)
+            a, a_scale = self._read(arithmetic.gelu_tanh_mul(gate, up), None)
             x = x + self._normed(block.down(a, a_scale), block.mlp_gain)
         h, h_scale = self._read(x, self.final_gain)
         return self.head(h, h_scale)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .side import fixed_totals  # the model's weights (at most 1) as integers floor(w * 2**32), summed
+from .match import fixed_totals  # the model's weights (at most 1) as integers floor(w * 2**32), summed
 
 ORDERS = (1, 2, 3, 4)  # context lengths in tokens (simulated on enwik5: 5 and 6 add 0.02%)
 WEIGHT_BITS = 16  # each order's weights are integers summing to 2**16

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from .steering import TrainOptions, random_vectors
-from .tokenization import ByteTokenizer
+from ..tokenization import ByteTokenizer
+from .soft_prompt import TrainOptions, random_vectors
 
 
 def embedding_scale(model: PreTrainedModel) -> float:

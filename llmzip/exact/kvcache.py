@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .exact import NO_WINDOW
+from .arithmetic import NO_WINDOW
 from .prepared import DecoderConfig
 
 SLACK = 256  # positions written between two slides: at least the longest write, a teacher-forced block
@@ -115,7 +115,7 @@ class KVCache:
 
     def attended(self, start: int, length: int, layer_window: int | None = None) -> tuple[Tensor, int, int]:
         """For queries at positions start..start+length-1: their slots (int64 [length]), and the
-        window and sinks `exact.attention` takes (a layer with its own, shorter window has no sinks)."""
+        window and sinks `arithmetic.attention` takes (a layer with its own, shorter window has no sinks)."""
         first = self.slot(start)
         slots = torch.arange(first, first + length, device=self.keys.device)
         window = self.window or NO_WINDOW
