@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from llmzip.exact import arithmetic
+from llmzip.exact import arithmetic, build
 
 
 @pytest.fixture
@@ -25,8 +25,8 @@ def test_kernels_build_here():
 
 def test_a_build_killed_midway_does_not_hang_the_next_process():
     """A killed build leaves torch's lock file behind, on which torch's loader waits forever."""
-    (arithmetic.kernels_directory() / "lock").touch()
-    code = "from llmzip import exact; assert arithmetic.kernels() is not None"
+    (build.build_directory(arithmetic.KERNEL_DEFINES) / "lock").touch()
+    code = "from llmzip.exact import arithmetic; assert arithmetic.kernels() is not None"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
 
 

@@ -20,18 +20,14 @@ The model code (`llama.py`, `gemma3.py`) is written in these terms and nothing e
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
-import platform
 from decimal import Decimal, localcontext
 from functools import cache
-from pathlib import Path
 from types import ModuleType
 
 import torch
 
-from ..aliases import cache_dir
+from . import build
 
 EXACT_SUM = 2**24  # float32 represents every integer up to this
 ACTIVATION_LEVELS = 127  # linear inputs are quantized per row to integers in [-127, 127]
@@ -145,61 +141,15 @@ class ExactLinear:
         return acc * self.scale * row_scale
 
 
-KERNELS_SOURCE = Path(__file__).with_name("kernels.cpp")
-
-
-KERNELS_CFLAGS = (
-    "-fopenmp",  # at::parallel_for is OpenMP in torch's headers: without it, one thread
-    "-O3",
-    "-march=native",
-    "-ffp-contract=off",
-    "-fno-trapping-math",
-    "-DLLMZIP_EXP2_POLY=" + ",".join(f"{float.hex(c)}f" for c in EXP2_POLY),
-)
-
-
-def kernels_directory() -> Path:
-    """Where the kernels are built: one directory per source, flags, torch version and CPU, so
-    that two llmzip versions do not rebuild over each other, and `-march=native` code built on
-    another CPU (a home directory shared by a cluster's nodes) is never loaded here."""
-    cpuinfo = Path("/proc/cpuinfo")
-    cpu = cpuinfo.read_text() if cpuinfo.exists() else platform.processor()
-    cpu = next((line for line in cpu.splitlines() if line.startswith("flags")), cpu)
-    build = hashlib.sha256(KERNELS_SOURCE.read_bytes())
-    for part in (*KERNELS_CFLAGS, cpu):
-        build.update(part.encode() + b"\0")
-    return cache_dir() / "kernels" / f"torch-{torch.__version__}-{build.hexdigest()[:16]}"
+KERNEL_DEFINES = {"LLMZIP_EXP2_POLY": ",".join(f"{float.hex(c)}f" for c in EXP2_POLY)}  # the polynomial, exactly
 
 
 @cache
 def kernels() -> ModuleType | None:
-    """The fused CPU kernels of kernels.cpp, compiled on first use (about a minute, then cached
-    in `kernels_directory()`), or None where they cannot be built (no compiler, no ninja) or
-    LLMZIP_KERNELS=0: then the torch code below runs, with the same results."""
-    if os.environ.get("LLMZIP_KERNELS") == "0":
-        return None
-    try:
-        import fcntl
-
-        from torch.utils import cpp_extension
-
-        build = kernels_directory()
-        build.mkdir(parents=True, exist_ok=True)
-        with open(build / "llmzip.lock", "w") as lock:
-            # torch's own lock is a file that a build killed midway leaves behind, and every later
-            # load then waits on it forever; an flock dies with its process. Under it, torch's
-            # lock file can only be such a leftover.
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            (build / "lock").unlink(missing_ok=True)
-            return cpp_extension.load(
-                name="llmzip_kernels",
-                sources=[str(KERNELS_SOURCE)],
-                extra_cflags=list(KERNELS_CFLAGS),
-                extra_ldflags=["-fopenmp"],  # torch's own libgomp, already loaded under that name
-                build_directory=str(build),
-            )
-    except Exception:  # a missing compiler or ninja shows up as many exception types
-        return None
+    """The fused CPU kernels (csrc/: the same bits as the torch code here, in one pass over
+    memory), compiled on first use (about a minute, then cached: build.py), or None where they
+    cannot be built or LLMZIP_KERNELS=0: then the torch code here runs, with the same results."""
+    return build.load(KERNEL_DEFINES)
 
 
 def _fused(*tensors: torch.Tensor) -> ModuleType | None:

@@ -51,7 +51,7 @@ class AdaptiveBias:
     """One batch's bias over the alphabet, shared by its chunks as the decoder steps them in
     lockstep: `apply` turns a step's rows of model weights into the weights the coder uses,
     `learn` takes the tokens coded at that step, so every row of a step sees the bias of the
-    steps before. kernels.cpp computes `apply` and its rows' share of learning in one pass per
+    steps before. exact/csrc/side.cpp computes `apply` and its rows' share of learning in one pass per
     row; the numpy code here is the definition and the fallback."""
 
     def __init__(self, alphabet_size: int) -> None:

@@ -40,7 +40,7 @@ def fixed_totals(weights: np.ndarray, rows: np.ndarray, out: np.ndarray | None =
     """sum_i floor(w_i * 2**32) of each of weights[rows] (float64 rows of weights at most 1), as
     int64, the floors written to out[rows] where given. Scaling by a power of two and floor are
     exact, and the floored values are integers of at most 2**32 whose sums stay below 2**53, so
-    float64 adds them exactly in any order. kernels.cpp: one pass per row, the numpy code here
+    float64 adds them exactly in any order. exact/csrc/side.cpp: one pass per row, the numpy code here
     is the definition and the fallback."""
     totals = np.empty(len(rows), dtype=np.int64)
     if fused := kernels():
