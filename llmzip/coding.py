@@ -8,13 +8,11 @@ predictor's encoder must run the decoder's lockstep computation itself (`_lockst
 both directions).
 
 With side models (`side/`, exact predictors only) a batch also has one stream of flags (was
-the guess right?) in the decoder's lockstep order, the order the adaptive map learns in; the
-batch's first coded chunk carries it before its tokens (varint byte count, then the flags). The
-encoder takes the guesses from the tokens first, codes each chunk's tokens teacher-forced, and
-then the flags. One flag stream per batch, not per chunk: a stream's last word is overhead.
-From side models version 3 an adaptive bias (`side/bias.py`) corrects the model's weights first,
-learning from each step's rows: what the encoder's lockstep forward is for; from version 4 token
-n-grams (`side/ngrams.py`) are mixed in next, learning the same way.
+the match model's guess right?) in the decoder's lockstep order; the batch's first coded chunk
+carries it before its tokens (varint byte count, then the flags). One flag stream per batch, not
+per chunk: a stream's last word is overhead. Both directions step the side models through the
+same calls in the same order (`side/stage.py`): the encoder over each teacher-forced block's
+positions before it codes their tokens, the decoder at each step.
 """
 
 from __future__ import annotations
@@ -22,6 +20,7 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Callable
+from typing import TypeVar
 
 import constriction
 import numpy as np
@@ -30,8 +29,7 @@ from .container import Reader, varint
 from .errors import CorruptArchiveError
 from .predictor import ExactPredictor, Predictor
 from .side import match
-from .side.bias import AdaptiveBias
-from .side.ngrams import NgramMixer
+from .side.stage import SideModels
 from .tokenization import TokenRoles
 
 # Fast quantization: every symbol gets at least the smallest representable probability.
@@ -60,6 +58,7 @@ def _load_numpy_api() -> None:
 _load_numpy_api()
 
 Progress = Callable[[np.ndarray], None]  # called with the symbols coded at each step
+T = TypeVar("T")
 
 
 def _lockstep(
@@ -115,24 +114,12 @@ def _runs(mask: np.ndarray) -> list[slice]:
 
 
 def _encode_span(
-    encoder: constriction.stream.queue.RangeEncoder,
-    probs: np.ndarray,
-    symbols: np.ndarray,
-    guess: np.ndarray | None,
-    guess_probs: np.ndarray | None,
+    encoder: constriction.stream.queue.RangeEncoder, probs: np.ndarray, symbols: np.ndarray, guessed: np.ndarray | None
 ) -> float:
-    """Code a run of one chunk's positions; return its ideal bits. With the match model's
-    guesses, a right guess codes no token and a wrong one codes it without the guess; the
-    model's probability of each guess goes to `guess_probs` (match.guess_probabilities)."""
-    coded = [slice(0, len(probs))]
-    if guess is not None and guess_probs is not None:
-        has = np.flatnonzero(guess >= 0)
-        guess_probs[has] = match.guess_probabilities(probs, has, guess[has])
-        wrong = has[guess[has] != symbols[has]]
-        probs[wrong, guess[wrong]] = 0.0  # the predictor's buffer, rewritten by its next block
-        coded = _runs(guess != symbols)
+    """Code a run of one chunk's positions; return its ideal bits. Positions `guessed` right by
+    the match model are coded by their flag alone (SideModels.flag)."""
     bits = 0.0
-    for run in coded:
+    for run in [slice(0, len(probs))] if guessed is None else _runs(~guessed):
         encoder.encode(symbols[run].astype(np.int32), CODER_MODEL, probs[run])
         bits += ideal_bits(probs[run], symbols[run])
     return bits
@@ -143,49 +130,59 @@ def _encode_forced(
     chunks: list[np.ndarray],
     roles: TokenRoles,
     progress: Progress | None,
-    guessed: list[np.ndarray | None],
-    head: AdaptiveBias | None,
-    mixed: bool,
-) -> tuple[list[bytes], float, list[np.ndarray | None]]:
+    side_models: int,
+) -> tuple[list[bytes], bytes, float]:
     """The chunks coded from teacher-forced probabilities, all in lockstep as the decoder steps
-    them, many positions per forward; an adaptive bias (and, if `mixed`, token n-grams) learns
-    from each step's rows in the decoder's order. Returns each chunk's coded tokens, the ideal
-    bits, and the model's probability of each guess (where `guessed`)."""
+    them, many positions per forward; with side models, they step through each block's positions
+    in the decoder's order before its tokens are coded. Returns each chunk's coded tokens, the
+    batch's flags and the ideal bits."""
     live = [r for r, c in enumerate(chunks) if len(c)]  # an empty chunk's row stays idle
     encoders = [constriction.stream.queue.RangeEncoder() for _ in chunks]
-    guess_probs = [None if g is None else np.zeros(len(g), dtype=np.int64) for g in guessed]
-    if not live:
-        return [b""] * len(chunks), 0.0, guess_probs
-    lengths = np.array([len(chunks[r]) for r in live], dtype=np.int64)
-    inputs = np.full((len(live), int(lengths.max())), roles.start_id, dtype=np.int64)
-    targets = np.full_like(inputs, -1)  # each row's token at each step, -1 past its end
-    for k, r in enumerate(live):
-        inputs[k, 1 : lengths[k]] = roles.model_inputs(chunks[r][:-1])
-        targets[k, : lengths[k]] = chunks[r]
-    mixer = NgramMixer([chunks[r] for r in live]) if mixed else None
+    side = SideModels(side_models, predictor.alphabet_size, [chunks[r] for r in live]) if side_models else None
+    guessed = [np.zeros(len(chunks[r]), dtype=bool) for r in live]  # positions guessed right
+    flags: list[int] = []
+    flag_probs: list[int] = []  # P(right) of each flag, over 2**16
     bits = 0.0
-    predictor.start(len(live), inputs.shape[1], lengths)
-    first = 0
-    for probs in predictor.forced(inputs, roles.model_inputs(targets)):
-        if head is not None:
-            for t in range(first, first + probs.shape[1]):
-                step, active = probs[:, t - first], np.flatnonzero(lengths > t)
-                head.apply(step, lengths > t)
-                mixture = mixer.mix(t, active, step) if mixer else {}
-                head.learn(targets[active, t])
-                if mixer:
-                    mixer.learn(t, active, mixture)
-        coded = []
+    if live:
+        lengths = np.array([len(chunks[r]) for r in live], dtype=np.int64)
+        inputs = np.full((len(live), int(lengths.max())), roles.start_id, dtype=np.int64)
+        targets = np.full_like(inputs, -1)  # each row's token at each step, -1 past its end
         for k, r in enumerate(live):
-            span = slice(first, min(first + probs.shape[1], int(lengths[k])))
-            if span.start < span.stop:
-                guess, out = (None, None) if guessed[r] is None else (guessed[r][span], guess_probs[r][span])
-                bits += _encode_span(encoders[r], probs[k, : span.stop - span.start], chunks[r][span], guess, out)
-                coded.append(chunks[r][span])
-        first += probs.shape[1]
-        if progress and coded:
-            progress(np.concatenate(coded))
-    return [_words(e) if len(c) else b"" for e, c in zip(encoders, chunks, strict=True)], bits, guess_probs
+            inputs[k, 1 : lengths[k]] = roles.model_inputs(chunks[r][:-1])
+            targets[k, : lengths[k]] = chunks[r]
+        predictor.start(len(live), inputs.shape[1], lengths)
+        first = 0
+        for probs in predictor.forced(inputs, roles.model_inputs(targets)):
+            for t in range(first, first + probs.shape[1]) if side else ():
+                step, active = probs[:, t - first], np.flatnonzero(lengths > t)
+                for guess in side.weigh(t, active, step):
+                    right = bool(guess.token == targets[guess.row, t])
+
+                    def record(p: int, right: bool = right) -> bool:
+                        flags.append(int(right))
+                        flag_probs.append(p)
+                        return right
+
+                    guessed[guess.row][t] = side.flag(guess, step, record)
+                side.learn(t, active, targets[active, t])
+            coded = []
+            for k, r in enumerate(live):
+                span = slice(first, min(first + probs.shape[1], int(lengths[k])))
+                if span.start < span.stop:
+                    right = guessed[k][span] if side else None
+                    bits += _encode_span(encoders[r], probs[k, : span.stop - span.start], chunks[r][span], right)
+                    coded.append(chunks[r][span])
+            first += probs.shape[1]
+            if progress and coded:
+                progress(np.concatenate(coded))
+    flag_encoder = constriction.stream.queue.RangeEncoder()
+    if flags:
+        flag_encoder.encode(np.array(flags, dtype=np.int32), CODER_MODEL, _flag_probs(flag_probs))
+        right = np.array(flags, dtype=bool)
+        p = np.array(flag_probs, dtype=np.float64)
+        bits -= float(np.log2(np.where(right, p, match.ONE - p) / match.ONE).sum())
+    tokens = [_words(e) if len(c) else b"" for e, c in zip(encoders, chunks, strict=True)]
+    return tokens, _words(flag_encoder) if side else b"", bits
 
 
 def _flag_probs(p: list[int]) -> np.ndarray:
@@ -194,57 +191,19 @@ def _flag_probs(p: list[int]) -> np.ndarray:
     return np.stack([match.ONE - right, right], 1)
 
 
-def _encode_flags(
-    adaptive: match.AdaptiveMap,
-    chunks: list[np.ndarray],
-    guessed: list[np.ndarray],
-    match_lengths: list[np.ndarray],
-    guess_probs: list[np.ndarray],
-) -> tuple[bytes, float]:
-    """The batch's flags in the decoder's lockstep order, with the map learning along."""
-    flags: list[int] = []
-    probs: list[int] = []
-    bits = 0.0
-    lengths = np.array([len(c) for c in chunks], dtype=np.int64)
-    for t in range(int(lengths.max(initial=0))):
-        for row in np.flatnonzero(lengths > t):
-            if guessed[row][t] < 0:
-                continue
-            p, where = adaptive.predict(int(match_lengths[row][t]), int(guess_probs[row][t]))
-            right = bool(guessed[row][t] == chunks[row][t])
-            adaptive.update(where, right)
-            flags.append(int(right))
-            probs.append(p)
-            bits -= np.log2((p if right else match.ONE - p) / match.ONE)
-    encoder = constriction.stream.queue.RangeEncoder()
-    if flags:
-        encoder.encode(np.array(flags, dtype=np.int32), CODER_MODEL, _flag_probs(probs))
-    return _words(encoder), float(bits)
-
-
 def encode_batch(
     predictor: Predictor,
     chunks: list[np.ndarray],
     roles: TokenRoles,
     progress: Progress | None = None,
-    adaptive: match.AdaptiveMap | None = None,
-    biased: bool = False,
-    mixed: bool = False,
+    side_models: int = 0,
 ) -> tuple[list[bytes], bytes, float]:
     """Code each chunk (an empty chunk leaves its row idle); return each chunk's coded tokens,
     the batch's flags and the ideal code length, sum of -log2 p over the coded tokens and
-    flags, in bits. With an adaptive map (exact predictors) the side models code along, the
-    map learns, and `carry_flags` then puts the flags where the decoder reads them; without,
-    the flags are empty. `biased`: with the batch's adaptive bias, `mixed`: and its token n-grams
-    (exact predictors)."""
+    flags, in bits. With side models (their version: exact predictors only) `carry_flags` then
+    puts the flags where the decoder reads them; without, the flags are empty."""
     if predictor.exact:
-        guessed, match_lengths = match.guesses(chunks) if adaptive else ([None] * len(chunks), None)
-        head = AdaptiveBias(predictor.alphabet_size) if biased else None
-        tokens, bits, guess_probs = _encode_forced(predictor, chunks, roles, progress, guessed, head, mixed)
-        if adaptive is None:
-            return tokens, b"", bits
-        flags, flag_bits = _encode_flags(adaptive, chunks, guessed, match_lengths, guess_probs)
-        return tokens, flags, bits + flag_bits
+        return _encode_forced(predictor, chunks, roles, progress, side_models)
     encoders = [constriction.stream.queue.RangeEncoder() for _ in chunks]
     bits = 0.0
 
@@ -290,55 +249,40 @@ def decode_batch(
     lengths: list[int],
     roles: TokenRoles,
     progress: Progress | None = None,
-    adaptive: match.AdaptiveMap | None = None,
-    biased: bool = False,
-    mixed: bool = False,
+    side_models: int = 0,
 ) -> list[np.ndarray]:
-    """Decode `lengths[i]` tokens from each payload (length 0 leaves the row idle); with an
-    adaptive map, as the side models coded them (the map learns along); `biased`: with the
-    batch's adaptive bias, `mixed`: and its token n-grams."""
+    """Decode `lengths[i]` tokens from each payload (length 0 leaves the row idle), with the
+    side models of version `side_models` (0: none) as the encoder coded them."""
     payloads, flags = list(payloads), b""
-    if adaptive and (carrier := _carrier(lengths)) is not None:
+    if side_models and (carrier := _carrier(lengths)) is not None:
         flags, payloads[carrier] = _split(payloads[carrier])
     flag_decoder = _decoder(flags)
     decoders = [_decoder(words) for words in payloads]
     tokens = [np.zeros(n, dtype=np.int64) for n in lengths]
-    matches = match.MatchModel(tokens)
-    head = AdaptiveBias(predictor.alphabet_size) if biased else None
-    mixer = NgramMixer(tokens) if mixed else None
+    side = SideModels(side_models, predictor.alphabet_size, tokens) if side_models else None
+
+    def read_flag(p: int) -> bool:
+        return _checked(lambda: flag_decoder.decode(CODER_MODEL, _flag_probs([p]))[0] == 1)
 
     def code_step(t: int, active: np.ndarray, probs: np.ndarray) -> np.ndarray:
-        if head:
-            learning = np.zeros(len(probs), dtype=bool)
-            learning[active] = True
-            head.apply(probs, learning)
-        mixture = mixer.mix(t, active, probs) if mixer else {}
-        guesses = {r: g for r in active if adaptive and (g := matches.guess(r, t)) is not None}
-        rows = np.array(list(guesses), dtype=np.int64)
-        chances = match.guess_probabilities(probs, rows, np.array([g for g, _ in guesses.values()], np.int64))
+        known = {g.row: g.token for g in side.weigh(t, active, probs) if side.flag(g, probs, read_flag)} if side else {}
         for r in active:
-            try:
-                if r in guesses:
-                    guess, length = guesses[r]
-                    p, where = adaptive.predict(length, int(chances[np.searchsorted(rows, r)]))
-                    right = flag_decoder.decode(CODER_MODEL, _flag_probs([p]))[0] == 1
-                    adaptive.update(where, right)
-                    if right:
-                        tokens[r][t] = guess
-                        continue
-                    probs[r, guess] = 0.0  # the predictor's buffer, rewritten by its next step
-                tokens[r][t] = decoders[r].decode(CODER_MODEL, probs[r : r + 1])[0]
-            except (ValueError, RuntimeError, AssertionError) as e:
-                raise CorruptArchiveError(f"coded chunk cannot be decoded: {e}") from e
-        coded = np.full(len(probs), -1, dtype=np.int64)  # idle rows: -1
-        coded[active] = [tokens[r][t] for r in active]
-        if head:
-            head.learn(coded[active])
-        if mixer:
-            mixer.learn(t, active, mixture)
-        if adaptive:
-            matches.advance(t, active)
-        return coded[active]
+            if r in known:
+                tokens[r][t] = known[r]
+            else:
+                tokens[r][t] = _checked(lambda r=r: decoders[r].decode(CODER_MODEL, probs[r : r + 1])[0])
+        coded = np.array([tokens[r][t] for r in active], dtype=np.int64)
+        if side:
+            side.learn(t, active, coded)
+        return coded
 
     _lockstep(predictor, _row_lengths(predictor, list(lengths)), roles, code_step, progress)
     return tokens
+
+
+def _checked(read: Callable[[], T]) -> T:
+    """A range decoder's read, its failures on damaged data as CorruptArchiveError."""
+    try:
+        return read()
+    except (ValueError, RuntimeError, AssertionError) as e:
+        raise CorruptArchiveError(f"coded chunk cannot be decoded: {e}") from e

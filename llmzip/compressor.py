@@ -45,7 +45,6 @@ from .predictor import (
     forward_name,
     has_exact,
 )
-from .side import match
 from .steering import hyperprior, training
 from .steering.soft_prompt import Steering, TrainOptions, parse_spec
 from .tokenization import ByteTokenizer
@@ -87,11 +86,6 @@ class Plan:
     window: int | None
     side_models: int  # versions.SIDE_MODELS coded with; 0: none
     learning: int  # versions.LEARNING the weights learn by as they code; 0: they do not
-
-    @property
-    def ngrams(self) -> bool:
-        """Side models that mix token n-grams in (version 4 on)."""
-        return self.side_models >= versions.NGRAMS_FROM
 
 
 Job = tuple[list[bytes], list[ChunkEntry]]  # a batch to decode: stored payloads and their entries
@@ -480,17 +474,14 @@ class Compressor:
         with torch_threads(self.threads):
             while True:
                 rows = [np.empty(0, np.int64) if r else c for c, r in zip(batch, raw, strict=True)]
-                adaptive = match.AdaptiveMap() if plan.side_models else None
-                coded, flags, ideal_bits = encode_batch(
-                    predictor, rows, tokenizer.roles, on_symbols, adaptive, adaptive is not None, plan.ngrams
-                )
+                coded, flags, ideal_bits = encode_batch(predictor, rows, tokenizer.roles, on_symbols, plan.side_models)
                 on_symbols = None  # progress counts each byte once
                 grown = [i for i, p in enumerate(coded) if not raw[i] and len(p) >= sizes[i]]
                 for i in grown:
                     raw[i] = True
-                if not grown or (predictor.exact and adaptive is None) or all(raw):
+                if not grown or (predictor.exact and not plan.side_models) or all(raw):
                     break
-        if adaptive is not None:
+        if plan.side_models:
             coded = carry_flags(coded, flags, [0 if r else len(c) for c, r in zip(batch, raw, strict=True)])
         return CodedBatch([None if r else p for p, r in zip(coded, raw, strict=True)], 0.0 if all(raw) else ideal_bits)
 
@@ -571,11 +562,8 @@ class Compressor:
         """One batch's chunks as they decode (raw ones as stored), not yet checked against their CRCs."""
         predictor = self._predictor(plan)
         coded = [b"" if e.raw else p for e, p in zip(entries, stored, strict=True)]
-        adaptive = match.AdaptiveMap() if plan.side_models else None
-        roles = self.model.tokenizer.roles
         lengths = [e.tokens for e in entries]
-        biased = adaptive is not None
-        tokens = decode_batch(predictor, coded, lengths, roles, on_symbols, adaptive, biased, plan.ngrams)
+        tokens = decode_batch(predictor, coded, lengths, self.model.tokenizer.roles, on_symbols, plan.side_models)
         return [p if e.raw else self.model.tokenizer.decode(t) for e, p, t in zip(entries, stored, tokens, strict=True)]
 
     def decompress(self, archive: bytes, progress: ByteProgress | None = None) -> bytes:

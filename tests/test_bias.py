@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from llmzip.coding import decode_batch, encode_batch
+from llmzip.coding import carry_flags, decode_batch, encode_batch
 from llmzip.predictor import ExactPredictor
 from llmzip.side import bias
 
@@ -63,16 +63,18 @@ def test_the_kernels_give_the_numpy_codes_bits():
     assert fused.bias.max() == high and fused.bias.min() == low
 
 
-def test_the_bias_saves_bits_on_repeated_text_and_decodes(tiny, exact_tiny):
+def test_side_models_save_bits_on_repeated_text_and_decode(tiny, exact_tiny):
     """Tokens the tiny random model does not expect, used again and again by three chunks: the
-    batch's bias learns them from every row, and the decoder recovers the tokens."""
+    batch's side models of version 3 (bias, match model and map) learn them from every row, and
+    the decoder recovers the tokens."""
     tokenizer = tiny.tokenizer
     chunks = [tokenizer.encode(b"zq xj zq xj " * (8 + k)) for k in range(3)]
     costs = {}
-    for biased in (False, True):
+    for version in (0, 3):
         encoder = ExactPredictor(exact_tiny, tokenizer.alphabet_size)
-        payloads, _, costs[biased] = encode_batch(encoder, chunks, tokenizer.roles, biased=biased)
+        payloads, flags, costs[version] = encode_batch(encoder, chunks, tokenizer.roles, side_models=version)
         decoder = ExactPredictor(exact_tiny, tokenizer.alphabet_size)
-        decoded = decode_batch(decoder, payloads, [len(c) for c in chunks], tokenizer.roles, biased=biased)
+        payloads = carry_flags(payloads, flags, [len(c) for c in chunks]) if version else payloads
+        decoded = decode_batch(decoder, payloads, [len(c) for c in chunks], tokenizer.roles, side_models=version)
         assert [list(d) for d in decoded] == [list(c) for c in chunks]
-    assert costs[True] < 0.7 * costs[False]
+    assert costs[3] < 0.7 * costs[0]

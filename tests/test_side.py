@@ -61,9 +61,24 @@ def test_the_kernel_gives_the_numpy_totals_and_floors(monkeypatch):
     assert totals[0] == sum(int(Fraction(w) * 2**32) for w in weights[4, 1]) and floors[1, 0] == -1.0
 
 
+def guesses(tokens: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The match model's guess (-1: none) and match length at every position, stepping the
+    rows in lockstep as the coder does."""
+    model = match.MatchModel(tokens)
+    guessed = [np.full(len(row), -1) for row in tokens]
+    lengths = [np.zeros(len(row), dtype=np.int64) for row in tokens]
+    for t in range(max(map(len, tokens))):
+        active = np.array([r for r, row in enumerate(tokens) if len(row) > t])
+        for r in active:
+            if (guess := model.guess(r, t)) is not None:
+                guessed[r][t], lengths[r][t] = guess
+        model.advance(t, active)
+    return guessed, lengths
+
+
 def test_a_match_guesses_what_followed_its_context():
     tokens = [np.array([5, 6, 7, 8, 1, 5, 6, 7, 8, 2])]
-    guessed, lengths = match.guesses(tokens)
+    guessed, lengths = guesses(tokens)
     assert list(guessed[0][:8]) == [-1] * 8  # 5 6 7 seen once: the guess comes at position 8
     assert (guessed[0][8], lengths[0][8]) == (8, 1) and (guessed[0][9], lengths[0][9]) == (1, 2)
 
@@ -72,7 +87,7 @@ def test_rows_guess_from_each_other_but_only_what_is_known():
     """Row 1 repeats row 0 two steps behind: it guesses row 0's tokens, which are decoded by then."""
     row0 = np.arange(10, 30)
     tokens = [row0, np.concatenate([[1, 2], row0[:18]])]
-    guessed, _ = match.guesses(tokens)
+    guessed, _ = guesses(tokens)
     known = np.flatnonzero(guessed[1] >= 0)
     assert len(known) > 10 and np.array_equal(guessed[1][known], tokens[1][known])
 

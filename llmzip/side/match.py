@@ -145,20 +145,3 @@ class MatchModel:
                 if self.match[row] is None and (found := self.index.get(key)) is not None:
                     self.match[row] = (*found, 1)
                 self.index[key] = (row, t + 1)
-
-
-def guesses(chunks: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """The match model's guess (-1: none) and match length at every position, as the decoder will
-    see them stepping these chunks in lockstep: the encoder knows them before coding (they
-    depend on the tokens alone)."""
-    model = MatchModel(chunks)
-    lengths = np.array([len(c) for c in chunks], dtype=np.int64)
-    guessed = [np.full(len(c), -1, dtype=np.int64) for c in chunks]
-    match_lengths = [np.zeros(len(c), dtype=np.int64) for c in chunks]
-    for t in range(int(lengths.max(initial=0))):
-        active = np.flatnonzero(lengths > t)
-        for row in active:
-            if (guess := model.guess(row, t)) is not None:
-                guessed[row][t], match_lengths[row][t] = guess
-        model.advance(t, active)
-    return guessed, match_lengths
