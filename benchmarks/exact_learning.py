@@ -24,8 +24,8 @@ from llmzip import learning, load_model
 from llmzip.aliases import DEFAULT_MODEL
 from llmzip.exact.arithmetic import softmax_weights
 from llmzip.exact.llama import Tape
+from llmzip.levels import SINK_TOKENS
 from llmzip.models import exact_model
-from llmzip.predictor import SINK_TOKENS
 
 
 def code_length(model, ids: torch.Tensor, window: int, learner: learning.Learner | None) -> float:

@@ -27,8 +27,9 @@ from common import load_input, machine, markdown_table, round_trip, save
 from llmzip import Compressor, load_model
 from llmzip.aliases import DEFAULT_MODEL
 from llmzip.container import EXACT, PRECISIONS
+from llmzip.exact.architectures import exact_architecture
 from llmzip.levels import FASTEST, LEVELS
-from llmzip.predictor import FloatPredictor, exact_architecture
+from llmzip.predictor import FloatPredictor
 
 COLUMNS = ["precision", "bits_per_byte", "vs_fp32", "compress_bytes_per_s", "decompress_bytes_per_s",
            "peak_rss_mb", "weight_mb"]  # fmt: skip

@@ -29,8 +29,8 @@ from transformers import DynamicCache
 
 from llmzip import Compressor, container, load_model
 from llmzip.aliases import DEFAULT_MODEL
+from llmzip.batches import torch_threads
 from llmzip.chunking import DEFAULT_BATCH_SIZE
-from llmzip.compressor import torch_threads
 from llmzip.container import EXACT, PRECISIONS
 from llmzip.levels import DEFAULT_LEVEL, FASTEST, LEVELS
 from llmzip.predictor import FloatPredictor, default_precision

@@ -24,7 +24,7 @@ import numpy as np
 from .errors import ClusterError, InvalidOptionError, LlmzipError, WrongModelError
 
 if TYPE_CHECKING:
-    from .compressor import CodedBatch, Compressor, Job, Plan
+    from .batches import BatchCoder, ByteProgress, CodedBatch, Job, Plan
     from .container import ChunkEntry
 
 RESTARTS = 3  # times a dead worker is restarted, and a batch retried, before the run fails
@@ -81,45 +81,45 @@ class Worker:
 
         self.spec, self.threads = spec, threads
         self.board = ray.get_actor(board)  # by name: a handle among the arguments could not restart the actor
-        self.compressor: Compressor | None = None
+        self.coder: BatchCoder | None = None
         self.figures: WorkerFigures | None = None
 
     def load(self) -> WorkerFigures:
-        if self.compressor is None:
+        if self.coder is None:
             import torch
 
-            from .compressor import Compressor
-            from .container import EXACT
+            from .batches import BatchCoder
+            from .models import load_model
 
             started = time.perf_counter()
             torch.set_num_threads(self.threads)
-            compressor = Compressor(self.spec.model, precision=EXACT, device=self.spec.device, threads=self.threads)
+            coder = BatchCoder(load_model(self.spec.model), self.spec.device)
             name = f"{socket.gethostname()}:{os.getpid()}"
-            if compressor.model.fingerprint != self.spec.fingerprint:
+            if coder.model.fingerprint != self.spec.fingerprint:
                 raise WrongModelError(
-                    f"worker {name} loads {self.spec.model!r} with fingerprint {compressor.model.fingerprint.hex()}, "
+                    f"worker {name} loads {self.spec.model!r} with fingerprint {coder.model.fingerprint.hex()}, "
                     f"the driver's has {self.spec.fingerprint.hex()}"
                 )
-            compressor.prepare()
-            self.compressor = compressor
+            coder.prepare()
+            self.coder = coder
             seconds = time.perf_counter() - started
-            self.figures = WorkerFigures(name, str(compressor.device), self.threads, seconds)
+            self.figures = WorkerFigures(name, str(coder.device), self.threads, seconds)
         assert self.figures is not None
         return self.figures
 
     def encode(self, index: int, plan: Plan, batch: list[np.ndarray]) -> tuple[CodedBatch, int, WorkerFigures]:
-        return self._run(index, lambda c, on_symbols: c.encode_batch(plan, batch, on_symbols))
+        return self._run(index, lambda coder, on_symbols: coder.encode(plan, batch, on_symbols))
 
     def decode(
         self, index: int, plan: Plan, stored: list[bytes], entries: list[ChunkEntry]
     ) -> tuple[list[bytes], int, WorkerFigures]:
-        return self._run(index, lambda c, on_symbols: c.decode_batch(plan, stored, entries, on_symbols))
+        return self._run(index, lambda coder, on_symbols: coder.decode(plan, stored, entries, on_symbols))
 
-    def _run(self, index: int, code: Callable[[Compressor, Callable], Any]) -> tuple[Any, int, WorkerFigures]:
+    def _run(self, index: int, code: Callable[[BatchCoder, Callable], Any]) -> tuple[Any, int, WorkerFigures]:
         """Code one batch, reporting bytes to the board; return the result, its bytes and figures."""
         figures = self.load()
-        assert self.compressor is not None
-        id_nbytes = self.compressor.model.tokenizer.id_nbytes
+        assert self.coder is not None
+        id_nbytes = self.coder.model.tokenizer.id_nbytes
         self.board.advanced.remote(index, 0)  # a retry starts from nothing
         coded, reported = 0, time.perf_counter()
 
@@ -131,7 +131,7 @@ class Worker:
                 reported = time.perf_counter()
 
         started = time.perf_counter()
-        result = code(self.compressor, on_symbols)
+        result = code(self.coder, on_symbols)
         figures.batches += 1
         figures.input_bytes += coded
         figures.seconds += time.perf_counter() - started
@@ -291,24 +291,12 @@ class Cluster:
         self.load_seconds = time.perf_counter() - started
         return self.workers
 
-    def encode(
-        self, spec: WorkerSpec, plan: Plan, batches: Iterable[list[np.ndarray]], progress: Callable[[int], None] | None
-    ) -> Iterator[CodedBatch]:
-        """Each batch's code, in order."""
-        return self._map(spec, "encode", plan, ((batch,) for batch in batches), progress)
+    def batches(self, spec: WorkerSpec) -> RayBatches:
+        """Batches coded on this cluster's workers, which load `spec`."""
+        return RayBatches(self, spec)
 
-    def decode(
-        self,
-        spec: WorkerSpec,
-        plan: Plan,
-        jobs: Iterable[Job],
-        progress: Callable[[int], None] | None,
-    ) -> Iterator[list[bytes]]:
-        """Each batch's decoded chunks (stored payloads and entries in), in order."""
-        return self._map(spec, "decode", plan, jobs, progress)
-
-    def _map(
-        self, spec: WorkerSpec, method: str, plan: Plan, jobs: Iterable[tuple], progress: Callable[[int], None] | None
+    def map(
+        self, spec: WorkerSpec, method: str, plan: Plan, jobs: Iterable[tuple], progress: ByteProgress | None
     ) -> Iterator[Any]:
         """Hand jobs to idle workers, at most twice as many results held as there are workers
         (so neither the input nor the output is held whole), and yield results in order."""
@@ -370,3 +358,21 @@ class Cluster:
             raise ClusterError(f"a worker failed: {type(e.cause).__name__}: {e.cause}") from e
         except ray.exceptions.RayActorError as e:
             raise WorkerDied(f"a worker died: {str(e).splitlines()[0]}") from e
+
+
+@dataclass(frozen=True)
+class RayBatches:
+    """Batches coded on a cluster's workers (as batches.LocalBatches codes them in this process)."""
+
+    cluster: Cluster
+    spec: WorkerSpec
+
+    def encode(
+        self, plan: Plan, batches: Iterable[list[np.ndarray]], progress: ByteProgress | None
+    ) -> Iterator[CodedBatch]:
+        """Each batch's code, in order."""
+        return self.cluster.map(self.spec, "encode", plan, ((batch,) for batch in batches), progress)
+
+    def decode(self, plan: Plan, jobs: Iterable[Job], progress: ByteProgress | None) -> Iterator[list[bytes]]:
+        """Each batch's decoded chunks (stored payloads and entries in), in order."""
+        return self.cluster.map(self.spec, "decode", plan, jobs, progress)

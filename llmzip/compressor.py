@@ -1,5 +1,6 @@
 """Compress and decompress, top to bottom: bytes -> tokens (spooled) -> chunks -> batches of chunks
-coded in lockstep with the model -> payloads (spooled) -> container."""
+coded in lockstep with the model (batches.py, here or on Ray's workers) -> payloads (spooled) ->
+container, and back."""
 
 from __future__ import annotations
 
@@ -10,46 +11,27 @@ import tempfile
 import time
 import warnings
 import zlib
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import closing, contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from dataclasses import dataclass, replace
 from typing import BinaryIO
 
-import numpy as np
 import torch
 
-from . import container, versions
+from . import container, levels, versions
 from .aliases import DEFAULT_MODEL
-from .chunking import DEFAULT_BATCH_SIZE, TokenChunks
-from .cluster import Cluster, WorkerSpec
-from .coding import Progress, carry_flags, decode_batch, encode_batch
-from .container import EXACT, MIN_ROWS, PRECISIONS, ArchiveReader, ChunkEntry, Header
-from .errors import (
-    CorruptArchiveError,
-    DecodeMismatchError,
-    InvalidOptionError,
-    WrongModelError,
-)
-from .exact.learning import Learner
-from .levels import BEST, DEFAULT_LEVEL, FASTEST, LEVELS, MAX_STREAM, Level, chunk_size_for
-from .models import LoadedModel, exact_model, load_model
-from .predictor import (
-    SINK_TOKENS,
-    ExactModel,
-    ExactPredictor,
-    FloatPredictor,
-    Predictor,
-    can_learn,
-    default_precision,
-    exact_architecture,
-    forward_name,
-    has_exact,
-)
+from .batches import BatchCoder, ByteProgress, LocalBatches, Plan, embedding_width, torch_threads
+from .chunking import TokenChunks
+from .cluster import Cluster, RayBatches, WorkerSpec
+from .container import EXACT, ArchiveReader, ChunkEntry, Header
+from .errors import CorruptArchiveError, DecodeMismatchError, InvalidOptionError, WrongModelError
+from .exact.architectures import can_learn, exact_architecture
+from .levels import LEVELS
+from .models import LoadedModel, load_model
+from .options import Options
+from .predictor import default_precision, forward_name
 from .steering import hyperprior, training
-from .steering.soft_prompt import Steering, TrainOptions, parse_spec
-from .tokenization import ByteTokenizer
-
-ByteProgress = Callable[[int], None]  # called with a count of input bytes just processed
+from .steering.soft_prompt import Steering, parse_spec
 
 
 @dataclass
@@ -74,62 +56,13 @@ class CodingStats:
     unsteered_bytes: int | None = None  # archive size without steering, where it was measured (auto)
 
 
-@dataclass(frozen=True)
-class Plan:
-    """What codes every batch of an archive besides the batch's tokens: the same wherever a
-    batch is coded."""
-
-    precision: str
-    forward: str  # the implementation computing the probabilities (forward_name; an archive's step)
-    rows: int  # chunks per batch
-    steering: bytes  # Steering.to_bytes()
-    window: int | None
-    side_models: int  # versions.SIDE_MODELS coded with; 0: none
-    learning: int  # versions.LEARNING the weights learn by as they code; 0: they do not
-
-
-Job = tuple[list[bytes], list[ChunkEntry]]  # a batch to decode: stored payloads and their entries
-
-
-@dataclass
-class CodedBatch:
-    payloads: list[bytes | None]  # per chunk; None: stored raw
-    ideal_bits: float  # sum of -log2 p over the coded tokens and flags
-
-
 class MachineBoundWarning(UserWarning):
     """The archive will open only where the encoder's floats can be reproduced."""
-
-
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-def _is_transformers(step: str) -> bool:
-    return step.startswith("transformers-")
 
 
 def _runtime(model: LoadedModel, precision: str) -> tuple[str, str, str]:
     """What besides the archive's geometry decides a float forward: torch, the CPU's kernels, the forward."""
     return torch.__version__, cpu_capability(), forward_name(model.model, precision)
-
-
-def resolve_device(device: str) -> torch.device:
-    """`auto`: CUDA where torch sees a GPU, else the CPU."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        resolved = torch.device(device)
-        torch.empty(0, device=resolved)
-    except (RuntimeError, AssertionError) as e:
-        raise InvalidOptionError(f"device {device!r} is not usable here: {str(e).splitlines()[0]}") from e
-    return resolved
 
 
 def cpu_capability() -> str:
@@ -144,106 +77,66 @@ class Compressor:
     def __init__(
         self,
         model: str | LoadedModel = DEFAULT_MODEL,
+        options: Options | None = None,
         *,
-        level: int = DEFAULT_LEVEL,
-        chunk_size: int | None = None,
-        window: int | None = None,
-        side_models: bool | None = None,
-        batch_size: int = DEFAULT_BATCH_SIZE,
-        threads: int | None = None,
-        precision: str | None = None,
-        learn: bool | None = None,
-        device: str = "auto",
-        steer: str = "none",
-        prior: str = "gaussian",
-        prior_bins: int = hyperprior.DEFAULT_BINS,
-        prior_clip: float | None = None,
-        training: TrainOptions | None = None,
         cluster: Cluster | None = None,
         quiet: bool = True,
+        **settings: object,
     ) -> None:
-        """`cluster`: code batches on its workers, which load `model` by name (exact predictor only).
-        `learn`: the weights learn as they code (learning.py; the exact predictor of a Llama model);
-        None: where the level says and the model can."""
+        """`options`, with any of its fields given as keywords (`Compressor(model, level=9)`).
+        `cluster`: code batches on its workers, which load `model` by name (exact predictor only)."""
+        options = replace(options or Options(), **settings)
+        self.options = options
         self.model = model if isinstance(model, LoadedModel) else load_model(model, quiet=quiet)
         self.source = model if isinstance(model, str) else None  # what a worker loads
-        if level not in LEVELS:
-            raise InvalidOptionError(f"level must be between {FASTEST} and {BEST}")
-        if chunk_size is not None and not 1 <= chunk_size <= container.MAX_CHUNK_TOKENS:
-            raise InvalidOptionError(f"chunk size must be between 1 and {container.MAX_CHUNK_TOKENS} tokens")
-        if not 1 <= batch_size <= container.MAX_ROWS:
-            raise InvalidOptionError(f"batch size must be between 1 and {container.MAX_ROWS}")
-        if threads is not None and not 1 <= threads <= container.MAX_THREADS:
-            raise InvalidOptionError(f"threads must be between 1 and {container.MAX_THREADS}")
-        if precision is not None and precision not in PRECISIONS:
-            raise InvalidOptionError(f"precision must be one of {', '.join(PRECISIONS)}")
-        if precision == EXACT and not has_exact(self.model.model):
+        architecture = exact_architecture(self.model.model)
+        if options.precision == EXACT and architecture is None:
             raise InvalidOptionError(
                 f"model {self.model.name!r} ({self.model.model.config.model_type}) has no exact predictor in llmzip; "
                 f"use --precision {default_precision(self.model.model)} (machine-bound archives)"
             )
-        if window is not None and not 1 <= window <= container.MAX_CHUNK_TOKENS:
-            raise InvalidOptionError(f"window must be between 1 and {container.MAX_CHUNK_TOKENS} tokens")
-        self.batch_size = batch_size
-        self.threads = threads or torch.get_num_threads()
-        self.precision = precision or default_precision(self.model.model)
-        for what, asked in (("an attention window needs", window is not None), ("side models need", side_models)):
-            if asked and self.precision != EXACT:
+        self.batch_size = options.batch_size
+        self.threads = options.threads or torch.get_num_threads()
+        self.precision = options.precision or default_precision(self.model.model)
+        exact = self.precision == EXACT
+        for what, asked in (
+            ("an attention window needs", options.window is not None),
+            ("side models need", options.side_models),
+        ):
+            if asked and not exact:
                 raise InvalidOptionError(f"{what} the exact predictor, not precision {self.precision}")
-        self.level, self.chunk_size, self.window = level, *self._geometry(LEVELS[level], chunk_size, window)
-        self.chunk_size_given = chunk_size is not None
-        self.side_models = (LEVELS[level].side if side_models is None else side_models) and self.precision == EXACT
-        learnable = self.precision == EXACT and can_learn(self.model.model)
-        if learn and not learnable:
+        self.forward = forward_name(self.model.model, self.precision)
+        level = LEVELS[options.level]
+        self.level = options.level
+        self.chunk_size, self.window = levels.geometry(
+            options.level, self.context, self.forward if exact else None, options.chunk_size, options.window
+        )
+        self.side_models = (level.side if options.side_models is None else options.side_models) and exact
+        learnable = exact and can_learn(self.model.model)
+        if options.learn and not learnable:
             raise InvalidOptionError("learning needs the exact predictor of a Llama model")
-        self.learning = LEVELS[level].learn and learnable if learn is None else learn
-        self.device_option, self.device = device, resolve_device(device)
+        self.learning = level.learn and learnable if options.learn is None else options.learn
+        self.coder = BatchCoder(self.model, options.device)
+        self.device = self.coder.device
         self.cluster = cluster
-        self._exact_model: ExactModel | None = None  # prepared once, on first use
-        self._plan_predictor: tuple[Plan, Predictor] | None = None
-        self._learner: Learner | None = None  # made once, on first use
-        self.steer = parse_spec(steer)
-        hyperprior.check_options(prior, prior_bins, prior_clip)
-        self.prior, self.prior_bins, self.prior_clip = prior, prior_bins, prior_clip
-        self.training = training or TrainOptions()
+        self.steer = parse_spec(options.steer)
         self.stats = CodingStats()
         if cluster is not None:
             self.worker_spec()  # refuses what workers cannot do before any work
 
-    def _geometry(self, level: Level, chunk_size: int | None, window: int | None) -> tuple[int, int | None]:
-        """Chunk size and window: those given, else the level's (its window up to half the
-        context where the level says), its chunks no longer than `_longest_chunk`; a float
-        forward has no window, so there the level's window is its chunk size."""
-        if self.precision != EXACT:
-            return chunk_size or level.window or level.chunk_size, None
-        if window is None:
-            window = max(level.window, self._context() // 2) if level.half_context else level.window
-        if chunk_size is None:
-            chunk_size = min(level.chunk_size, self._longest_chunk(window))
-        return chunk_size, window
-
-    def _fitting_chunk(self) -> int:
-        """The longest chunk within the model's context: 15/16 of it (the rest for steering)."""
-        return (self._context() - 1) * 15 // 16
-
-    def _longest_chunk(self, window: int | None) -> int:
-        """The longest chunk a level codes: one within the context, or MAX_STREAM tokens where
-        the forward pins the sinks before a window that fits there."""
-        pins = versions.pins_sinks(forward_name(self.model.model, self.precision), window)
-        return MAX_STREAM if pins and window + SINK_TOKENS <= self._fitting_chunk() else self._fitting_chunk()
+    @property
+    def context(self) -> int:
+        """Positions the model takes (the largest chunk size where it does not say)."""
+        return getattr(self.model.model.config, "max_position_embeddings", None) or container.MAX_CHUNK_TOKENS + 1
 
     def chunk_size_for(self, tokens: int) -> int:
         """Tokens per chunk for an input of `tokens` tokens: the chunk size asked for, else the
         level's, grown on large inputs where a window bounds the attention (`levels.chunk_size_for`)
         up to the context's length: longer, a large input would leave a cluster's workers fewer
         batches than they are (enwik8 at -6: 8 batches of 65 536-token chunks instead of 60)."""
-        if self.chunk_size_given:
+        if self.options.chunk_size is not None:
             return self.chunk_size
-        return chunk_size_for(self.chunk_size, self.window, tokens, self._fitting_chunk())
-
-    def _context(self) -> int:
-        """Positions the model takes (the largest chunk size where it does not say)."""
-        return getattr(self.model.model.config, "max_position_embeddings", None) or container.MAX_CHUNK_TOKENS + 1
+        return levels.chunk_size_for(self.chunk_size, self.window, tokens, levels.fitting_chunk(self.context))
 
     # -- compress ---------------------------------------------------------------------------
 
@@ -283,8 +176,7 @@ class Compressor:
             chunks.chunk_size = self.chunk_size_for(chunks.tokens)
             auto = steer is None and self.steer[0] == "auto"
             if steer is None and self.steer[0] != "text":  # before minutes of training, not after
-                forward = forward_name(self.model.model, self.precision)
-                self._check_context(int(self.steer[1]), chunks.chunk_size, self.window, forward)
+                levels.check_context(self.context, self.forward, int(self.steer[1]), chunks.chunk_size, self.window)
             steer = steer or self._steering(*self.steer, chunks, on_train_step)
             trained_seconds = time.perf_counter() - started
             if auto and steer.kind != "none":
@@ -312,33 +204,20 @@ class Compressor:
         if kind == "text":
             return Steering("text", text=str(arg))
         if kind == "random":
-            return Steering("random", seed=self.training.seed, scale=training.embedding_scale(model), count=int(arg))
+            seed = self.options.training.seed
+            return Steering("random", seed=seed, scale=training.embedding_scale(model), count=int(arg))
         if kind in ("trained", "auto") and chunks:
             count = int(arg)
             autocast = self.precision == "bf16"  # train at the precision the coder will run
             with torch_threads(self.threads):
                 vectors = training.train(
-                    model, self.model.tokenizer, chunks, count, self.training, autocast, on_train_step
+                    model, self.model.tokenizer, chunks, count, self.options.training, autocast, on_train_step
                 )
+            o = self.options
             return Steering(
-                "trained", count=count, coded=hyperprior.encode(vectors, self.prior, self.prior_bins, self.prior_clip)
+                "trained", count=count, coded=hyperprior.encode(vectors, o.prior, o.prior_bins, o.prior_clip)
             )
         return Steering()
-
-    def _check_context(self, prefix_length: int, chunk_size: int, window: int | None, forward: str) -> None:
-        """What a query attends must fit the model's context: the prefix and a chunk, or where
-        `forward` pins the sinks before a shorter window, the prefix, sinks and window. The encoder
-        checks its options, the decoder an archive's longest chunk (a window as long is not
-        recorded)."""
-        context = self._context()
-        span, what = chunk_size, "chunk size"
-        if versions.pins_sinks(forward, window) and window + SINK_TOKENS < chunk_size:
-            span, what = window + SINK_TOKENS, "window plus sinks"
-        if span + prefix_length >= context:  # the start token takes one position
-            raise InvalidOptionError(
-                f"{what} plus steering prefix ({span} + {prefix_length} tokens) must be below "
-                f"{context} tokens, this model's context"
-            )
 
     def _code(
         self, chunks: TokenChunks, steer: Steering, extensions: dict[int, bytes], progress: ByteProgress | None
@@ -350,11 +229,12 @@ class Compressor:
         batch_size = balanced_batch_size(len(chunks), self.batch_size)
         longest = min(chunks.tokens, chunks.chunk_size)
         window = self.window if self.window is not None and self.window < longest else None  # else it changes nothing
-        forward = forward_name(self.model.model, self.precision)
-        self._check_context(0 if prefix is None else len(prefix), chunks.chunk_size, self.window, forward)
+        levels.check_context(
+            self.context, self.forward, 0 if prefix is None else len(prefix), chunks.chunk_size, self.window
+        )
         side_models = versions.SIDE_MODELS if self.side_models else 0
         learns = versions.LEARNING if self.learning else 0
-        plan = Plan(self.precision, forward, batch_size, steer.to_bytes(), window, side_models, learns)
+        plan = Plan(self.precision, self.forward, batch_size, steer.to_bytes(), window, side_models, learns)
         stats = CodingStats(
             input_bytes=chunks.input_bytes,
             tokens=chunks.tokens,
@@ -366,11 +246,7 @@ class Compressor:
         )
         starts = range(0, len(chunks), batch_size)
         batches = (chunks[first : first + batch_size] for first in starts)
-        if self.cluster is not None:
-            coded_batches = self.cluster.encode(self.worker_spec(), plan, batches, progress)
-        else:
-            on_symbols = _symbol_progress(tokenizer, progress)
-            coded_batches = (self.encode_batch(plan, batch, on_symbols) for batch in batches)
+        coded_batches = self._batches(self.threads).encode(plan, batches, progress)
         entries, payload_crc = [], 0
         payloads = tempfile.TemporaryFile()  # noqa: SIM115 (handed on in the EncodedArchive)
         try:
@@ -428,62 +304,16 @@ class Compressor:
             raise InvalidOptionError(
                 f"workers need the exact predictor: a {self.precision} archive opens only on its encoder's machine type"
             )
-        return WorkerSpec(self.source, self.model.fingerprint, self.device_option)
+        return WorkerSpec(self.source, self.model.fingerprint, self.options.device)
 
     def prepare(self) -> None:
         """Prepare the exact model now rather than on the first batch."""
-        if self._exact_model is None and self.precision == EXACT:
-            self._exact_model = exact_model(self.model, self.device)
+        if self.precision == EXACT:
+            self.coder.prepare()
 
-    def _predictor(self, plan: Plan) -> Predictor:
-        """The plan's predictor: exact (any rows), or float (exactly the plan's rows, no window).
-        Kept for the next batch of the same plan."""
-        if self._plan_predictor is not None and self._plan_predictor[0] == plan:
-            return self._plan_predictor[1]
-        steer = Steering.from_bytes(plan.steering)
-        prefix = steer.prefix(self.model.tokenizer, embedding_width(self.model))
-        rows, alphabet_size = max(plan.rows, MIN_ROWS), self.model.tokenizer.alphabet_size
-        if plan.precision != EXACT:
-            predictor: Predictor = FloatPredictor(self.model.model, rows, alphabet_size, plan.precision, prefix)
-        else:
-            self.prepare()
-            assert self._exact_model is not None
-            learner = self._learner_of(self._exact_model) if plan.learning else None
-            model = self._exact_model if learner is None else learner.model
-            predictor = ExactPredictor(model, alphabet_size, prefix, plan.window, plan.forward, learner)
-        self._plan_predictor = plan, predictor
-        return predictor
-
-    def _learner_of(self, model: ExactModel) -> Learner:
-        """The learner (kept: its maps hold the checkpoint's weights in float64, a second to make)."""
-        if self._learner is None:
-            maps = model.projection_maps(self.model.model, model.config)
-            self._learner = Learner(model, maps)
-        return self._learner
-
-    def encode_batch(self, plan: Plan, batch: list[np.ndarray], on_symbols: Progress | None = None) -> CodedBatch:
-        """Code one batch of chunks. A chunk is stored raw (None) when coding does not shrink it.
-
-        A raw chunk's row is idle in the decoder, which does not know its tokens; where rows
-        affect each other (a float predictor, side models) the batch is coded again without it
-        (rare: only data the model cannot predict), the side models from the start. A chunk is
-        raw when its tokens' code is not smaller: the batch's flags are the batch's."""
-        predictor, tokenizer = self._predictor(plan), self.model.tokenizer
-        sizes = [int(tokenizer.id_nbytes[c].sum()) for c in batch]  # each chunk's original bytes
-        raw = [False] * len(batch)
-        with torch_threads(self.threads):
-            while True:
-                rows = [np.empty(0, np.int64) if r else c for c, r in zip(batch, raw, strict=True)]
-                coded, flags, ideal_bits = encode_batch(predictor, rows, tokenizer.roles, on_symbols, plan.side_models)
-                on_symbols = None  # progress counts each byte once
-                grown = [i for i, p in enumerate(coded) if not raw[i] and len(p) >= sizes[i]]
-                for i in grown:
-                    raw[i] = True
-                if not grown or (predictor.exact and not plan.side_models) or all(raw):
-                    break
-        if plan.side_models:
-            coded = carry_flags(coded, flags, [0 if r else len(c) for c, r in zip(batch, raw, strict=True)])
-        return CodedBatch([None if r else p for p, r in zip(coded, raw, strict=True)], 0.0 if all(raw) else ideal_bits)
+    def _batches(self, threads: int) -> LocalBatches | RayBatches:
+        """Where batches are coded: on the cluster's workers, else here on `threads` threads."""
+        return LocalBatches(self.coder, threads) if self.cluster is None else self.cluster.batches(self.worker_spec())
 
     # -- decompress -------------------------------------------------------------------------
 
@@ -513,7 +343,7 @@ class Compressor:
         steer = Steering.from_bytes(header.extensions.get(container.STEERING_EXTENSION, b""))
         prefix = steer.prefix(tokenizer, embedding_width(self.model))
         longest = max((chunk.tokens for chunk in header.chunks), default=0)
-        self._check_context(0 if prefix is None else len(prefix), longest, header.window, header.step)
+        levels.check_context(self.context, header.step, 0 if prefix is None else len(prefix), longest, header.window)
         # An exact archive decodes in any thread count and, without side models or learning, in any batch.
         bound = header.machine_bound or header.side_models or header.learning_version
         batch = header.batch_size if bound else balanced_batch_size(len(header.chunks), self.batch_size)
@@ -524,10 +354,10 @@ class Compressor:
         threads = decoding_threads(header) if header.machine_bound else self.threads
         batches = enumerate(reader.payload_batches(batch))
         jobs = ((stored, header.chunks[k * batch : (k + 1) * batch]) for k, stored in batches)
-        if self.cluster is not None and not header.machine_bound:  # float rows are machine-bound: decoded here
-            decoded = self.cluster.decode(self.worker_spec(), plan, jobs, progress)
+        if header.machine_bound:  # float rows are machine-bound: decoded here
+            decoded = LocalBatches(self.coder, threads).decode(plan, jobs, progress)
         else:
-            decoded = self._decode_batches(plan, jobs, threads, _symbol_progress(tokenizer, progress))
+            decoded = self._batches(threads).decode(plan, jobs, progress)
         digest, size = hashlib.sha256(), 0
         for k, chunks in enumerate(decoded):
             entries = header.chunks[k * batch : (k + 1) * batch]
@@ -543,28 +373,6 @@ class Compressor:
             yield block
         if size != header.original_size or digest.digest()[: container.CHECKSUM_BYTES] != header.checksum:
             raise DecodeMismatchError("decoded data fails the whole-file checksum")
-
-    def _decode_batches(
-        self, plan: Plan, jobs: Iterable[Job], threads: int, on_symbols: Progress | None
-    ) -> Iterator[list[bytes]]:
-        """Decode batch after batch here."""
-        with torch_threads(threads):
-            for stored, entries in jobs:
-                yield self.decode_batch(plan, stored, entries, on_symbols)
-
-    def decode_batch(
-        self,
-        plan: Plan,
-        stored: list[bytes],
-        entries: list[ChunkEntry],
-        on_symbols: Progress | None = None,
-    ) -> list[bytes]:
-        """One batch's chunks as they decode (raw ones as stored), not yet checked against their CRCs."""
-        predictor = self._predictor(plan)
-        coded = [b"" if e.raw else p for e, p in zip(entries, stored, strict=True)]
-        lengths = [e.tokens for e in entries]
-        tokens = decode_batch(predictor, coded, lengths, self.model.tokenizer.roles, on_symbols, plan.side_models)
-        return [p if e.raw else self.model.tokenizer.decode(t) for e, p, t in zip(entries, stored, tokens, strict=True)]
 
     def decompress(self, archive: bytes, progress: ByteProgress | None = None) -> bytes:
         return b"".join(self.iter_decompress(archive, progress))
@@ -586,17 +394,6 @@ class EncodedArchive:
 
     def close(self) -> None:
         self.payloads.close()
-
-
-def embedding_width(model: LoadedModel) -> int:
-    return model.model.get_input_embeddings().weight.shape[1]
-
-
-def _symbol_progress(tokenizer: ByteTokenizer, progress: ByteProgress | None) -> Progress | None:
-    """Report coded symbols to a byte-counting progress callback."""
-    if progress is None:
-        return None
-    return lambda symbols: progress(int(tokenizer.id_nbytes[symbols].sum()))
 
 
 def balanced_batch_size(n_chunks: int, most: int) -> int:
@@ -633,9 +430,10 @@ def _mismatch_message(index: int, header: Header, runtime: tuple[str, str, str],
     return f"{message}: the archive is damaged"
 
 
-def compress(data: bytes, model: str | LoadedModel = DEFAULT_MODEL, **options: int) -> bytes:
-    """Compress `data` with `model` (an alias, Hugging Face id, local directory or .gguf file)."""
-    return Compressor(model, **options).compress(data)
+def compress(data: bytes, model: str | LoadedModel = DEFAULT_MODEL, **settings: object) -> bytes:
+    """Compress `data` with `model` (an alias, Hugging Face id, local directory or .gguf file);
+    `settings`: any of Options' fields."""
+    return Compressor(model, **settings).compress(data)
 
 
 def decompress(archive: bytes, model: str | LoadedModel | None = None) -> bytes:

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import versions
 from .chunking import DEFAULT_BATCH_SIZE
+from .errors import InvalidOptionError
 
 # The longest chunk where the forward pins the sinks before the window (a query then sees no key
 # farther than the window, so chunks may outrun the model's context): its rotary table is 32 MB
 # for SmolLM2, and an input of 64 such chunks is 16 MB of text.
 MAX_STREAM = 1 << 16
+SINK_TOKENS = 4  # with a window, the sequence's first tokens stay attended (StreamingLLM keeps 4)
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,36 @@ FASTEST, BEST = min(LEVELS), max(LEVELS)
 STEP_ROWS = DEFAULT_BATCH_SIZE
 
 
+def geometry(
+    level: int, context: int, forward: str | None, chunk_size: int | None = None, window: int | None = None
+) -> tuple[int, int | None]:
+    """Chunk size and window at `level` for a model of `context` positions computed by the exact
+    `forward` (None: a float forward, which has no window, so there the level's window is its
+    chunk size): those given, else the level's (its window up to half the context where the level
+    says), its chunks no longer than `longest_chunk`."""
+    settings = LEVELS[level]
+    if forward is None:
+        return chunk_size or settings.window or settings.chunk_size, None
+    if window is None:
+        window = max(settings.window, context // 2) if settings.half_context else settings.window
+    if chunk_size is None:
+        chunk_size = min(settings.chunk_size, longest_chunk(context, forward, window))
+    return chunk_size, window
+
+
+def fitting_chunk(context: int) -> int:
+    """The longest chunk within a model's context of `context` positions: 15/16 of it (the rest
+    for steering)."""
+    return (context - 1) * 15 // 16
+
+
+def longest_chunk(context: int, forward: str, window: int | None) -> int:
+    """The longest chunk a level codes: one within the context, or MAX_STREAM tokens where
+    `forward` pins the sinks before a window that fits there."""
+    pins = versions.pins_sinks(forward, window) and window + SINK_TOKENS <= fitting_chunk(context)
+    return MAX_STREAM if pins else fitting_chunk(context)
+
+
 def chunk_size_for(chunk_size: int, window: int | None, tokens: int, longest: int) -> int:
     """Tokens per chunk for an input of `tokens` tokens at a level of `chunk_size` and `window`.
     With a window, longer chunks cost no time per token and save cold starts, but leave fewer
@@ -62,3 +95,18 @@ def chunk_size_for(chunk_size: int, window: int | None, tokens: int, longest: in
     if window is None:
         return chunk_size
     return max(chunk_size, min(longest, -(-tokens // STEP_ROWS)))
+
+
+def check_context(context: int, forward: str, prefix_length: int, chunk_size: int, window: int | None) -> None:
+    """What a query attends must fit the model's `context`: the steering prefix and a chunk, or
+    where `forward` pins the sinks before a shorter window, the prefix, sinks and window. The
+    encoder checks its options, the decoder an archive's longest chunk (a window as long is not
+    recorded)."""
+    span, what = chunk_size, "chunk size"
+    if versions.pins_sinks(forward, window) and window + SINK_TOKENS < chunk_size:
+        span, what = window + SINK_TOKENS, "window plus sinks"
+    if span + prefix_length >= context:  # the start token takes one position
+        raise InvalidOptionError(
+            f"{what} plus steering prefix ({span} + {prefix_length} tokens) must be below "
+            f"{context} tokens, this model's context"
+        )

@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from .aliases import ALIASES, DEFAULT_MODEL, Alias, cache_dir, fetch
 from .errors import ModelLoadError
-from .predictor import ExactModel, exact_architecture
+from .exact.architectures import ExactModel, exact_architecture
 from .tokenization import ByteTokenizer
 
 FINGERPRINT_BYTES = 8

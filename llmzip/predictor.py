@@ -27,38 +27,22 @@ from transformers.cache_utils import Cache, DynamicLayer
 from .container import EXACT, FLOAT_PRECISIONS, MIN_ROWS
 from .errors import LlmzipError
 from .exact import arithmetic, learning
-from .exact.gemma3 import ExactGemma3
+from .exact.architectures import ExactModel, exact_architecture
 from .exact.kvcache import SLACK, KVCache
 from .exact.learning import Learner
-from .exact.llama import ExactLlama, Tape
+from .exact.llama import Tape
+from .levels import SINK_TOKENS
 
 # The Hugging Face forward's dtype per float precision (int8: torch's dynamic quantization).
 DTYPES = dict(zip(FLOAT_PRECISIONS, (torch.float32, torch.bfloat16, torch.float32), strict=True))
 FORCED_BLOCK = SLACK  # rows x positions per teacher-forced forward (188 tok/s on 2 AVX2 cores; 128: 154)
-SINK_TOKENS = 4  # with a window, the sequence's first tokens stay attended (StreamingLLM keeps 4)
-ExactModel = ExactLlama | ExactGemma3
-EXACT_ARCHITECTURES: tuple[type[ExactModel], ...] = (ExactLlama, ExactGemma3)
 Prefix = np.ndarray | torch.Tensor  # a steering prefix: token ids (int64 [N]) or input embeddings (float32 [N, hidden])
-
-
-def exact_architecture(model: PreTrainedModel) -> type[ExactModel] | None:
-    """The exact implementation of `model`'s architecture and configuration, if llmzip has one."""
-    return next((cls for cls in EXACT_ARCHITECTURES if cls.config_of(model) is not None), None)
-
-
-def has_exact(model: PreTrainedModel) -> bool:
-    return exact_architecture(model) is not None
-
-
-def can_learn(model: PreTrainedModel) -> bool:
-    """Whether `model`'s exact architecture describes its preparation for learning.py (Llama)."""
-    return hasattr(exact_architecture(model), "projection_maps")
 
 
 def default_precision(model: PreTrainedModel | None) -> str:
     """`exact` where llmzip implements the architecture; else the float forward, in bf16 where
     oneDNN has native bfloat16 kernels (AVX512-BF16 or AMX), else fp32 (also for model None)."""
-    if model is not None and has_exact(model):
+    if model is not None and exact_architecture(model) is not None:
         return EXACT
     bf16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
     return "bf16" if bf16 else "fp32"

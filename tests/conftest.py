@@ -22,7 +22,7 @@ from transformers import (
 )
 
 from llmzip import Compressor, LoadedModel
-from llmzip.predictor import ExactModel, exact_architecture
+from llmzip.exact.architectures import ExactModel, exact_architecture
 from llmzip.tokenization import byte_level_alphabet
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"

@@ -83,12 +83,12 @@ def test_a_killed_write_leaves_no_output_and_the_next_run_clears_its_temp(big, t
 
 # llmzip's CLI, with a flag file touched when coding starts, so a test can interrupt it mid-coding.
 CODING_FLAG_CLI = """
-import sys, llmzip.compressor as c
-flag, encode = sys.argv.pop(1), c.encode_batch
+import sys, llmzip.batches as b
+flag, encode = sys.argv.pop(1), b.BatchCoder.encode
 def flagged(*args, **kwargs):
     open(flag, "w").close()
     return encode(*args, **kwargs)
-c.encode_batch = flagged
+b.BatchCoder.encode = flagged
 from llmzip.cli import main
 main()
 """

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import byte_level_tokenizer, prepared, tiny_model
-from llmzip.arithmetic.llama import HEAD, Tape
+from llmzip.exact.llama import HEAD, Tape
 
 from llmzip import Compressor, InvalidOptionError, container, levels, versions
 from llmzip.exact import arithmetic, learning
@@ -184,7 +184,7 @@ sys.path.insert(0, sys.argv[1])
 import test_learning as t
 from conftest import byte_level_tokenizer, prepared, tiny_model
 from llmzip.exact import learning
-from llmzip.arithmetic.llama import Tape
+from llmzip.exact.llama import Tape
 torch.set_num_threads(int(sys.argv[2]))
 loaded = tiny_model(byte_level_tokenizer())
 model = prepared(loaded)

@@ -20,9 +20,11 @@ from llmzip import (
 )
 from llmzip.container import MIN_ROWS
 from llmzip.exact import gemma3, kvcache, llama
+from llmzip.exact.architectures import exact_architecture
 from llmzip.exact.gemma3 import Gemma3Config
 from llmzip.exact.llama import LlamaConfig
-from llmzip.predictor import SINK_TOKENS, ExactPredictor, FloatPredictor, exact_architecture, forward_name
+from llmzip.levels import SINK_TOKENS
+from llmzip.predictor import ExactPredictor, FloatPredictor, forward_name
 
 TEXT = b"the rain and the sun in the morning, \xd0\x9f\xd1\x80\xd0\xb8\xd0\xb2\xd0\xb5\xd1\x82 and the " * 3
 

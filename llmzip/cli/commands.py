@@ -20,6 +20,7 @@ from ..cluster import Cluster
 from ..container import Header
 from ..errors import LlmzipError
 from ..levels import BEST, DEFAULT_LEVEL, FASTEST, LEVELS, MAX_STREAM
+from ..options import Options
 from ..steering import hyperprior
 from ..steering.soft_prompt import Steering, TrainOptions
 from .files import check_overwrite, input_mode, open_input, plan_output, remove_input, stream_size, write_atomically
@@ -225,32 +226,25 @@ def _progress_bar(total: int | None, desc: str, quiet: bool, unit: str = "B") ->
 @_geometry_options
 @_steering_options
 @_verbosity
-def compress(
-    file, output, to_stdout, force, remove, model, level, chunk_size, window, precision, learn, batch_size, threads,
-    workers, ray_address, device, steer, prior, prior_bins, prior_clip, steer_steps, steer_lr, steer_chunks,
-    steer_tokens, quiet, verbose, debug,
-):  # fmt: skip
+def compress(file, output, to_stdout, force, remove, model, workers, ray_address, quiet, verbose, debug, **settings):
     """Compress FILE (or standard input) to FILE.lz."""
+    options = _options(settings)
     target = plan_output(file, output, to_stdout, lambda f: f + SUFFIX)
     check_overwrite(target, force)
     if target is None and sys.stdout.isatty():
         raise LlmzipError("will not write compressed data to a terminal; use -o or redirect")
     if remove and target is None:
         raise LlmzipError("--rm needs an output file")
-    training = TrainOptions(steps=steer_steps, lr=steer_lr, chunks=steer_chunks, tokens=steer_tokens)
-    passes = 2 if steer.startswith("auto") else 1  # auto codes with and without the trained vectors
-    with open_input(file) as stream, _cluster(workers, ray_address, threads) as cluster:
+    passes = 2 if options.steer.startswith("auto") else 1  # auto codes with and without the trained vectors
+    with open_input(file) as stream, _cluster(workers, ray_address, options.threads) as cluster:
         from ..compressor import Compressor, MachineBoundWarning
 
-        compressor = Compressor(
-            model, level=level or DEFAULT_LEVEL, chunk_size=chunk_size, window=window, batch_size=batch_size,
-            threads=threads, precision=precision, learn=learn, device=device, cluster=cluster,
-            steer=steer, prior=prior, prior_bins=prior_bins, prior_clip=prior_clip, training=training, quiet=quiet,
-        )  # fmt: skip
+        compressor = Compressor(model, options, cluster=cluster, quiet=quiet)
         size = stream_size(stream)
-        trains = steer.startswith(("trained", "auto")) and size != 0
+        trains = options.steer.startswith(("trained", "auto")) and size != 0
+        steps = options.training.steps if trains else 0
         with (
-            _progress_bar(steer_steps if trains else 0, "train steering", quiet, unit="step") as training_bar,
+            _progress_bar(steps, "train steering", quiet, unit="step") as training_bar,
             _progress_bar(size and passes * size, "compress", quiet) as coding_bar,
         ):
 
@@ -293,10 +287,24 @@ def compress(
             _report_workers(cluster)
 
 
-def _decoder(header: Header, model: str | None, quiet: bool, verbose: bool, **options: Any) -> Compressor:
+def _options(settings: dict[str, Any]) -> Options:
+    """The Options a command's parameters give (named as Options' fields, and --steer-* for
+    its training options); refused at once where they are out of range."""
+    training = {
+        name: settings.pop(f"steer_{name}")
+        for name in ("steps", "lr", "chunks", "tokens")
+        if f"steer_{name}" in settings
+    }
+    level = settings.pop("level", None) or DEFAULT_LEVEL
+    return Options(level=level, training=TrainOptions(**training), **settings)
+
+
+def _decoder(
+    header: Header, model: str | None, options: Options, quiet: bool, verbose: bool, cluster: Cluster | None = None
+) -> Compressor:
     from ..compressor import Compressor
 
-    compressor = Compressor(model or header.model_name, quiet=quiet, **options)
+    compressor = Compressor(model or header.model_name, options, cluster=cluster, quiet=quiet)
     compressor.check_model(header)  # before any long work
     if verbose and header.machine_bound:
         click.echo(
@@ -327,10 +335,7 @@ def _fewer_threads(header: Header) -> str:
 @click.option("-m", "--model", default=None, help="Model to use (default: the one the archive names).")
 @_geometry_options
 @_verbosity
-def decompress(
-    file, output, to_stdout, force, remove, model, batch_size, threads, workers, ray_address, device,
-    quiet, verbose, debug,
-):  # fmt: skip
+def decompress(file, output, to_stdout, force, remove, model, workers, ray_address, quiet, verbose, debug, **settings):
     """Decompress FILE.lz (or standard input). An exact archive decodes with any --batch-size,
     --threads and --device; a machine-bound one always runs the encoder's geometry."""
 
@@ -339,17 +344,15 @@ def decompress(
             raise LlmzipError(f"{f}: unknown suffix (expected {SUFFIX}); use -o or -c")
         return f[: -len(SUFFIX)]
 
+    options = _options(settings)
     target = plan_output(file, output, to_stdout, strip_suffix)
     check_overwrite(target, force)
     if remove and target is None:
         raise LlmzipError("--rm needs an output file")
     with open_input(file) as stream:
         archive = container.ArchiveReader(stream)
-        with _cluster(workers, ray_address, threads) as cluster:
-            compressor = _decoder(
-                archive.header, model, quiet, verbose,
-                batch_size=batch_size, threads=threads, device=device, cluster=cluster,
-            )  # fmt: skip
+        with _cluster(workers, ray_address, options.threads) as cluster:
+            compressor = _decoder(archive.header, model, options, quiet, verbose, cluster)
             size = archive.header.original_size
             with _progress_bar(size, "decompress", quiet) as bar:
                 write_atomically(target, compressor.iter_decompress(archive, bar.update), input_mode(file))
@@ -369,7 +372,7 @@ def test_command(files, model, quiet, verbose, debug):
     for file in files:
         with open_input(file) as stream:
             archive = container.ArchiveReader(stream)
-            compressor = _decoder(archive.header, model, quiet, verbose)
+            compressor = _decoder(archive.header, model, Options(), quiet, verbose)
             size = archive.header.original_size
             with _progress_bar(size, "test", quiet) as bar:
                 for _ in compressor.iter_decompress(archive, bar.update):
