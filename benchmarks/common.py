@@ -15,7 +15,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from llmzip.compressor import Compressor, cpu_capability  # before torch: llmzip sets libgomp's spin count
+import llmzip
+
+llmzip.tune_process()  # as the command line runs, before torch is imported
+
+from llmzip.compressor import Compressor, cpu_capability  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 CORPUS = Path(os.environ.get("LLMZIP_CORPUS", Path(__file__).parent.parent.parent / "shared" / "corpus"))

@@ -79,6 +79,9 @@ class Worker:
     def __init__(self, spec: WorkerSpec, threads: int, board: str) -> None:
         import ray
 
+        from .process import tune_process
+
+        tune_process()  # a process of llmzip's own, before it imports torch
         self.spec, self.threads = spec, threads
         self.board = ray.get_actor(board)  # by name: a handle among the arguments could not restart the actor
         self.coder: BatchCoder | None = None

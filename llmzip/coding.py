@@ -20,6 +20,7 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Callable
+from functools import cache
 from typing import TypeVar
 
 import constriction
@@ -37,6 +38,7 @@ CODER_MODEL = constriction.stream.model.Categorical(perfect=False)
 MIN_PROBABILITY = 2.0**-24  # constriction's default range coder has 24-bit probabilities
 
 
+@cache
 def _load_numpy_api() -> None:
     """Make constriction load NumPy's C API now. Its Rust side loads it on the first array it
     sees, running Python code (a NumPy version check); a Ctrl-C landing there becomes a Rust
@@ -54,8 +56,6 @@ def _load_numpy_api() -> None:
     if held:
         signal.raise_signal(signal.SIGINT)  # to the handler restored
 
-
-_load_numpy_api()
 
 Progress = Callable[[np.ndarray], None]  # called with the symbols coded at each step
 T = TypeVar("T")
@@ -202,6 +202,7 @@ def encode_batch(
     the batch's flags and the ideal code length, sum of -log2 p over the coded tokens and
     flags, in bits. With side models (their version: exact predictors only) `carry_flags` then
     puts the flags where the decoder reads them; without, the flags are empty."""
+    _load_numpy_api()
     if predictor.exact:
         return _encode_forced(predictor, chunks, roles, progress, side_models)
     encoders = [constriction.stream.queue.RangeEncoder() for _ in chunks]
@@ -253,6 +254,7 @@ def decode_batch(
 ) -> list[np.ndarray]:
     """Decode `lengths[i]` tokens from each payload (length 0 leaves the row idle), with the
     side models of version `side_models` (0: none) as the encoder coded them."""
+    _load_numpy_api()
     payloads, flags = list(payloads), b""
     if side_models and (carrier := _carrier(lengths)) is not None:
         flags, payloads[carrier] = _split(payloads[carrier])

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
+import llmzip
 
-# As llmzip's __init__ does (see there why), but torch is imported below before llmzip is.
-os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+llmzip.tune_process()  # as the command line runs, before torch is imported
 
 from pathlib import Path
 

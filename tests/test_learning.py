@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import byte_level_tokenizer, prepared, tiny_model
-from llmzip.exact.llama import HEAD, Tape
 
 from llmzip import Compressor, InvalidOptionError, container, levels, versions
 from llmzip.exact import arithmetic, learning
+from llmzip.exact.llama import HEAD, Tape
 from llmzip.levels import LEVELS, Level
 
 SEGMENT = 24

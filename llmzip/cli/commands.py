@@ -21,6 +21,7 @@ from ..container import Header
 from ..errors import LlmzipError
 from ..levels import BEST, DEFAULT_LEVEL, FASTEST, LEVELS, MAX_STREAM
 from ..options import Options
+from ..process import tune_process
 from ..steering import hyperprior
 from ..steering.soft_prompt import Steering, TrainOptions
 from .files import check_overwrite, input_mode, open_input, plan_output, remove_input, stream_size, write_atomically
@@ -44,6 +45,7 @@ class _Cli(click.Group):
     def main(self, args: list[str] | None = None, *a: Any, **kw: Any) -> Any:
         args = list(sys.argv[1:] if args is None else args)
         kw["standalone_mode"] = False
+        tune_process()  # before torch is imported
         for signum in (signal.SIGTERM, signal.SIGHUP):  # exit through `finally` blocks, which remove temp files
             signal.signal(signum, _exit_on_signal)
         try:
