@@ -24,7 +24,6 @@ from llmzip import Compressor, LoadedModel
 from llmzip.exact.architectures import ExactModel, exact_architecture
 from llmzip.tokenization import byte_level_alphabet
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 MISSING_BYTES = (0x04, 0x1D, 0xFF)  # like SmolLM2, whose vocabulary lacks some single bytes
 WORDS = ["the", "and", "ing", "er", "in", "on", "at", "Привет", "мир"]
 

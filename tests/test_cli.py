@@ -80,6 +80,7 @@ def test_stdin_to_stdout(run):
     assert run("decompress", "-", "-q", input=archive).stdout_bytes == TEXT
 
 
+@pytest.mark.slow
 def test_real_pipes(tiny_dir):
     """Through OS pipes (unknown size, cannot seek): the archive is verified at the pipe's end,
     and a damaged one fails there with exit code 1."""
@@ -258,6 +259,7 @@ def test_wrong_model_names_the_needed_one(run, sample, tiny_dir, tmp_path):
     assert f"archive needs model '{tiny_dir}'" in message
 
 
+@pytest.mark.slow
 def test_real_subprocess(tiny_dir, sample, tmp_path):
     """`python -m llmzip` end to end, with exit codes and a one-line error."""
     cmd = [sys.executable, "-m", "llmzip"]

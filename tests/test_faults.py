@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from llmzip import LlmzipError
+from llmzip import Compressor, LlmzipError
 from llmzip.cli.files import TEMP_TAG, write_atomically
 
 LLMZIP = [sys.executable, "-m", "llmzip"]
@@ -27,15 +27,22 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+pytestmark = pytest.mark.slow
+# Decoding `big` in batches of 4 chunks takes the tiny model half a minute: long enough to be
+# interrupted mid-write; FAST decodes it in seconds, where a test needs it decoded.
+SLOW = ["--batch-size", "4", "--threads", "1"]
+FAST = ["--batch-size", "64"]
+
+
 @pytest.fixture(scope="module")
 def big(tiny_dir, tmp_path_factory) -> tuple[Path, Path]:
-    """An input that takes the tiny model some seconds to decode, and its archive."""
+    """An input of 80 KB and its archive in chunks of 64 tokens at level 1 (no side models, so
+    decoders choose their batches)."""
     folder = tmp_path_factory.mktemp("big")
     source = folder / "big.txt"
     source.write_bytes(b"".join(b"line %d of the rain and the sun\n" % i for i in range(2500)))
     archive = folder / "big.txt.lz"
-    options = ["--model", tiny_dir, "--chunk-size", "64", "--batch-size", "4", "--threads", "1", "-q"]
-    subprocess.run([*LLMZIP, "compress", str(source), "-o", str(archive), *options], check=True)
+    archive.write_bytes(Compressor(tiny_dir, level=1, chunk_size=64).compress(source.read_bytes()))
     return source, archive
 
 
@@ -61,7 +68,7 @@ def test_a_signal_mid_write_leaves_no_output_and_no_temp(big, tmp_path, signum, 
     _, archive = big
     before = digest(archive)
     out = tmp_path / "out.txt"
-    proc = start_and_wait_for_temp([*LLMZIP, "decompress", str(archive), "-o", str(out), "-q"], tmp_path)
+    proc = start_and_wait_for_temp([*LLMZIP, "decompress", str(archive), "-o", str(out), "-q", *SLOW], tmp_path)
     proc.send_signal(signum)
     assert proc.wait(60) == code
     assert proc.stderr.read().decode().strip() in ("llmzip: interrupted", "")
@@ -73,11 +80,11 @@ def test_a_killed_write_leaves_no_output_and_the_next_run_clears_its_temp(big, t
     source, archive = big
     out = tmp_path / "out.txt"
     args = [*LLMZIP, "decompress", str(archive), "-o", str(out), "-q"]
-    proc = start_and_wait_for_temp(args, tmp_path)
+    proc = start_and_wait_for_temp([*args, *SLOW], tmp_path)
     proc.kill()  # SIGKILL: no handler runs, the temp file stays behind
     proc.wait(60)
     assert not out.exists() and len(temps(tmp_path)) == 1
-    subprocess.run(args, check=True)
+    subprocess.run([*args, *FAST], check=True)
     assert out.read_bytes() == source.read_bytes() and temps(tmp_path) == []
 
 
@@ -112,9 +119,10 @@ def test_an_interrupted_compress_leaves_nothing(big, tiny_dir, tmp_path):
 
 def test_coding_runs_no_python_inside_constriction():
     """Ctrl-C reaches Python code only: the first array constriction sees runs NumPy's version
-    check from Rust, where one became a Rust panic (CI, stop 27); importing llmzip runs it first."""
+    check from Rust, where one became a Rust panic (CI, stop 27); coding runs it first, from Python."""
     code = """
 import sys, numpy as np, llmzip.coding as c
+c._load_numpy_api()  # what encode_batch and decode_batch do first
 symbols, probs, called = np.zeros(3, np.int32), np.full((3, 4), 0.25), []
 sys.setprofile(lambda frame, event, arg: event == "call" and called.append(frame.f_code.co_name))
 c.constriction.stream.queue.RangeEncoder().encode(symbols, c.CODER_MODEL, probs)
@@ -148,7 +156,9 @@ def full_disk(tmp_path):
 def test_a_full_disk_is_a_one_line_error_and_leaves_nothing(big, full_disk):
     _, archive = big
     out = full_disk / "out.txt"
-    done = subprocess.run([*LLMZIP, "decompress", str(archive), "-o", str(out), "-q"], capture_output=True, text=True)
+    done = subprocess.run(
+        [*LLMZIP, "decompress", str(archive), "-o", str(out), "-q", *FAST], capture_output=True, text=True
+    )
     assert done.returncode == 1
     assert done.stderr == f"llmzip: error: cannot write {out}: No space left on device\n"
     assert os.listdir(full_disk) == []

@@ -3,11 +3,7 @@ steps lower the code length, and every machine takes the same steps."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
+import hashlib
 from types import SimpleNamespace
 
 import numpy as np
@@ -177,53 +173,29 @@ def test_softmax_backward_kernel_gives_the_torch_codes_bits(monkeypatch):
         assert torch.equal(kernel, reference)
 
 
-# A few steps on the tiny model, then the prepared weights' and the next logits' digest.
-WORKER = """
-import hashlib, sys, torch
-sys.path.insert(0, sys.argv[1])
-import test_learning as t
-from conftest import byte_level_tokenizer, prepared, tiny_model
-from llmzip.exact import learning
-from llmzip.exact.llama import Tape
-torch.set_num_threads(int(sys.argv[2]))
-loaded = tiny_model(byte_level_tokenizer())
-model = prepared(loaded)
-inputs, targets = t._segment(loaded, model)
-learner = learning.Learner(model, type(model).projection_maps(loaded.model, model.config))
-learning.RATE = 1e-3
-model = learner.model
-digest = hashlib.sha256()
-for _ in range(3):
-    tape = Tape()
-    logits = t._forward(model, inputs, tape)
-    digest.update(logits.numpy().tobytes())
-    learner.learn(tape, logits, targets)
-ids = torch.cat([inputs, targets[:, -1:]], 1).repeat(1, 3)
-digest.update(str(t._stream(model, learner, ids, window=16)).encode())
-for name, tensor in sorted(model.state().items()):
-    digest.update(name.encode() + tensor.contiguous().view(torch.uint8).numpy().tobytes())
-print(digest.hexdigest())
-"""
-ENVIRONMENTS = {
-    "as installed, 2 threads": ({}, 2),
-    "as installed, 1 thread": ({}, 1),
-    "no fused kernels (LLMZIP_KERNELS=0)": ({"LLMZIP_KERNELS": "0"}, 2),
-    "ATEN_CPU_CAPABILITY=default": ({"ATEN_CPU_CAPABILITY": "default"}, 2),
-    "DNNL_MAX_CPU_ISA=SSE41": ({"DNNL_MAX_CPU_ISA": "SSE41"}, 2),
-    "MKL_ENABLE_INSTRUCTIONS=SSE4_2": ({"MKL_ENABLE_INSTRUCTIONS": "SSE4_2"}, 2),
-}
-
-
-def test_every_kernel_level_and_thread_count_takes_the_same_steps():
-    """The same logits and the same learned weights under other CPU kernels, thread counts and
-    without llmzip's fused kernels, each in its own process."""
-    digests = {}
-    for name, (environment, threads) in ENVIRONMENTS.items():
-        command = [sys.executable, "-c", WORKER, str(Path(__file__).parent), str(threads)]
-        done = subprocess.run(command, env=os.environ | environment, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-2000:]
-        digests[name] = done.stdout.split()[-1]
-    assert len(set(digests.values())) == 1, json.dumps(digests, indent=1)
+def learning_digest() -> str:
+    """A few learning steps on the tiny model, then the next logits and the learned weights, as a
+    digest: tests/test_portability.py computes it under every kernel setting and thread count."""
+    loaded = tiny_model(byte_level_tokenizer())
+    model = prepared(loaded)
+    inputs, targets = _segment(loaded, model)
+    learner = learning.Learner(model, type(model).projection_maps(loaded.model, model.config))
+    rate, learning.RATE = learning.RATE, 1e-3  # the tiny model's weights are 100x SmolLM2's steps
+    try:
+        model = learner.model
+        digest = hashlib.sha256()
+        for _ in range(3):
+            tape = Tape()
+            logits = _forward(model, inputs, tape)
+            digest.update(logits.numpy().tobytes())
+            learner.learn(tape, logits, targets)
+        ids = torch.cat([inputs, targets[:, -1:]], 1).repeat(1, 3)
+        digest.update(str(_stream(model, learner, ids, window=16)).encode())
+    finally:
+        learning.RATE = rate
+    for name, tensor in sorted(model.state().items()):
+        digest.update(name.encode() + tensor.contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def test_float64_hadamard_transposes_and_the_kernel_gives_the_torch_codes_bits(monkeypatch):

@@ -1,9 +1,11 @@
-"""Archives open on any machine: an exact archive decodes bit-exactly in another process under
+"""Archives open on any machine: every exact archive decodes bit-exactly in another process under
 other CPU kernels (torch's ATEN_CPU_CAPABILITY, oneDNN's DNNL_MAX_CPU_ISA, MKL's
-MKL_ENABLE_INSTRUCTIONS), thread counts and batch sizes, whether it was made just now
-(teacher-forced) or once, on some other machine (the golden archives under tests/golden).
+MKL_ENABLE_INSTRUCTIONS, and without llmzip's fused kernels), thread counts and batch sizes,
+whether it was made just now (teacher-forced, in this process) or once, on some other machine
+(the golden archives under tests/golden, made by the CPUs named below); and learning takes the
+same steps everywhere. One process per environment checks all of it.
 
-Set LLMZIP_WRITE_GOLDEN=1 to make the golden archives again (only when the format or the exact
+Set LLMZIP_WRITE_GOLDEN=1 to make the missing golden archives (only when the format or the exact
 arithmetic changes on purpose: CI decodes the committed ones on whatever machine it runs).
 """
 
@@ -17,8 +19,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_learning import learning_digest
 
-from llmzip import container
+from llmzip import Compressor, container
+
+pytestmark = pytest.mark.slow
 
 GOLDEN = Path(__file__).parent / "golden"
 TEXTS = {  # the tiny model codes only its few merged words below 8 bits a byte
@@ -28,159 +33,140 @@ TEXTS = {  # the tiny model codes only its few merged words below 8 bits a byte
 CPU = torch.backends.cpu.get_cpu_capability()  # the best kernel level this CPU runs (forcing more: SIGILL)
 ENVIRONMENTS = {
     "as installed": {},
+    "LLMZIP_KERNELS=0": {"LLMZIP_KERNELS": "0"},  # the torch reference path of every kernel
     "ATEN_CPU_CAPABILITY=default": {"ATEN_CPU_CAPABILITY": "default"},
     "ATEN_CPU_CAPABILITY=avx2": {"ATEN_CPU_CAPABILITY": "avx2"},
-    "ATEN_CPU_CAPABILITY=avx512": {"ATEN_CPU_CAPABILITY": "avx512"},
     "DNNL_MAX_CPU_ISA=SSE41": {"DNNL_MAX_CPU_ISA": "SSE41"},
     "DNNL_MAX_CPU_ISA=AVX2": {"DNNL_MAX_CPU_ISA": "AVX2"},
     "MKL_ENABLE_INSTRUCTIONS=SSE4_2": {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2"},
+    "ATEN_CPU_CAPABILITY=avx512": {"ATEN_CPU_CAPABILITY": "avx512"},  # last: skipped on AVX2 CPUs
 }
-GEOMETRIES = [(threads, batch) for threads in (1, 2) for batch in (1, 7, 64)]  # (threads, batch size)
-# Decodes each archive at each of its geometries in one process and prints what it saw.
+# (threads, batch size): each environment decodes at one, in turn, so that every archive meets
+# every geometry (without the last environment too). Archives with side models or learning run
+# their encoder's batches whatever the batch size.
+GEOMETRIES = [(1, 1), (2, 7), (2, 64), (1, 64), (2, 1), (1, 7)]
+
+# Short chunks; chunks of 600 tokens with a window of 8, longer than the KV cache holds
+# (sinks + window + kvcache.SLACK), so that the decoder's cache slides; side models over
+# batches of 2 chunks; both, made after the Llama's forward 4 and the Gemma's forward 3 (sinks
+# pinned before the window): "-window" and "-side" keep the Llama's forward 3 and the Gemma's 2.
+TINY_ARCHIVES = {
+    "": (TEXTS["tiny"], {"chunk_size": 24, "steer": "random:2", "level": 1}),
+    "-window": (TEXTS["tiny"] * 3, {"chunk_size": 600, "window": 8, "steer": "random:2"}),
+    "-side": (TEXTS["tiny"] * 3, {"chunk_size": 300, "window": 8, "batch_size": 2, "steer": "random:2"}),
+    "-pinned": (TEXTS["tiny"] * 3, {"chunk_size": 600, "window": 8, "batch_size": 2, "steer": "random:2"}),
+}
+# As llmzip wrote them before side models version 4 (no token n-grams) and, for the Llama, before
+# its forward 3 (10-bit keys): golden only.
+LEGACY_ARCHIVES = {"-side-v3": TINY_ARCHIVES["-side"][0]}
+# Short chunks (made on an Intel Xeon), and the default level's side models over the text twice in
+# chunks of 300 tokens with a window of 8, so that the cache slides (made on an AMD EPYC), by
+# forward 3 and again by forward 4 (sinks pinned before the window; made on an AMD EPYC Zen 4).
+SMOLLM2_ARCHIVES = {
+    "": (TEXTS["smollm2-135m"], {"chunk_size": 128}),
+    "-window": (TEXTS["smollm2-135m"] * 2, {"chunk_size": 300, "window": 8}),
+    "-pinned": (TEXTS["smollm2-135m"] * 2, {"chunk_size": 300, "window": 8}),
+}
+# gemma3-270m (sliding-window layers, 262 144-token vocabulary): teacher-forced, decoded by KV
+# steps under the scalar kernels (loading it takes 15 s).
+GEMMA3_ARCHIVE = TEXTS["smollm2-135m"][:600], {"chunk_size": 64}
+GEMMA3_ENVIRONMENT = "ATEN_CPU_CAPABILITY=default"
+# The torch code (the kernels' definition) takes minutes over a real model's archives: the tiny
+# models' golden archives and learning check that path there, tests/test_exact.py every kernel.
+REFERENCE_PATH = "LLMZIP_KERNELS=0"
+FRESH_ENVIRONMENTS = ("as installed", "ATEN_CPU_CAPABILITY=default", "DNNL_MAX_CPU_ISA=SSE41")
+
+# Decodes each job's archive at each of its geometries, model by model, then takes the learning
+# steps; prints what it saw.
 WORKER = """
 import json, sys, torch
+import llmzip
+llmzip.tune_process()
+sys.path.insert(0, sys.argv[1])
+from test_learning import learning_digest
 from llmzip import Compressor
-model, jobs = sys.argv[1], json.loads(sys.argv[2])
-compressor = Compressor(model)
-exact = []
-for archive, original, geometries in jobs:
+exact, compressors = [], {}
+for model, archive, original, geometries in json.loads(sys.argv[2]):
+    compressor = compressors.get(model) or compressors.setdefault(model, Compressor(model))
     archive, original = open(archive, "rb").read(), open(original, "rb").read()
     exact.append([])
     for threads, batch in geometries:
         compressor.threads, compressor.batch_size = threads, batch
         exact[-1].append(compressor.decompress(archive) == original)
-print(json.dumps({"capability": torch.backends.cpu.get_cpu_capability(), "exact": exact}))
+torch.set_num_threads(int(sys.argv[3]))
+print(json.dumps({"exact": exact, "learning": learning_digest()}))
 """
 
 
-def decode_everywhere(archives: dict[str, tuple[Path, bytes]], model: str, environment: str, geometries: list) -> None:
-    """Decode each archive (name: path, original text) at each (threads, batch size), in one
-    process under `environment` (a process per archive would spend most of the time starting)."""
+def golden(name: str, text: bytes, model: str, settings: dict) -> Path:
+    """A committed golden archive; made now (in this process) only if missing and asked for."""
+    path = GOLDEN / f"alice1200-{name}.lz" if name != "gemma3" else GOLDEN / "alice600-gemma3.lz"
+    if os.environ.get("LLMZIP_WRITE_GOLDEN") and not path.exists():
+        path.write_bytes(Compressor(model, **settings).compress(text))
+    return path
+
+
+@pytest.fixture(scope="module")
+def archives(tiny_dir, tiny_gemma3_dir, tmp_path_factory) -> dict[str, tuple[str, Path, bytes]]:
+    """Every archive to decode: name -> (model, archive, original). Fresh ones are coded here by
+    the teacher-forced encoder; the decoders run in the environments' processes."""
+    folder = tmp_path_factory.mktemp("archives")
+    found = {}
+    for name, model in (("tiny", tiny_dir), ("tiny-gemma3", tiny_gemma3_dir)):
+        for kind, (text, settings) in TINY_ARCHIVES.items():
+            found[f"{name}-golden{kind}"] = model, golden(f"{name}{kind}", text, model, settings), text
+            fresh = folder / f"{name}-fresh{kind}.lz"
+            fresh.write_bytes(Compressor(model, **settings).compress(text))
+            found[f"{name}-fresh{kind}"] = model, fresh, text
+        for kind, text in LEGACY_ARCHIVES.items():
+            found[f"{name}-golden{kind}"] = model, GOLDEN / f"alice1200-{name}{kind}.lz", text
+    for kind, (text, settings) in SMOLLM2_ARCHIVES.items():
+        found[f"smollm2-golden{kind}"] = "smollm2-135m", golden(f"smollm2{kind}", text, "smollm2-135m", settings), text
+    text, settings = GEMMA3_ARCHIVE
+    found["gemma3-golden"] = "gemma3-270m", golden("gemma3", text, "gemma3-270m", settings), text
+    for name, (_, path, _) in found.items():
+        header, _ = container.unpack(path.read_bytes())
+        assert not header.machine_bound and not any(c.raw for c in header.chunks), name  # every chunk really decoded
+    return found
+
+
+def cell_decodes(name: str, environment: str) -> bool:
+    """Whether `environment` decodes archive `name`: the tiny models' golden archives everywhere, and
+    their fresh ones where the float kernels change most (FRESH_ENVIRONMENTS); one SmolLM2 archive
+    in turn (each in two environments at least); gemma3-270m's in GEMMA3_ENVIRONMENT."""
+    if name.startswith("smollm2"):
+        kinds = [f"smollm2-golden{kind}" for kind in SMOLLM2_ARCHIVES]
+        turns = [e for e in ENVIRONMENTS if e != REFERENCE_PATH]
+        return environment in turns and name == kinds[turns.index(environment) % len(kinds)]
+    if name.startswith("gemma3"):
+        return environment == GEMMA3_ENVIRONMENT
+    return "-golden" in name or environment in FRESH_ENVIRONMENTS
+
+
+@pytest.fixture(scope="module")
+def reference_steps() -> str:
+    return learning_digest()
+
+
+@pytest.mark.real_model
+@pytest.mark.parametrize("environment", ENVIRONMENTS)
+def test_every_archive_decodes_and_learning_steps_agree_in_every_environment(
+    archives, reference_steps, environment, tmp_path
+):
     if environment.endswith("avx512") and CPU != "AVX512":
         pytest.skip(f"this CPU runs {CPU} kernels, not AVX-512")
+    geometry = GEOMETRIES[list(ENVIRONMENTS).index(environment) % len(GEOMETRIES)]
+    names = [name for name in archives if cell_decodes(name, environment)]
     jobs = []
-    for name, (archive, text) in archives.items():
-        header, _ = container.unpack(archive.read_bytes())
-        assert not header.machine_bound and not any(c.raw for c in header.chunks), name  # every chunk really decoded
-        source = archive.with_suffix(".original")
-        source.write_bytes(text)
-        jobs.append((str(archive), str(source), geometries))
-    env = os.environ | ENVIRONMENTS[environment]
-    command = [sys.executable, "-c", WORKER, model, json.dumps(jobs)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
+    for name in names:
+        model, path, text = archives[name]
+        original = tmp_path / f"{name}.original"
+        original.write_bytes(text)
+        jobs.append((model, str(path), str(original), [geometry]))
+    command = [sys.executable, "-c", WORKER, str(Path(__file__).parent), json.dumps(jobs), str(geometry[0])]
+    done = subprocess.run(command, env=os.environ | ENVIRONMENTS[environment], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     seen = json.loads(done.stdout.strip().splitlines()[-1])
-    results = zip(archives, seen["exact"], strict=True)
-    failed = [(name, g) for name, exact in results for g, e in zip(geometries, exact, strict=True) if not e]
-    assert not failed, f"not decoded exactly (archive, (threads, batch)): {failed}"
-
-
-def compress(model: str, text: bytes, out: Path, *flags: str) -> None:
-    source = out.with_suffix(".source")
-    source.write_bytes(text)
-    command = [sys.executable, "-m", "llmzip", "compress", str(source), "-o", str(out), "-f", "-q", "--model", model]
-    subprocess.run([*command, *flags], check=True)
-    source.unlink()
-
-
-# Short chunks; chunks of 600 tokens with a window of 8, longer than the KV cache holds
-# (sinks + window + kvcache.SLACK), so that the decoder's cache slides; and side models over
-# batches of 2 chunks, whose adaptive map carries from batch to batch.
-TINY_ARCHIVES = {
-    "": (TEXTS["tiny"], ("--chunk-size", "24", "--steer", "random:2", "-1")),
-    "-window": (TEXTS["tiny"] * 3, ("--chunk-size", "600", "--window", "8", "--steer", "random:2")),
-    "-side": (TEXTS["tiny"] * 3, ("--chunk-size", "300", "--window", "8", "--batch-size", "2", "--steer", "random:2")),
-    # both, made after the Llama's forward 4 and the Gemma's forward 3 (sinks pinned before the
-    # window): the "-window" and "-side" goldens keep the Llama's forward 3 and the Gemma's 2 decoded
-    "-pinned": (
-        TEXTS["tiny"] * 3,
-        ("--chunk-size", "600", "--window", "8", "--batch-size", "2", "--steer", "random:2"),
-    ),
-}
-# The same, as llmzip wrote them before side models version 4 (no token n-grams) and, for the
-# Llama, before its forward 3 (10-bit keys): golden only.
-LEGACY_ARCHIVES = {"-side-v3": TINY_ARCHIVES["-side"][0]}
-
-
-@pytest.fixture(scope="module", params=["tiny", "tiny-gemma3"])
-def tiny_archives(request, tmp_path_factory):
-    """A tiny model of each exact architecture (saved as a directory), its golden archives and
-    ones made now by another process (with teacher forcing)."""
-    model = request.getfixturevalue({"tiny": "tiny_dir", "tiny-gemma3": "tiny_gemma3_dir"}[request.param])
-    folder = tmp_path_factory.mktemp("tiny-archives")
-    archives = {"model": model}
-    for kind, (text, flags) in TINY_ARCHIVES.items():
-        golden = GOLDEN / f"alice1200-{request.param}{kind}.lz"
-        if os.environ.get("LLMZIP_WRITE_GOLDEN") and (not kind or not golden.exists()):
-            compress(model, text, golden, *flags)
-        archives[f"golden{kind}"], archives[f"fresh{kind}"] = golden, folder / f"fresh{kind}.lz"
-        compress(model, text, archives[f"fresh{kind}"], *flags)
-    for kind in LEGACY_ARCHIVES:
-        archives[f"golden{kind}"] = GOLDEN / f"alice1200-{request.param}{kind}.lz"
-    return archives
-
-
-# Windowed archives and side models decode under the two settings that change the float kernels most.
-FLOAT_CHANGERS = ("as installed", "ATEN_CPU_CAPABILITY=default", "DNNL_MAX_CPU_ISA=SSE41")
-
-
-@pytest.mark.parametrize("environment", ENVIRONMENTS)
-def test_tiny_models_decode_in_every_environment(tiny_archives, tmp_path, environment):
-    names = ["golden", "fresh"]
-    names += (
-        ["golden-window", "golden-side", "golden-side-v3", "golden-pinned"] if environment in FLOAT_CHANGERS else []
-    )
-    names += ["fresh-window", "fresh-side", "fresh-pinned"] if environment == "as installed" else []
-    texts = {kind: text for kind, (text, _) in TINY_ARCHIVES.items()} | LEGACY_ARCHIVES
-    archives = {}
-    for name in names:
-        copy = tmp_path / f"{name}.lz"
-        copy.write_bytes(tiny_archives[name].read_bytes())
-        archives[name] = copy, texts[name.removeprefix("golden").removeprefix("fresh")]
-    decode_everywhere(archives, tiny_archives["model"], environment, GEOMETRIES)
-
-
-# Short chunks (made on an Intel Xeon), and the default level's side models over the text twice
-# in chunks of 300 tokens with a window of 8, so that the cache slides (made on an AMD EPYC), by
-# forward 3 and again by forward 4 (sinks pinned before the window; made on an AMD EPYC Zen 4).
-SMOLLM2_ARCHIVES = {
-    "": (TEXTS["smollm2-135m"], ("--chunk-size", "128")),
-    "-window": (TEXTS["smollm2-135m"] * 2, ("--chunk-size", "300", "--window", "8")),
-    "-pinned": (TEXTS["smollm2-135m"] * 2, ("--chunk-size", "300", "--window", "8")),
-}
-
-
-@pytest.mark.real_model
-@pytest.mark.parametrize(
-    ("environment", "geometry"),
-    # One geometry per environment (a real model takes ~20 s to load and prepare in each process);
-    # together they cover every thread count and batch size.
-    [(env, GEOMETRIES[(k * 4) % len(GEOMETRIES)]) for k, env in enumerate(ENVIRONMENTS)],
-)
-def test_smollm2_golden_archives_decode_in_every_environment(tmp_path, environment, geometry):
-    archives = {}
-    for kind, (text, flags) in SMOLLM2_ARCHIVES.items():
-        golden = GOLDEN / f"alice1200-smollm2{kind}.lz"
-        if os.environ.get("LLMZIP_WRITE_GOLDEN") and not golden.exists():
-            compress("smollm2-135m", text, golden, *flags)
-        copy = tmp_path / f"archive{kind}.lz"
-        copy.write_bytes(golden.read_bytes())
-        archives[f"smollm2{kind}"] = copy, text
-    decode_everywhere(archives, "smollm2-135m", environment, [geometry])
-
-
-@pytest.mark.real_model
-@pytest.mark.parametrize(
-    ("environment", "geometry"),
-    [("ATEN_CPU_CAPABILITY=default", (1, 1)), ("DNNL_MAX_CPU_ISA=SSE41", (2, 7))],
-)
-def test_gemma3_golden_archive_decodes_in_other_environments(tmp_path, environment, geometry):
-    """gemma3-270m (sliding-window layers, 262 144-token vocabulary): a teacher-forced golden
-    archive decoded by KV steps under other kernels, threads and batch sizes."""
-    golden = GOLDEN / "alice600-gemma3.lz"
-    text = TEXTS["smollm2-135m"][:600]
-    if os.environ.get("LLMZIP_WRITE_GOLDEN") and not golden.exists():
-        compress("gemma3-270m", text, golden, "--chunk-size", "64")
-    copy = tmp_path / "archive.lz"
-    copy.write_bytes(golden.read_bytes())
-    decode_everywhere({"gemma3": (copy, text)}, "gemma3-270m", environment, [geometry])
+    failed = [name for name, (exact,) in zip(names, seen["exact"], strict=True) if not exact]
+    assert not failed, f"not decoded exactly at (threads, batch) {geometry}: {failed}"
+    assert seen["learning"] == reference_steps, "learning took other steps here"

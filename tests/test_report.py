@@ -1,4 +1,4 @@
-"""The paper's tables and README's results section are what benchmarks/results/*.json give."""
+"""The paper's tables, docs/results.md and README's headline table are what benchmarks/results/*.json give."""
 
 from __future__ import annotations
 
@@ -30,13 +30,15 @@ def test_committed_tables_match_the_results() -> None:
 
 @pytest.fixture
 def copy_of_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The results, generated tables and README in a scratch tree the report module points at."""
+    """The results, generated tables, README and results page in a scratch tree the report module points at."""
     shutil.copytree(report.RESULTS, tmp_path / "results")
     shutil.copytree(report.GENERATED, tmp_path / "generated")
     shutil.copy(report.README, tmp_path / "README.md")
+    shutil.copy(report.RESULTS_PAGE, tmp_path / "results.md")
     monkeypatch.setattr(report, "RESULTS", tmp_path / "results")
     monkeypatch.setattr(report, "GENERATED", tmp_path / "generated")
     monkeypatch.setattr(report, "README", tmp_path / "README.md")
+    monkeypatch.setattr(report, "RESULTS_PAGE", tmp_path / "results.md")
     monkeypatch.setattr(report, "ROOT", tmp_path)
     return tmp_path
 
@@ -50,7 +52,7 @@ def test_a_changed_measurement_makes_the_check_fail_until_regenerated(copy_of_tr
     assert check(["--no-plots"]) == 0
     assert check(["--check"]) == 0
     archive = f"{data['rows'][0]['archive_bytes']:,}".replace(",", " ")
-    assert f"| {archive} |" in (copy_of_tree / "README.md").read_text()
+    assert f"| {archive} |" in (copy_of_tree / "results.md").read_text()
     assert f"& {archive} &" in (copy_of_tree / "generated" / "roundtrip.tex").read_text()
 
 
@@ -62,6 +64,7 @@ def test_latex_escapes_what_tex_would_read_as_commands() -> None:
 
 
 @pytest.mark.skipif(shutil.which("latexmk") is None, reason="needs latexmk and TeX Live: bash scripts/setup-paper.sh")
+@pytest.mark.slow
 def test_make_builds_the_paper_from_the_results(tmp_path: Path) -> None:
     shutil.copytree(ROOT / "paper", tmp_path / "paper", ignore=shutil.ignore_patterns("llmzip.pdf"))
     (tmp_path / "benchmarks").mkdir()
@@ -69,7 +72,10 @@ def test_make_builds_the_paper_from_the_results(tmp_path: Path) -> None:
         shutil.copy(ROOT / "benchmarks" / name, tmp_path / "benchmarks")
     shutil.copytree(report.RESULTS, tmp_path / "benchmarks" / "results")
     shutil.copy(report.README, tmp_path / "README.md")
+    (tmp_path / "docs").mkdir()
+    shutil.copy(report.RESULTS_PAGE, tmp_path / "docs" / "results.md")
     done = subprocess.run(["make", "-C", str(tmp_path / "paper"), f"PYTHON={sys.executable}"], capture_output=True)
     assert done.returncode == 0, done.stdout.decode()[-2000:]
     assert (tmp_path / "paper" / "llmzip.pdf").read_bytes().startswith(b"%PDF")
     assert (tmp_path / "README.md").read_text() == report.README.read_text()
+    assert (tmp_path / "docs" / "results.md").read_text() == report.RESULTS_PAGE.read_text()
