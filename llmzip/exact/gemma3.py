@@ -188,18 +188,7 @@ class ExactGemma3(PreparedModel):
                 tuple(t.to(self.device) for t in arithmetic.rotary_table(positions, self.config.head_dim, theta))
                 for theta in self.config.rope_theta
             ]
-        key_levels = self.key_levels(self.config, forward)
-        return KVCache(
-            self.config,
-            key_levels,
-            rows,
-            positions,
-            self.device,
-            window,
-            sinks,
-            versions.FORWARDS[forward].pins_sinks,
-            history,
-        )
+        return KVCache.of(self, forward, rows, positions, window, sinks, history)
 
     def embed_vectors(self, vectors: Tensor) -> Tensor:
         """Input embeddings given as vectors (steering), as the model reads them."""

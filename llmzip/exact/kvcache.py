@@ -12,8 +12,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .. import versions
 from .arithmetic import NO_WINDOW
-from .prepared import DecoderConfig
+from .prepared import DecoderConfig, PreparedModel
 
 SLACK = 256  # positions written between two slides: at least the longest write, a teacher-forced block
 
@@ -51,6 +52,16 @@ class KVCache:
         self.key_scales = torch.zeros(*shape, device=device)
         self.value_scales = torch.zeros(*shape, device=device)
         self.dropped = 0  # positions after the sinks no longer held
+
+    @classmethod
+    def of(
+        cls, model: PreparedModel, forward: str, rows: int, positions: int, window: int | None, sinks: int, history: int
+    ) -> KVCache:
+        """A cache for `model`'s `forward` (versions.FORWARDS): with its keys' levels, its sinks
+        pinned or not."""
+        key_levels = model.key_levels(model.config, forward)
+        pins = versions.FORWARDS[forward].pins_sinks
+        return cls(model.config, key_levels, rows, positions, model.device, window, sinks, pins, history)
 
     @staticmethod
     def slots(positions: int, window: int | None, sinks: int, history: int = 0) -> int:

@@ -234,18 +234,7 @@ class ExactLlama(PreparedModel):
         if self.cos.shape[0] < positions:
             cos, sin = arithmetic.rotary_table(positions, self.config.head_dim, self.config.rope_theta)
             self.cos, self.sin = cos.to(self.device), sin.to(self.device)
-        key_levels = self.key_levels(self.config, forward)
-        return KVCache(
-            self.config,
-            key_levels,
-            rows,
-            positions,
-            self.device,
-            window,
-            sinks,
-            versions.FORWARDS[forward].pins_sinks,
-            history,
-        )
+        return KVCache.of(self, forward, rows, positions, window, sinks, history)
 
     def embed_vectors(self, vectors: torch.Tensor) -> torch.Tensor:
         """Input embeddings given as vectors (steering) in the model's own basis, rotated."""

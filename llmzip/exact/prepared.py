@@ -111,6 +111,11 @@ class PreparedModel:
         tensors = {name: state[name] for name in cls.TENSORS}
         return cls(config, blocks=blocks, head=part("head", ExactLinear), **tensors)
 
+    @staticmethod
+    def key_levels(config: DecoderConfig, forward: str) -> int:
+        """The cached keys' integer levels in `forward` (one of FORWARDS)."""
+        raise NotImplementedError
+
     def to(self, device: torch.device) -> Self:
         self.device = device
         self.head.to(device)
