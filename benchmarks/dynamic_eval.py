@@ -15,7 +15,7 @@ first 4 of its block, as attention sinks; blocks of 8192 positions, the model's 
 restart cold, since sinks farther away than the context break its attention):
 - `model`: the weights as loaded, nothing learned;
 - `bias`: a per-token bias of the logits learned from each segment (the float analogue of
-  llmzip's adaptive bias, bias.py);
+  llmzip's adaptive bias, side/bias.py);
 - `weights`: after each segment, one SGD step on every weight against that segment's code
   length, carried on through the file (the decoder could take the same step after decoding it);
 - `weights+bias`: both;

@@ -90,7 +90,7 @@ class Header:
 
     @property
     def side_models(self) -> bool:
-        """Coded with side models (side.py): then the batch grouping is the encoder's."""
+        """Coded with side models (side/): then the batch grouping is the encoder's."""
         return SIDE_EXTENSION in self.extensions
 
     @property

@@ -2,7 +2,7 @@
 alphabet out (unnormalized, float64: the coder normalizes them, and in float32 its sum times
 its scale can round past 2**24 and leave the last symbol no probability).
 
-- `ExactPredictor` (Llama and Gemma 3 models, `llama.py`, `gemma3.py`): probabilities are a function of the
+- `ExactPredictor` (Llama and Gemma 3 models, `exact/llama.py`, `exact/gemma3.py`): probabilities are a function of the
   weights and the token history alone. The encoder teacher-forces whole chunks, the decoder
   steps any number of chunks in lockstep, on any CPU or GPU, with any thread count.
 - `FloatPredictor` (any other causal LM, through its Hugging Face forward): the floats depend
