@@ -81,9 +81,9 @@ def test_stdin_to_stdout(run):
 
 
 @pytest.mark.slow
-def test_real_pipes(tiny_dir):
-    """Through OS pipes (unknown size, cannot seek): the archive is verified at the pipe's end,
-    and a damaged one fails there with exit code 1."""
+def test_real_processes_through_pipes(tiny_dir, sample):
+    """`python -m llmzip` through OS pipes (unknown size, cannot seek): the archive is verified at
+    the pipe's end, a damaged one fails there with exit code 1, and errors are one line."""
     llmzip = [sys.executable, "-m", "llmzip"]
     compressed = subprocess.run([*llmzip, "compress", "-", "-c", "--model", tiny_dir, "--chunk-size", "16"],
                                 input=TEXT * 3, capture_output=True, check=True)  # fmt: skip
@@ -93,6 +93,8 @@ def test_real_pipes(tiny_dir):
     damaged = compressed.stdout[:-1] + bytes([compressed.stdout[-1] ^ 1])
     failed = subprocess.run([*llmzip, "decompress", "-", "-c"], input=damaged, capture_output=True)
     assert failed.returncode == 1 and failed.stderr.decode().strip().splitlines()[-1].startswith("llmzip: error:")
+    refused = subprocess.run([*llmzip, "decompress", str(sample)], capture_output=True, text=True)
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr
 
 
 @pytest.mark.parametrize(("precision", "level"), [("exact", "-1"), ("exact", "-6"), ("fp32", "-6")])
@@ -257,18 +259,6 @@ def test_wrong_model_names_the_needed_one(run, sample, tiny_dir, tmp_path):
     result = run("decompress", str(sample) + ".lz", "-o", str(tmp_path / "x"), "--model", str(other_dir))
     message = one_line_error(result)
     assert f"archive needs model '{tiny_dir}'" in message
-
-
-@pytest.mark.slow
-def test_real_subprocess(tiny_dir, sample, tmp_path):
-    """`python -m llmzip` end to end, with exit codes and a one-line error."""
-    cmd = [sys.executable, "-m", "llmzip"]
-    subprocess.run([*cmd, "compress", str(sample), "--model", tiny_dir, "-q"], check=True)
-    out = tmp_path / "restored"
-    subprocess.run([*cmd, "decompress", str(sample) + ".lz", "-o", str(out), "-q"], check=True)
-    assert out.read_bytes() == TEXT
-    failed = subprocess.run([*cmd, "decompress", str(sample)], capture_output=True, text=True)
-    assert failed.returncode == 1 and failed.stderr.count("\n") == 1 and "Traceback" not in failed.stderr
 
 
 def test_archive_from_a_newer_format_version(run, sample, tmp_path):

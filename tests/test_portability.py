@@ -41,9 +41,9 @@ ENVIRONMENTS = {
     "MKL_ENABLE_INSTRUCTIONS=SSE4_2": {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2"},
     "ATEN_CPU_CAPABILITY=avx512": {"ATEN_CPU_CAPABILITY": "avx512"},  # last: skipped on AVX2 CPUs
 }
-# (threads, batch size): each environment decodes at one, in turn, so that every archive meets
-# every geometry (without the last environment too). Archives with side models or learning run
-# their encoder's batches whatever the batch size.
+# (threads, batch size): each environment decodes at one, in turn, so that the plain golden archives
+# meet every geometry (without the last environment too), and the others 1 and 2 threads and each
+# batch size. Archives with side models or learning run their encoder's batches whatever the batch.
 GEOMETRIES = [(1, 1), (2, 7), (2, 64), (1, 64), (2, 1), (1, 7)]
 
 # Short chunks; chunks of 600 tokens with a window of 8, longer than the KV cache holds
@@ -74,7 +74,9 @@ GEMMA3_ENVIRONMENT = "ATEN_CPU_CAPABILITY=default"
 # The torch code (the kernels' definition) takes minutes over a real model's archives: the tiny
 # models' golden archives and learning check that path there, tests/test_exact.py every kernel.
 REFERENCE_PATH = "LLMZIP_KERNELS=0"
-FRESH_ENVIRONMENTS = ("as installed", "ATEN_CPU_CAPABILITY=default", "DNNL_MAX_CPU_ISA=SSE41")
+# Where the tiny models' windowed, side-model and fresh archives decode too: the settings that
+# change the float kernels most (elsewhere, their plain golden archives).
+FLOAT_CHANGERS = ("as installed", "ATEN_CPU_CAPABILITY=default", "DNNL_MAX_CPU_ISA=SSE41")
 
 # Decodes each job's archive at each of its geometries, model by model, then takes the learning
 # steps; prints what it saw.
@@ -131,16 +133,18 @@ def archives(tiny_dir, tiny_gemma3_dir, tmp_path_factory) -> dict[str, tuple[str
 
 
 def cell_decodes(name: str, environment: str) -> bool:
-    """Whether `environment` decodes archive `name`: the tiny models' golden archives everywhere, and
-    their fresh ones where the float kernels change most (FRESH_ENVIRONMENTS); one SmolLM2 archive
-    in turn (each in two environments at least); gemma3-270m's in GEMMA3_ENVIRONMENT."""
+    """Whether `environment` decodes archive `name`: the tiny models' plain golden archives
+    everywhere, all their golden ones on the reference path, and all their archives in
+    FLOAT_CHANGERS; one SmolLM2 archive in turn (each in two environments at least); gemma3-270m's
+    in GEMMA3_ENVIRONMENT."""
     if name.startswith("smollm2"):
         kinds = [f"smollm2-golden{kind}" for kind in SMOLLM2_ARCHIVES]
         turns = [e for e in ENVIRONMENTS if e != REFERENCE_PATH]
         return environment in turns and name == kinds[turns.index(environment) % len(kinds)]
     if name.startswith("gemma3"):
         return environment == GEMMA3_ENVIRONMENT
-    return "-golden" in name or environment in FRESH_ENVIRONMENTS
+    golden = "-golden" in name
+    return name.endswith("-golden") or environment in FLOAT_CHANGERS or (golden and environment == REFERENCE_PATH)
 
 
 @pytest.fixture(scope="module")
