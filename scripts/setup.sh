@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install llmzip with Ray, its test tools and the benchmarks' baselines and plots into .venv (idempotent),
-# then build the fused kernels and fetch and prepare the default model, once, rather than on first use.
+# then build the fused kernels and fetch and prepare the default model, once, rather than on first use;
+# with --tests, also the other built-in model, which the tests decode.
 # torch goes first and pinned: torch==2.13.0 is a local CPU build here, while a looser spec can
 # pull a multi-GB CUDA build.
 set -euo pipefail
@@ -8,4 +9,8 @@ cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q torch==2.13.0
 .venv/bin/python -m pip install -q -e '.[test,bench,ray]'
-.venv/bin/python -c 'import llmzip; llmzip.tune_process(); llmzip.Compressor(quiet=False).prepare()'
+models=("smollm2-135m")
+[ "${1:-}" = "--tests" ] && models+=("gemma3-270m")
+for model in "${models[@]}"; do
+    .venv/bin/python -c 'import sys, llmzip; llmzip.tune_process(); llmzip.Compressor(sys.argv[1], quiet=False).prepare()' "$model"
+done
