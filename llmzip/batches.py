@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,8 +19,13 @@ from .errors import InvalidOptionError
 from .exact.architectures import ExactModel
 from .exact.learning import Learner
 from .models import LoadedModel, exact_model
-from .predictor import ExactPredictor, FloatPredictor, Predictor
+from .predictor import ExactPredictor
 from .steering.soft_prompt import Steering
+
+if TYPE_CHECKING:
+    from .float_predictor import FloatPredictor
+
+    Predictor = ExactPredictor | FloatPredictor
 
 ByteProgress = Callable[[int], None]  # called with a count of input bytes just processed
 Job = tuple[list[bytes], list[ChunkEntry]]  # a batch to decode: stored payloads and their entries
@@ -67,10 +73,6 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
-def embedding_width(model: LoadedModel) -> int:
-    return model.model.get_input_embeddings().weight.shape[1]
-
-
 class BatchCoder:
     """A loaded model that codes batches: the exact model is prepared once, and the learner and
     the last plan's predictor are kept for the next batch."""
@@ -92,9 +94,11 @@ class BatchCoder:
         if self._plan_predictor is not None and self._plan_predictor[0] == plan:
             return self._plan_predictor[1]
         steer = Steering.from_bytes(plan.steering)
-        prefix = steer.prefix(self.model.tokenizer, embedding_width(self.model))
+        prefix = steer.prefix(self.model.tokenizer, self.model.facts.width)
         rows, alphabet_size = max(plan.rows, MIN_ROWS), self.model.tokenizer.alphabet_size
         if plan.precision != EXACT:
+            from .float_predictor import FloatPredictor  # imports transformers' model code
+
             predictor: Predictor = FloatPredictor(self.model.model, rows, alphabet_size, plan.precision, prefix)
         else:
             model = self.prepare()

@@ -21,17 +21,22 @@ import signal
 import threading
 from collections.abc import Callable
 from functools import cache
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import constriction
 import numpy as np
 
 from .container import Reader, varint
 from .errors import CorruptArchiveError
-from .predictor import ExactPredictor, Predictor
+from .predictor import ExactPredictor
 from .side import match
 from .side.stage import SideModels
 from .tokenization import TokenRoles
+
+if TYPE_CHECKING:
+    from .float_predictor import FloatPredictor
+
+    Predictor = ExactPredictor | FloatPredictor
 
 # Fast quantization: every symbol gets at least the smallest representable probability.
 CODER_MODEL = constriction.stream.model.Categorical(perfect=False)

@@ -12,20 +12,22 @@ import time
 import warnings
 import zlib
 from collections.abc import Callable, Iterator
-from contextlib import closing
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, replace
 from typing import BinaryIO
 
+import numpy as np
 import torch
 
 from . import container, levels, versions
 from .aliases import DEFAULT_MODEL
-from .batches import BatchCoder, ByteProgress, LocalBatches, Plan, embedding_width, torch_threads
+from .batches import BatchCoder, ByteProgress, CodedBatch, LocalBatches, Plan, torch_threads
 from .chunking import TokenChunks
 from .cluster import Cluster, RayBatches, WorkerSpec
 from .container import EXACT, ArchiveReader, ChunkEntry, Header
 from .errors import CorruptArchiveError, DecodeMismatchError, InvalidOptionError, WrongModelError
-from .exact.architectures import can_learn, exact_architecture
+from .exact.architectures import can_learn
+from .journal import Journal, Record, digest, job_of, replay
 from .levels import LEVELS
 from .models import LoadedModel, load_model
 from .options import Options
@@ -62,7 +64,7 @@ class MachineBoundWarning(UserWarning):
 
 def _runtime(model: LoadedModel, precision: str) -> tuple[str, str, str]:
     """What besides the archive's geometry decides a float forward: torch, the CPU's kernels, the forward."""
-    return torch.__version__, cpu_capability(), forward_name(model.model, precision)
+    return torch.__version__, cpu_capability(), forward_name(model.architecture, precision)
 
 
 def cpu_capability() -> str:
@@ -80,24 +82,23 @@ class Compressor:
         options: Options | None = None,
         *,
         cluster: Cluster | None = None,
-        quiet: bool = True,
         **settings: object,
     ) -> None:
         """`options`, with any of its fields given as keywords (`Compressor(model, level=9)`).
         `cluster`: code batches on its workers, which load `model` by name (exact predictor only)."""
         options = replace(options or Options(), **settings)
         self.options = options
-        self.model = model if isinstance(model, LoadedModel) else load_model(model, quiet=quiet)
+        self.model = model if isinstance(model, LoadedModel) else load_model(model)
         self.source = model if isinstance(model, str) else None  # what a worker loads
-        architecture = exact_architecture(self.model.model)
+        architecture = self.model.architecture
         if options.precision == EXACT and architecture is None:
             raise InvalidOptionError(
-                f"model {self.model.name!r} ({self.model.model.config.model_type}) has no exact predictor in llmzip; "
-                f"use --precision {default_precision(self.model.model)} (machine-bound archives)"
+                f"model {self.model.name!r} ({self.model.facts.model_type}) has no exact predictor in llmzip; "
+                f"use --precision {default_precision(None)} (machine-bound archives)"
             )
         self.batch_size = options.batch_size
         self.threads = options.threads or torch.get_num_threads()
-        self.precision = options.precision or default_precision(self.model.model)
+        self.precision = options.precision or default_precision(architecture)
         exact = self.precision == EXACT
         for what, asked in (
             ("an attention window needs", options.window is not None),
@@ -105,14 +106,14 @@ class Compressor:
         ):
             if asked and not exact:
                 raise InvalidOptionError(f"{what} the exact predictor, not precision {self.precision}")
-        self.forward = forward_name(self.model.model, self.precision)
+        self.forward = forward_name(architecture, self.precision)
         level = LEVELS[options.level]
         self.level = options.level
         self.chunk_size, self.window = levels.geometry(
             options.level, self.context, self.forward if exact else None, options.chunk_size, options.window
         )
         self.side_models = (level.side if options.side_models is None else options.side_models) and exact
-        learnable = exact and can_learn(self.model.model)
+        learnable = exact and can_learn(architecture)
         if options.learn and not learnable:
             raise InvalidOptionError("learning needs the exact predictor of a Llama model")
         self.learning = level.learn and learnable if options.learn is None else options.learn
@@ -127,7 +128,7 @@ class Compressor:
     @property
     def context(self) -> int:
         """Positions the model takes (the largest chunk size where it does not say)."""
-        return getattr(self.model.model.config, "max_position_embeddings", None) or container.MAX_CHUNK_TOKENS + 1
+        return self.model.facts.context or container.MAX_CHUNK_TOKENS + 1
 
     def chunk_size_for(self, tokens: int) -> int:
         """Tokens per chunk for an input of `tokens` tokens: the chunk size asked for, else the
@@ -157,12 +158,15 @@ class Compressor:
         progress: ByteProgress | None = None,
         steer: Steering | None = None,
         on_train_step: Callable[[float], None] | None = None,
+        journal: str | None = None,
     ) -> EncodedArchive:
         """The archive of what `stream` holds, with its payloads spooled to a temporary file.
         With `steer="auto"`, both the trained steering and none are coded and the smaller archive
         is kept (so progress runs twice). A `steer` given here (e.g. vectors trained once, coded
         under several priors) replaces the option's. `on_train_step` gets the loss after each
-        training step of trained steering."""
+        training step of trained steering. `journal`: a file keeping each finished batch of more
+        than one, from which the same compress, run again, resumes (journal.py); the caller
+        removes it once the archive is written."""
         if self.precision != EXACT:
             warnings.warn(
                 MachineBoundWarning(
@@ -172,17 +176,25 @@ class Compressor:
                 stacklevel=2,
             )
         started = time.perf_counter()
-        with closing(TokenChunks(stream, self.model.tokenizer, self.chunk_size)) as chunks:
+        with (
+            closing(TokenChunks(stream, self.model.tokenizer, self.chunk_size)) as chunks,
+            ExitStack() as journals,
+        ):
             chunks.chunk_size = self.chunk_size_for(chunks.tokens)
+            kept = None
+            if journal is not None and len(chunks) > self.batch_size:
+                job = job_of("compress", self.model.fingerprint, chunks.sha256.digest())
+                if kept := Journal.open(journal, job):
+                    journals.enter_context(closing(kept))
             auto = steer is None and self.steer[0] == "auto"
             if steer is None and self.steer[0] != "text":  # before minutes of training, not after
                 levels.check_context(self.context, self.forward, int(self.steer[1]), chunks.chunk_size, self.window)
             steer = steer or self._steering(*self.steer, chunks, on_train_step)
             trained_seconds = time.perf_counter() - started
             if auto and steer.kind != "none":
-                plain, plain_stats = self._code(chunks, Steering(), {}, progress)
+                plain, plain_stats = self._code(chunks, Steering(), {}, progress, kept)
                 extensions = {container.UNSTEERED_SIZE_EXTENSION: container.varint(plain.size)}
-                steered, stats = self._code(chunks, steer, extensions, progress)
+                steered, stats = self._code(chunks, steer, extensions, progress, kept)
                 if steered.size < plain.size:
                     archive, dropped = steered, plain
                 else:
@@ -190,7 +202,7 @@ class Compressor:
                 dropped.close()
                 stats.unsteered_bytes = plain.size
             else:
-                archive, stats = self._code(chunks, steer, {}, progress)
+                archive, stats = self._code(chunks, steer, {}, progress, kept)
         stats.steering_seconds = trained_seconds
         stats.seconds = time.perf_counter() - started
         self.stats = stats
@@ -200,18 +212,23 @@ class Compressor:
         self, kind: str, arg: str | int, chunks: TokenChunks, on_train_step: Callable[[float], None] | None
     ) -> Steering:
         """The steering to code with; `trained` and `auto` fit vectors to the chunks first."""
-        model = self.model.model
         if kind == "text":
             return Steering("text", text=str(arg))
         if kind == "random":
             seed = self.options.training.seed
-            return Steering("random", seed=seed, scale=training.embedding_scale(model), count=int(arg))
+            return Steering("random", seed=seed, scale=training.embedding_scale(self.model.model), count=int(arg))
         if kind in ("trained", "auto") and chunks:
             count = int(arg)
             autocast = self.precision == "bf16"  # train at the precision the coder will run
             with torch_threads(self.threads):
                 vectors = training.train(
-                    model, self.model.tokenizer, chunks, count, self.options.training, autocast, on_train_step
+                    self.model.model,
+                    self.model.tokenizer,
+                    chunks,
+                    count,
+                    self.options.training,
+                    autocast,
+                    on_train_step,
                 )
             o = self.options
             return Steering(
@@ -220,12 +237,18 @@ class Compressor:
         return Steering()
 
     def _code(
-        self, chunks: TokenChunks, steer: Steering, extensions: dict[int, bytes], progress: ByteProgress | None
+        self,
+        chunks: TokenChunks,
+        steer: Steering,
+        extensions: dict[int, bytes],
+        progress: ByteProgress | None,
+        journal: Journal | None,
     ) -> tuple[EncodedArchive, CodingStats]:
         """Code the chunks with `steer` as every chunk's prefix, batch by batch (here, or on the
-        cluster's workers), into a payload spool; return the archive and its stats."""
+        cluster's workers, or from the journal where it holds a batch), into a payload spool;
+        return the archive and its stats."""
         tokenizer = self.model.tokenizer
-        prefix = steer.prefix(tokenizer, embedding_width(self.model))
+        prefix = steer.prefix(tokenizer, self.model.facts.width)
         batch_size = balanced_batch_size(len(chunks), self.batch_size)
         longest = min(chunks.tokens, chunks.chunk_size)
         window = self.window if self.window is not None and self.window < longest else None  # else it changes nothing
@@ -245,8 +268,18 @@ class Compressor:
             steering=steer.describe(),
         )
         starts = range(0, len(chunks), batch_size)
-        batches = (chunks[first : first + batch_size] for first in starts)
-        coded_batches = self._batches(self.threads).encode(plan, batches, progress)
+        executor = self._batches(self.threads)
+
+        def run(indices: list[int]) -> Iterator[Record]:
+            batches = (chunks[starts[k] : starts[k] + batch_size] for k in indices)
+            return ((c.payloads, c.ideal_bits) for c in executor.encode(plan, batches, progress))
+
+        def reused(k: int, record: Record) -> None:
+            if progress:
+                progress(sum(int(tokenizer.id_nbytes[t].sum()) for t in chunks[starts[k] : starts[k] + batch_size]))
+
+        tags = [self._tag(journal, plan, k, chunks[first : first + batch_size]) for k, first in enumerate(starts)]
+        coded_batches = (CodedBatch(*record) for record in replay(journal, tags, run, reused))
         entries, payload_crc = [], 0
         payloads = tempfile.TemporaryFile()  # noqa: SIM115 (handed on in the EncodedArchive)
         try:
@@ -296,6 +329,14 @@ class Compressor:
         stats.steering_bytes = len(steer.to_bytes())
         return archive, stats
 
+    def _tag(self, journal: Journal | None, plan: Plan, index: int, batch: list[np.ndarray]) -> bytes:
+        """What a batch's code depends on besides the job: the plan, its place, its tokens, and
+        where floats compute it, the runtime and threads."""
+        if journal is None:
+            return b""
+        bound = (*_runtime(self.model, plan.precision), str(self.threads)) if plan.precision != EXACT else ()
+        return digest(journal.job, repr(plan), str(index), *bound, *(tokens.tobytes() for tokens in batch))
+
     def worker_spec(self) -> WorkerSpec:
         """What a cluster worker loads to code this compressor's batches."""
         if self.source is None:
@@ -329,19 +370,22 @@ class Compressor:
                 f"invalid header: a vocabulary of {header.roles.model_vocab} tokens, "
                 f"but the model has {self.model.tokenizer.model_vocab}"
             )
-        architecture = exact_architecture(self.model.model)
-        versions.check_decodable(header, architecture and architecture.ARCHITECTURE, can_learn(self.model.model))
+        architecture = self.model.architecture
+        versions.check_decodable(header, architecture and architecture.ARCHITECTURE, can_learn(architecture))
 
-    def iter_decompress(self, archive: bytes | ArchiveReader, progress: ByteProgress | None = None) -> Iterator[bytes]:
+    def iter_decompress(
+        self, archive: bytes | ArchiveReader, progress: ByteProgress | None = None, journal: str | None = None
+    ) -> Iterator[bytes]:
         """Yield the original bytes batch by batch. A chunk failing its CRC raises before its batch
         is yielded; the whole-file checksum (and, from a pipe, the payload CRC) is checked after
-        the last batch, so consume the iterator to its end before trusting what it gave."""
+        the last batch, so consume the iterator to its end before trusting what it gave.
+        `journal`: as for `compress_stream`, from which the same decompress resumes."""
         reader = archive if isinstance(archive, ArchiveReader) else ArchiveReader(io.BytesIO(archive))
         header = reader.header
         self.check_model(header)
         tokenizer = self.model.tokenizer
         steer = Steering.from_bytes(header.extensions.get(container.STEERING_EXTENSION, b""))
-        prefix = steer.prefix(tokenizer, embedding_width(self.model))
+        prefix = steer.prefix(tokenizer, self.model.facts.width)
         longest = max((chunk.tokens for chunk in header.chunks), default=0)
         levels.check_context(self.context, header.step, 0 if prefix is None else len(prefix), longest, header.window)
         # An exact archive decodes in any thread count and, without side models or learning, in any batch.
@@ -352,26 +396,42 @@ class Compressor:
             header.precision, header.step, batch, steer.to_bytes(), header.window, side_models, header.learning_version
         )
         threads = decoding_threads(header) if header.machine_bound else self.threads
-        batches = enumerate(reader.payload_batches(batch))
-        jobs = ((stored, header.chunks[k * batch : (k + 1) * batch]) for k, stored in batches)
-        if header.machine_bound:  # float rows are machine-bound: decoded here
-            decoded = LocalBatches(self.coder, threads).decode(plan, jobs, progress)
-        else:
-            decoded = self._batches(threads).decode(plan, jobs, progress)
-        digest, size = hashlib.sha256(), 0
-        for k, chunks in enumerate(decoded):
-            entries = header.chunks[k * batch : (k + 1) * batch]
-            for i, (entry, chunk) in enumerate(zip(entries, chunks, strict=True)):
-                if zlib.crc32(chunk) != entry.crc32:
-                    runtime = _runtime(self.model, header.precision)
-                    raise DecodeMismatchError(_mismatch_message(k * batch + i, header, runtime, threads))
-                if entry.raw and progress:
-                    progress(len(chunk))
-            block = b"".join(chunks)
-            digest.update(block)
-            size += len(block)
-            yield block
-        if size != header.original_size or digest.digest()[: container.CHECKSUM_BYTES] != header.checksum:
+        executor = LocalBatches(self.coder, threads) if header.machine_bound else self._batches(threads)
+        payloads = enumerate(reader.payload_batches(batch))
+        entries = [header.chunks[first : first + batch] for first in range(0, len(header.chunks), batch)]
+
+        def run(indices: list[int]) -> Iterator[Record]:
+            wanted = set(indices)
+            jobs = ((stored, entries[k]) for k, stored in payloads if k in wanted)
+            return ((chunks, 0.0) for chunks in executor.decode(plan, jobs, progress))
+
+        def reused(k: int, record: Record) -> None:
+            if progress:
+                progress(sum(len(c or b"") for c, e in zip(record[0], entries[k], strict=True) if not e.raw))
+
+        with ExitStack() as journals:
+            kept, tags = None, [b""] * len(entries)
+            if journal is not None and len(entries) > 1:
+                job = job_of("decompress", header.model_fingerprint, digest(repr(header), str(reader.payload_crc)))
+                if kept := Journal.open(journal, job):
+                    journals.enter_context(closing(kept))
+                bound_threads = str(threads) if header.machine_bound else ""
+                tags = [digest(job, repr(plan), str(k), bound_threads) for k in range(len(entries))]
+            whole, size = hashlib.sha256(), 0
+            for k, (chunks, _) in enumerate(replay(kept, tags, run, reused)):
+                for i, (entry, chunk) in enumerate(zip(entries[k], chunks, strict=True)):
+                    if chunk is None or zlib.crc32(chunk) != entry.crc32:
+                        runtime = _runtime(self.model, header.precision)
+                        raise DecodeMismatchError(_mismatch_message(k * batch + i, header, runtime, threads))
+                    if entry.raw and progress:
+                        progress(len(chunk))
+                block = b"".join(chunks)  # type: ignore[arg-type] (no None: checked above)
+                whole.update(block)
+                size += len(block)
+                yield block
+            for _ in payloads:  # batches the journal held: read still, for the payload CRC
+                pass
+        if size != header.original_size or whole.digest()[: container.CHECKSUM_BYTES] != header.checksum:
             raise DecodeMismatchError("decoded data fails the whole-file checksum")
 
     def decompress(self, archive: bytes, progress: ByteProgress | None = None) -> bytes:

@@ -5,26 +5,21 @@ its scale can round past 2**24 and leave the last symbol no probability).
 - `ExactPredictor` (Llama and Gemma 3 models, `exact/llama.py`, `exact/gemma3.py`): probabilities are a function of the
   weights and the token history alone. The encoder teacher-forces whole chunks, the decoder
   steps any number of chunks in lockstep, on any CPU or GPU, with any thread count.
-- `FloatPredictor` (any other causal LM, through its Hugging Face forward): the floats depend
-  on the CPU's kernels, the thread count and the batch shape, so its archives are
-  machine-bound: the decoder must run the encoder's rows, threads and precision, on the same
-  kind of machine.
+- `FloatPredictor` (float_predictor.py: any other causal LM, through its Hugging Face forward):
+  machine-bound archives.
 """
 
 from __future__ import annotations
 
-import copy
 import os
-import warnings
 from collections.abc import Iterator
+from importlib.metadata import version
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import transformers
-from transformers import DynamicCache, PreTrainedModel
-from transformers.cache_utils import Cache, DynamicLayer
 
-from .container import EXACT, FLOAT_PRECISIONS, MIN_ROWS
+from .container import EXACT, FLOAT_PRECISIONS
 from .errors import LlmzipError
 from .exact import arithmetic, learning
 from .exact.architectures import ExactModel, exact_architecture
@@ -33,31 +28,37 @@ from .exact.learning import Learner
 from .exact.llama import Tape
 from .levels import SINK_TOKENS
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
 # The Hugging Face forward's dtype per float precision (int8: torch's dynamic quantization).
 DTYPES = dict(zip(FLOAT_PRECISIONS, (torch.float32, torch.bfloat16, torch.float32), strict=True))
 FORCED_BLOCK = SLACK  # rows x positions per teacher-forced forward (188 tok/s on 2 AVX2 cores; 128: 154)
 Prefix = np.ndarray | torch.Tensor  # a steering prefix: token ids (int64 [N]) or input embeddings (float32 [N, hidden])
 
 
-def default_precision(model: PreTrainedModel | None) -> str:
-    """`exact` where llmzip implements the architecture; else the float forward, in bf16 where
-    oneDNN has native bfloat16 kernels (AVX512-BF16 or AMX), else fp32 (also for model None)."""
-    if model is not None and exact_architecture(model) is not None:
+def default_precision(architecture: type[ExactModel] | None) -> str:
+    """`exact` where llmzip implements the model's architecture; else the float forward, in bf16
+    where oneDNN has native bfloat16 kernels (AVX512-BF16 or AMX), else fp32."""
+    if architecture is not None:
         return EXACT
     bf16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
     return "bf16" if bf16 else "fp32"
 
 
-def forward_name(model: PreTrainedModel, precision: str) -> str:
+def forward_name(architecture: type[ExactModel] | None, precision: str) -> str:
     """Which implementation computes the probabilities: archives record it."""
-    return exact_architecture(model).NAME if precision == EXACT else f"transformers-{transformers.__version__}"
+    if precision == EXACT:
+        assert architecture is not None
+        return architecture.NAME
+    return f"transformers-{version('transformers')}"
 
 
 def physical_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def _check_memory(need: int, rows: int, positions: int) -> None:
+def check_memory(need: int, rows: int, positions: int) -> None:
     """Refuse before allocating, whatever a header asked for."""
     if need > physical_memory():
         raise LlmzipError(
@@ -115,7 +116,7 @@ class ExactPredictor:
         slots = KVCache.slots(positions, self.window, sinks, history)
         if self.cache is None or self.cache.rows != rows or self.cache.positions < positions:
             key_levels = self.model.key_levels(self.model.config, self.forward)
-            _check_memory(rows * slots * KVCache.bytes_per_position(self.model.config, key_levels), rows, slots)
+            check_memory(rows * slots * KVCache.bytes_per_position(self.model.config, key_levels), rows, slots)
             self.cache = self.model.new_cache(rows, positions, self.window, sinks, self.forward, history)
             if self.prefix is not None:
                 self.model.forward(self.prefix.expand(rows, -1, -1), 0, self.cache)
@@ -184,94 +185,6 @@ class ExactPredictor:
         return arithmetic.softmax_weights(logits.cpu(), self.weights).numpy()
 
 
-class PreallocatedLayer(DynamicLayer):
-    """A DynamicLayer that writes into buffers sized for the whole chunk. DynamicLayer grows by
-    concatenation, copying the whole cache every step; this gives the same floats (the attention
-    sees the same values) and takes 29% less time over 1024 steps of SmolLM2 with 16 rows."""
-
-    def __init__(self, capacity: int) -> None:
-        super().__init__()
-        self.capacity = capacity
-        self.length = 0
-
-    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        super().lazy_initialization(key_states, value_states)
-        rows, heads, _, _ = key_states.shape
-        self.key_buffer = key_states.new_empty(rows, heads, self.capacity, key_states.shape[-1])
-        self.value_buffer = value_states.new_empty(rows, heads, self.capacity, value_states.shape[-1])
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        end = self.length + key_states.shape[-2]
-        self.key_buffer[:, :, self.length : end] = key_states
-        self.value_buffer[:, :, self.length : end] = value_states
-        self.length = end
-        self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
-        return self.keys, self.values
-
-
-class FloatPredictor:
-    """Any causal LM through its Hugging Face forward, stepped over a fixed number of rows (at
-    least MIN_ROWS), with a preallocated cache for models whose layers all attend to the full
-    context (sliding-window models keep the stock cache)."""
-
-    exact = False
-
-    def __init__(
-        self, model: PreTrainedModel, rows: int, alphabet_size: int, precision: str, prefix: Prefix | None = None
-    ) -> None:
-        if rows < MIN_ROWS:
-            raise ValueError(f"rows must be at least {MIN_ROWS}")
-        if precision == "int8":
-            with warnings.catch_warnings():  # torch.ao.quantization is deprecated; still the int8 path torch ships
-                warnings.simplefilter("ignore", DeprecationWarning)
-                quantize = torch.ao.quantization.quantize_dynamic
-                self.model = quantize(copy.deepcopy(model), {torch.nn.Linear}, torch.qint8)
-        else:
-            dtype = DTYPES[precision]
-            self.model = model if model.dtype == dtype else copy.deepcopy(model).to(dtype)
-        self.rows, self.precision = rows, precision
-        self.prefix = [] if prefix is None else list(prefix)  # ids or vectors, fed to every row in turn
-        self.vocab = model.get_output_embeddings().weight.shape[0]
-        self.probs = np.zeros((rows, alphabet_size), dtype=np.float64)
-        config = model.config
-        layer_types = getattr(config, "layer_types", None) or ["full_attention"]
-        self.preallocate = getattr(config, "sliding_window", None) is None and set(layer_types) == {"full_attention"}
-        self.cache: Cache | None = None
-
-    def start(self, rows: int, steps: int, lengths: np.ndarray | None = None) -> None:
-        """Start new sequences (`rows` must be the predictor's), to be advanced at most `steps`
-        tokens after the steering prefix, which is fed to all rows at once (`lengths`, each
-        row's tokens, matter to a predictor that learns; this one does not)."""
-        if rows != self.rows:
-            raise ValueError(f"this predictor runs {self.rows} rows")
-        positions = len(self.prefix) + steps
-        _check_memory(state_bytes(self.model, rows, positions, self.probs.shape[1], self.precision), rows, positions)
-        if self.preallocate:
-            layers = self.model.config.num_hidden_layers
-            self.cache = Cache(layers=[PreallocatedLayer(positions) for _ in range(layers)])
-        else:
-            self.cache = DynamicCache()
-        for item in self.prefix:
-            item = torch.as_tensor(item)
-            self._forward(item.expand(self.rows, *item.shape).contiguous())
-
-    @torch.inference_mode()
-    def _forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Token ids [rows], or input embeddings [rows, hidden] -> float32 logits [rows, vocab]."""
-        if inputs.is_floating_point():
-            feed = {"inputs_embeds": inputs.to(self.model.dtype)[:, None]}
-        else:
-            feed = {"input_ids": inputs.view(-1, 1)}
-        return self.model(**feed, cache=self.cache, use_cache=True).logits[:, -1, :].float()
-
-    def step(self, input_ids: np.ndarray) -> np.ndarray:
-        logits = self._forward(torch.from_numpy(input_ids.astype(np.int64)))
-        self.probs[:, : self.vocab] = torch.softmax(logits, dim=-1).numpy()
-        return self.probs
-
-
 def state_bytes(model: PreTrainedModel, rows: int, positions: int, alphabet_size: int, precision: str) -> int:
     """Memory the float predictor's state takes: every row's KV cache over `positions`, and its probabilities."""
     c = model.config
@@ -286,10 +199,7 @@ def cache_bytes(model: PreTrainedModel, precision: str, rows: int, positions: in
     """KV cache memory of `rows` sequences of `positions`, exact or float."""
     if precision == EXACT:
         architecture = exact_architecture(model)
-        config = architecture.config_of(model)
+        config = architecture.Config.of(model)
         key_levels = architecture.key_levels(config, architecture.NAME)
         return rows * positions * KVCache.bytes_per_position(config, key_levels)
     return state_bytes(model, rows, positions, 0, precision)
-
-
-Predictor = ExactPredictor | FloatPredictor

@@ -12,9 +12,11 @@ encoder checks that the lookup gives back its input before anything is coded.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -64,35 +66,47 @@ def _piece_bytes(piece: str, byte_level: bool, byte_of: dict[str, int]) -> bytes
 
 
 class ByteTokenizer:
-    """Maps bytes to ids over an alphabet of `model_vocab` tokens plus 256 escapes, and back."""
+    """Maps bytes to ids over an alphabet of `roles.model_vocab` tokens plus 256 escapes, and back:
+    `tokenize` cuts text into ids, `id_bytes` gives each id's bytes. Made from a Hugging Face
+    tokenizer (`of`), or from a saved table and its tokenizer.json run by `tokenizers` alone
+    (`load`: no transformers import)."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, model_vocab: int) -> None:
-        self.tokenizer = tokenizer
-        self.model_vocab = model_vocab
-        self.alphabet_size = model_vocab + N_ESCAPES
-        self.id_bytes = self._id_bytes_table()
+    def __init__(
+        self, tokenize: Callable[[str], list[int]], id_bytes: list[bytes], roles: TokenRoles, tokenizer: Any = None
+    ) -> None:
+        self.tokenize, self.id_bytes, self.roles = tokenize, id_bytes, roles
+        self.tokenizer = tokenizer  # what `tokenize` runs
+        self.model_vocab = roles.model_vocab
+        self.alphabet_size = self.model_vocab + N_ESCAPES
         single = {}
-        for i in range(model_vocab - 1, -1, -1):  # reversed: the lowest id wins
-            if len(self.id_bytes[i]) == 1:
-                single[self.id_bytes[i][0]] = i
-        self.byte_ids = np.array([single.get(b, model_vocab + b) for b in range(256)], dtype=np.int64)
+        for i in range(self.model_vocab - 1, -1, -1):  # reversed: the lowest id wins
+            if len(id_bytes[i]) == 1:
+                single[id_bytes[i][0]] = i
+        self.byte_ids = np.array([single.get(b, self.model_vocab + b) for b in range(256)], dtype=np.int64)
+
+    @classmethod
+    def of(cls, tokenizer: PreTrainedTokenizerBase, model_vocab: int) -> ByteTokenizer:
         start = next(i for i in (tokenizer.bos_token_id, tokenizer.eos_token_id, 0) if i is not None)
         unk = tokenizer.unk_token_id
-        self.roles = TokenRoles(model_vocab, start, unk if unk is not None and unk < model_vocab else start)
+        roles = TokenRoles(model_vocab, start, unk if unk is not None and unk < model_vocab else start)
 
-    def _id_bytes_table(self) -> list[bytes]:
-        tok = self.tokenizer
-        backend = getattr(tok, "backend_tokenizer", None)
-        byte_level = backend is not None and "ByteLevel" in repr(backend.decoder)
-        byte_of = byte_level_alphabet()
-        special = set(tok.all_special_ids)
-        added = tok.added_tokens_decoder
-        table = [b""] * self.model_vocab  # special and unused ids decode to nothing
-        for piece, i in tok.get_vocab().items():
-            if i >= self.model_vocab or i in special:
-                continue
-            table[i] = added[i].content.encode("utf-8") if i in added else _piece_bytes(piece, byte_level, byte_of)
-        return table + [bytes([b]) for b in range(N_ESCAPES)]
+        def tokenize(text: str) -> list[int]:
+            return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+        return cls(tokenize, _id_bytes_table(tokenizer, model_vocab), roles, tokenizer)
+
+    @classmethod
+    def load(cls, tokenizer_json: Path, id_bytes: list[bytes], roles: TokenRoles) -> ByteTokenizer:
+        """The tokenizer `of` made, from its backend's tokenizer.json and its saved table and roles."""
+        from tokenizers import Tokenizer
+
+        backend = Tokenizer.from_file(str(tokenizer_json))
+        backend.encode_special_tokens = True  # what split_special_tokens=True does in transformers
+
+        def tokenize(text: str) -> list[int]:
+            return backend.encode(text, add_special_tokens=False).ids
+
+        return cls(tokenize, id_bytes, roles, backend)
 
     @cached_property
     def id_nbytes(self) -> np.ndarray:
@@ -120,7 +134,7 @@ class ByteTokenizer:
 
     def _encode_text(self, text: str, out: list[int]) -> None:
         """Tokenize `text`; halve any part the tokenizer does not reproduce, down to bytes."""
-        ids = self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        ids = self.tokenize(text)
         ids = [i for i in ids if self.id_nbytes[i]]  # every coded token carries bytes (decoders rely on it)
         if self.decode(ids) == text.encode("utf-8"):
             out.extend(ids)
@@ -130,6 +144,20 @@ class ByteTokenizer:
             mid = len(text) // 2
             self._encode_text(text[:mid], out)
             self._encode_text(text[mid:], out)
+
+
+def _id_bytes_table(tok: PreTrainedTokenizerBase, model_vocab: int) -> list[bytes]:
+    backend = getattr(tok, "backend_tokenizer", None)
+    byte_level = backend is not None and "ByteLevel" in repr(backend.decoder)
+    byte_of = byte_level_alphabet()
+    special = set(tok.all_special_ids)
+    added = tok.added_tokens_decoder
+    table = [b""] * model_vocab  # special and unused ids decode to nothing
+    for piece, i in tok.get_vocab().items():
+        if i >= model_vocab or i in special:
+            continue
+        table[i] = added[i].content.encode("utf-8") if i in added else _piece_bytes(piece, byte_level, byte_of)
+    return table + [bytes([b]) for b in range(N_ESCAPES)]
 
 
 def _text_blocks(text: str) -> list[tuple[int, int]]:

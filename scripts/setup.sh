@@ -11,6 +11,4 @@ cd "$(dirname "$0")/.."
 .venv/bin/python -m pip install -q -e '.[test,bench,ray]'
 models=("smollm2-135m")
 [ "${1:-}" = "--tests" ] && models+=("gemma3-270m")
-for model in "${models[@]}"; do
-    .venv/bin/python -c 'import sys, llmzip; llmzip.tune_process(); llmzip.Compressor(sys.argv[1], quiet=False).prepare()' "$model"
-done
+.venv/bin/llmzip prepare "${models[@]}"

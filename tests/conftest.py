@@ -127,7 +127,7 @@ def tiny_hf(tiny_fallback: LoadedModel) -> LoadedModel:
 def prepared(loaded: LoadedModel) -> ExactModel:
     """The model's exact forward, prepared as the compressor does."""
     architecture = exact_architecture(loaded.model)
-    return architecture.prepare(loaded.model, architecture.config_of(loaded.model))
+    return architecture.prepare(loaded.model, architecture.Config.of(loaded.model))
 
 
 @pytest.fixture(scope="session")

@@ -281,3 +281,22 @@ def test_unreadable_input(run, sample, monkeypatch):
 
     monkeypatch.setattr("builtins.open", refuse)
     assert one_line_error(run("compress", str(sample))) == f"llmzip: error: Permission denied: {sample}"
+
+
+def test_prepare_does_the_first_runs_work_now_and_says_so(run, tiny_dir):
+    result = run("prepare", tiny_dir)
+    assert result.exit_code == 0 and result.stderr == f"llmzip: {tiny_dir}: ready\n"
+    assert run("prepare", tiny_dir, "-q").stderr == ""
+
+
+def test_a_resumed_job_says_so_unless_quiet(run, sample, tmp_path):
+    archive = tmp_path / "a.lz"
+    options = ["-1", "--chunk-size", "16", "--batch-size", "2"]
+    assert run("compress", str(sample), "-o", str(archive), "-q", *options).exit_code == 0
+    journal = tmp_path / "a.lz.llmzip-journal"
+    journal.write_bytes(b"not a journal")  # as a stale one: read, set aside, removed at the end
+    result = run("compress", str(sample), "-o", str(archive), "-f", *options)
+    assert f"llmzip: {journal}: a journal of another input, model or llmzip version; starting over" in result.stderr
+    assert not journal.exists()
+    journal.write_bytes(b"not a journal")
+    assert run("compress", str(sample), "-o", str(archive), "-f", "-q", *options).stderr == ""

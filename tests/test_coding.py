@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llmzip.coding import decode_batch, encode_batch
-from llmzip.predictor import ExactPredictor, FloatPredictor
+from llmzip.float_predictor import FloatPredictor
+from llmzip.predictor import ExactPredictor
 
 TEXTS = (b"the rain and the sun", b"\xff\x04 bytes", "мир".encode(), b"")
 

@@ -1,9 +1,12 @@
 """arithmetic.py: the arithmetic is exact where it claims to be, accurate where it approximates, and
 the fused C++ kernels give the torch code's bits."""
 
+import logging
 import math
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,11 +26,50 @@ def test_kernels_build_here():
     assert arithmetic.kernels() is not None
 
 
+def failing_tools(folder: Path) -> Path:
+    """A folder of a ninja and C++ compilers that fail and note that they were called."""
+    folder.mkdir()
+    for tool in ("ninja", "c++", "g++", "gcc", "cc"):
+        (folder / tool).write_text(f"#!/bin/sh\necho {tool} >> {folder}/called\nexit 1\n")
+        (folder / tool).chmod(0o755)
+    return folder
+
+
+def test_without_a_toolchain_the_torch_path_runs_after_one_warning(tmp_path, monkeypatch, caplog):
+    tools = failing_tools(tmp_path / "tools")
+    monkeypatch.setenv("LLMZIP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("PATH", str(tools))
+    with caplog.at_level(logging.INFO, logger="llmzip"):
+        assert build.load(arithmetic.KERNEL_DEFINES) is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "runs on the torch reference path" in warnings[0], warnings
+
+
+@pytest.mark.slow
+def test_built_kernels_are_imported_whatever_comes_first_on_path(tmp_path):
+    """Processes started with the venv's bin/ first on PATH and without it (its ninja and
+    compilers then fail) in turn load the built library: nothing runs ninja or compiles."""
+    assert arithmetic.kernels() is not None
+    library = build.build_directory(arithmetic.KERNEL_DEFINES) / f"{build.NAME}.so"
+    built = library.stat().st_mtime_ns
+    tools = failing_tools(tmp_path / "tools")
+    venv = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
+    code = "from llmzip.exact import arithmetic; assert arithmetic.kernels() is not None"
+    for path in (venv, f"{tools}:/usr/bin:/bin") * 3:
+        subprocess.run([sys.executable, "-c", code], env={**os.environ, "PATH": path}, check=True, timeout=120)
+    assert not (tools / "called").exists() and library.stat().st_mtime_ns == built
+
+
 def test_a_build_killed_midway_does_not_hang_the_next_process():
-    """A killed build leaves torch's lock file behind, on which torch's loader waits forever."""
-    (build.build_directory(arithmetic.KERNEL_DEFINES) / "lock").touch()
+    """A killed build leaves torch's lock file behind, on which torch's loader waits forever, and
+    no mark that it finished: the next process builds (here: links nothing new) and marks it."""
+    assert arithmetic.kernels() is not None
+    directory = build.build_directory(arithmetic.KERNEL_DEFINES)
+    (directory / build.BUILT).unlink()
+    (directory / "lock").touch()
     code = "from llmzip.exact import arithmetic; assert arithmetic.kernels() is not None"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+    assert (directory / build.BUILT).exists()
 
 
 def test_exp2_neg_is_accurate_and_exact_at_the_ends():

@@ -1,4 +1,5 @@
-"""Interrupted or failing writes leave no output file, remove their temp file, never touch the input."""
+"""Interrupted or failing writes leave no output file, remove their temp file, never touch the input;
+an interrupted job keeps its finished batches in a journal, from which the same command resumes."""
 
 from __future__ import annotations
 
@@ -14,13 +15,13 @@ from pathlib import Path
 import pytest
 
 from llmzip import Compressor, LlmzipError
-from llmzip.cli.files import TEMP_TAG, write_atomically
+from llmzip.cli.files import JOURNAL_SUFFIX, TEMP_TAG, write_atomically
 
 LLMZIP = [sys.executable, "-m", "llmzip"]
 
 
 def temps(folder: Path) -> list[str]:
-    return [p.name for p in folder.iterdir() if TEMP_TAG in p.name]
+    return [p.name for p in folder.iterdir() if TEMP_TAG in p.name and p.name.endswith(".tmp")]
 
 
 def digest(path: Path) -> str:
@@ -71,21 +72,31 @@ def test_a_signal_mid_write_leaves_no_output_and_no_temp(big, tmp_path, signum, 
     proc = start_and_wait_for_temp([*LLMZIP, "decompress", str(archive), "-o", str(out), "-q", *SLOW], tmp_path)
     proc.send_signal(signum)
     assert proc.wait(60) == code
-    assert proc.stderr.read().decode().strip() in ("llmzip: interrupted", "")
+    kept = f"llmzip: finished batches kept in {out}{JOURNAL_SUFFIX}"
+    for line in proc.stderr.read().decode().splitlines():  # click writes an empty line on Ctrl-C
+        assert line in ("", "llmzip: interrupted") or line.startswith(kept)
     assert not out.exists() and temps(tmp_path) == []
     assert digest(archive) == before
 
 
-def test_a_killed_write_leaves_no_output_and_the_next_run_clears_its_temp(big, tmp_path):
+def test_a_killed_decompress_resumes_from_its_journal_and_clears_its_temp(big, tmp_path):
+    """SIGKILL runs no handler: the temp file stays behind, and the journal holds every batch
+    finished; the same command then decodes only the rest, and leaves neither behind."""
     source, archive = big
     out = tmp_path / "out.txt"
-    args = [*LLMZIP, "decompress", str(archive), "-o", str(out), "-q"]
-    proc = start_and_wait_for_temp([*args, *SLOW], tmp_path)
-    proc.kill()  # SIGKILL: no handler runs, the temp file stays behind
+    journal = tmp_path / f"out.txt{JOURNAL_SUFFIX}"
+    args = [*LLMZIP, "decompress", str(archive), "-o", str(out), "--batch-size", "8", "--threads", "1"]
+    proc = interruptible(args, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not journal.exists() or journal.stat().st_size < source.stat().st_size // 2:
+        assert proc.poll() is None and time.monotonic() < deadline, "no journal filled half the output"
+        time.sleep(0.05)
+    proc.kill()
     proc.wait(60)
     assert not out.exists() and len(temps(tmp_path)) == 1
-    subprocess.run([*args, *FAST], check=True)
-    assert out.read_bytes() == source.read_bytes() and temps(tmp_path) == []
+    done = subprocess.run(args, capture_output=True, text=True, check=True)
+    assert f"llmzip: resuming from {journal}: " in done.stderr
+    assert out.read_bytes() == source.read_bytes() and temps(tmp_path) == [] and not journal.exists()
 
 
 # llmzip's CLI, with a flag file touched when coding starts, so a test can interrupt it mid-coding.
@@ -101,20 +112,27 @@ main()
 """
 
 
-def test_an_interrupted_compress_leaves_nothing(big, tiny_dir, tmp_path):
+def test_an_interrupted_compress_keeps_its_batches_and_resumes_to_the_same_archive(big, tiny_dir, tmp_path):
     source, _ = big
     before = digest(source)
     out, flag = tmp_path / "out.lz", tmp_path / "coding"
-    args = [sys.executable, "-c", CODING_FLAG_CLI, str(flag), "compress", str(source), "-o", str(out),
-            "--model", tiny_dir, "--chunk-size", "64", "--batch-size", "4", "--threads", "1", "-q"]  # fmt: skip
-    proc = interruptible(args)
+    journal = tmp_path / f"out.lz{JOURNAL_SUFFIX}"
+    options = ["--model", tiny_dir, "-1", "--chunk-size", "64", "--batch-size", "4", "--threads", "1"]
+    args = ["compress", str(source), "-o", str(out), *options]
+    proc = interruptible([sys.executable, "-c", CODING_FLAG_CLI, str(flag), *args], stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    while not flag.exists():
-        assert proc.poll() is None and time.monotonic() < deadline, "compress did not start coding"
+    while not journal.exists() or journal.stat().st_size < 10_000:  # some batches finished
+        assert proc.poll() is None and time.monotonic() < deadline, "compress kept no batches"
         time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(60) == 130
+    stderr = proc.stderr.read().decode()
+    assert f"llmzip: finished batches kept in {journal}; the same command resumes from it" in stderr
     assert not out.exists() and temps(tmp_path) == [] and digest(source) == before
+    done = subprocess.run([*LLMZIP, *args], capture_output=True, text=True, check=True)
+    assert f"llmzip: resuming from {journal}: " in done.stderr
+    uninterrupted = Compressor(tiny_dir, level=1, chunk_size=64, batch_size=4, threads=1).compress(source.read_bytes())
+    assert out.read_bytes() == uninterrupted and not journal.exists() and temps(tmp_path) == []
 
 
 def test_coding_runs_no_python_inside_constriction():

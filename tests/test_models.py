@@ -4,10 +4,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import saved
 
-from llmzip import ModelLoadError, load_model
+from llmzip import ModelLoadError, load_model, models
 from llmzip.aliases import ALIASES, Alias, alias_path, cache_dir, fetch
 from llmzip.cli import main
+from llmzip.models import _from_manifest, _write_manifest
 
 
 def test_cache_dir_follows_environment(monkeypatch, tmp_path):
@@ -42,3 +44,28 @@ def test_failed_download_is_a_model_load_error(monkeypatch, tmp_path):
 def test_unloadable_spec_is_a_model_load_error(spec):
     with pytest.raises(ModelLoadError, match="cannot load model"):
         load_model(spec)
+
+
+AWKWARD = ["the rain and the sun\r\n", "Привет мир 😀 ", "<s> special-token text </s>", "x" * 300, " \t  spaces  "]
+
+
+def test_a_manifest_loads_the_model_it_was_written_from(tiny, tmp_path):
+    """What coding needs, read back from a manifest without transformers: the same fingerprint,
+    facts, roles, id table and tokens; the Hugging Face model itself loads on first use."""
+    folder = Path(saved(tiny, tmp_path / "tiny"))
+    _write_manifest(tiny, folder)
+    again = _from_manifest("tiny", folder)
+    assert again is not None and "model" not in vars(again)
+    assert (again.fingerprint, again.facts, again.architecture) == (tiny.fingerprint, tiny.facts, tiny.architecture)
+    assert again.tokenizer.roles == tiny.tokenizer.roles and again.tokenizer.id_bytes == tiny.tokenizer.id_bytes
+    for text in AWKWARD:
+        data = text.encode() + b"\xff\xfe"
+        assert (again.tokenizer.encode(data) == tiny.tokenizer.encode(data)).all()
+    assert again.model.config.model_type == "llama"  # loaded now
+
+
+def test_a_manifest_from_other_code_is_not_read(tiny, tmp_path, monkeypatch):
+    folder = Path(saved(tiny, tmp_path / "tiny"))
+    _write_manifest(tiny, folder)
+    monkeypatch.setattr(models, "MANIFEST_SOURCES", (*models.MANIFEST_SOURCES, "levels.py"))
+    assert _from_manifest("tiny", folder) is None

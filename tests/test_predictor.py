@@ -23,8 +23,9 @@ from llmzip.exact import gemma3, kvcache, llama
 from llmzip.exact.architectures import exact_architecture
 from llmzip.exact.gemma3 import Gemma3Config
 from llmzip.exact.llama import LlamaConfig
+from llmzip.float_predictor import FloatPredictor
 from llmzip.levels import SINK_TOKENS
-from llmzip.predictor import ExactPredictor, FloatPredictor, forward_name
+from llmzip.predictor import ExactPredictor, forward_name
 
 TEXT = b"the rain and the sun in the morning, \xd0\x9f\xd1\x80\xd0\xb8\xd0\xb2\xd0\xb5\xd1\x82 and the " * 3
 
@@ -49,11 +50,12 @@ def test_exact_models_compute_the_hugging_face_model(exact_pair):
 
 
 def test_configs_only_claim_what_they_compute(tiny, tiny_gemma3, tiny_hf):
-    assert LlamaConfig.of(tiny.model) is not None and forward_name(tiny.model, "exact") == llama.NAME
-    assert Gemma3Config.of(tiny_gemma3.model) is not None and forward_name(tiny_gemma3.model, "exact") == gemma3.NAME
+    assert LlamaConfig.of(tiny.model) is not None and forward_name(tiny.architecture, "exact") == llama.NAME
+    assert Gemma3Config.of(tiny_gemma3.model) is not None
+    assert forward_name(tiny_gemma3.architecture, "exact") == gemma3.NAME
     assert LlamaConfig.of(tiny_gemma3.model) is None and Gemma3Config.of(tiny.model) is None
     assert exact_architecture(tiny_hf.model) is None  # soft-capped attention
-    assert forward_name(tiny_hf.model, "fp32").startswith("transformers-")
+    assert forward_name(tiny_hf.architecture, "fp32").startswith("transformers-")
     biased = type(tiny.model)(type(tiny.model.config)(**(tiny.model.config.to_dict() | {"attention_bias": True})))
     assert LlamaConfig.of(biased) is None
 
@@ -171,7 +173,7 @@ def test_round_trip_each_forward_and_precision(request, model, precision):
     compressor = Compressor(loaded, chunk_size=48, batch_size=3, threads=1, precision=precision)
     archive = compressor.compress(TEXT)
     header, _ = container.unpack(archive)
-    assert (header.precision, header.step) == (precision, forward_name(loaded.model, precision))
+    assert (header.precision, header.step) == (precision, forward_name(loaded.architecture, precision))
     assert header.machine_bound == (precision != "exact")
     assert compressor.stats.raw_chunks == 0
     assert compressor.decompress(archive) == TEXT

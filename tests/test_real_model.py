@@ -1,11 +1,14 @@
 """The default pretrained model (fetched from its PyPI wheel on first use) on real text."""
 
 import lzma
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from llmzip import Compressor, load_model
+from llmzip import Compressor, load_model, models
+from llmzip.aliases import ALIASES, cache_dir
 from llmzip.steering.soft_prompt import TrainOptions
 
 pytestmark = [pytest.mark.real_model, pytest.mark.slow]
@@ -42,3 +45,24 @@ def test_trained_steering_round_trip(smollm2):
     archive = compressor.compress(data)
     assert compressor.decompress(archive) == data
     assert 0 < compressor.stats.steering_bytes < 576 * 2  # 576 coordinates at under 16 bits each
+
+
+def test_the_cached_manifest_is_the_checkpoint_as_transformers_loads_it(smollm2):
+    alias = ALIASES["smollm2-135m"]
+    loaded = models._load(alias.name, str(cache_dir() / "converted" / f"{alias.name}-{alias.sha256[:16]}"))
+    assert "model" not in vars(smollm2)  # from the manifest: no float checkpoint read
+    assert (smollm2.fingerprint, smollm2.facts) == (loaded.fingerprint, loaded.facts)
+    assert smollm2.tokenizer.id_bytes == loaded.tokenizer.id_bytes and smollm2.tokenizer.roles == loaded.tokenizer.roles
+    data = TEXT + b"x <|im_start|>user\r\n\xff\xfe \xf1\x80\x80\x80 end"
+    assert (smollm2.tokenizer.encode(data) == loaded.tokenizer.encode(data)).all()
+
+
+def test_coding_with_a_prepared_built_in_model_imports_no_transformers():
+    code = """
+import sys, llmzip
+llmzip.tune_process()
+compressor = llmzip.Compressor("smollm2-135m")
+assert compressor.decompress(compressor.compress(b"Hello, world.")) == b"Hello, world."
+print(sorted(name for name in sys.modules if name.split(".")[0] == "transformers"))
+"""
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"

@@ -1,5 +1,7 @@
 """Compress -> decompress is the identity, for every kind of input and geometry."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from conftest import byte_level_tokenizer, tiny_model
@@ -109,7 +111,7 @@ def test_levels_set_chunk_size_and_window(tiny, tiny_gemma3, monkeypatch):
     assert Compressor(tiny, level=2).chunk_size_for(10**7) == (context - 1) * 15 // 16  # growth stops there
     context = tiny_gemma3.model.config.max_position_embeddings
     assert Compressor(tiny_gemma3, level=BEST).window == LEVELS[BEST].window >= context // 2
-    monkeypatch.setattr(tiny_gemma3.model.config, "max_position_embeddings", 32_768)  # gemma3-270m's
+    monkeypatch.setattr(tiny_gemma3, "facts", dataclasses.replace(tiny_gemma3.facts, context=32_768))  # gemma3-270m's
     best = Compressor(tiny_gemma3, level=BEST)
     assert (best.chunk_size, best.window) == (LEVELS[BEST].chunk_size, 16_384)  # half the context
     assert Compressor(tiny_gemma3, level=8).window == LEVELS[8].window  # the other levels keep theirs
@@ -147,7 +149,7 @@ def test_a_windowed_chunk_outruns_the_context_where_the_sinks_are_pinned(request
     the keys it attends, so a chunk may be longer than the model's context; without a window,
     or with one as long as the context, it is refused."""
     loaded = request.getfixturevalue(model)
-    monkeypatch.setattr(loaded.model.config, "max_position_embeddings", 64)
+    monkeypatch.setattr(loaded, "facts", dataclasses.replace(loaded.facts, context=64))
     data = b"the rain and the sun and the wind " * 12
     compressor = Compressor(loaded, chunk_size=300, window=40)
     archive = compressor.compress(data)

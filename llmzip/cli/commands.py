@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import signal
 import sys
 import traceback
@@ -11,9 +12,8 @@ from contextlib import closing, contextmanager
 from typing import TYPE_CHECKING, Any
 
 import click
-from tqdm import tqdm
 
-from .. import __version__, container
+from .. import __version__, container, notices
 from ..aliases import ALIASES, DEFAULT_MODEL, alias_path
 from ..chunking import DEFAULT_BATCH_SIZE
 from ..cluster import Cluster
@@ -24,7 +24,17 @@ from ..options import Options
 from ..process import tune_process
 from ..steering import hyperprior
 from ..steering.soft_prompt import Steering, TrainOptions
-from .files import check_overwrite, input_mode, open_input, plan_output, remove_input, stream_size, write_atomically
+from .files import (
+    check_overwrite,
+    input_mode,
+    journal_path,
+    open_input,
+    plan_output,
+    remove_input,
+    resumable,
+    stream_size,
+    write_atomically,
+)
 
 # The coder (`compressor`: torch and transformers, about 7 s to import) is imported by the
 # commands that code, so that --help, info, models and errors in the options answer at once.
@@ -81,7 +91,14 @@ def _fail(message: str, debug: bool = False) -> None:
     sys.exit(1)
 
 
-def _verbosity(f: Callable) -> Callable:
+def _verbosity(run: Callable) -> Callable:
+    """-q, -v and --debug; notices (first-run work, progress bars, warnings) shown unless -q."""
+
+    @functools.wraps(run)
+    def f(*args: Any, **kwargs: Any) -> Any:
+        notices.show(kwargs["quiet"])
+        return run(*args, **kwargs)
+
     f = click.option("--debug", is_flag=True, help="Show a traceback on error.")(f)
     f = click.option("-v", "--verbose", is_flag=True, help="Print details.")(f)
     return click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")(f)
@@ -195,16 +212,6 @@ def _report_workers(cluster: Cluster | None) -> None:
         )
 
 
-@contextmanager
-def _progress_bar(total: int | None, desc: str, quiet: bool, unit: str = "B") -> Iterator[tqdm]:
-    """A tqdm bar (bytes, or steps) on stderr; none when quiet or when there is nothing to count
-    (total None: a pipe of unknown size, counted without ETA)."""
-    scaled = unit == "B"
-    with tqdm(total=total, desc=desc, unit=unit, unit_scale=scaled, unit_divisor=1024,
-              disable=True if quiet or total == 0 else None) as bar:  # fmt: skip
-        yield bar
-
-
 # -- commands -----------------------------------------------------------------------------
 
 
@@ -238,16 +245,17 @@ def compress(file, output, to_stdout, force, remove, model, workers, ray_address
     if remove and target is None:
         raise LlmzipError("--rm needs an output file")
     passes = 2 if options.steer.startswith("auto") else 1  # auto codes with and without the trained vectors
-    with open_input(file) as stream, _cluster(workers, ray_address, options.threads) as cluster:
+    journal = journal_path(target)
+    with resumable(journal), open_input(file) as stream, _cluster(workers, ray_address, options.threads) as cluster:
         from ..compressor import Compressor, MachineBoundWarning
 
-        compressor = Compressor(model, options, cluster=cluster, quiet=quiet)
+        compressor = Compressor(model, options, cluster=cluster)
         size = stream_size(stream)
         trains = options.steer.startswith(("trained", "auto")) and size != 0
         steps = options.training.steps if trains else 0
         with (
-            _progress_bar(steps, "train steering", quiet, unit="step") as training_bar,
-            _progress_bar(size and passes * size, "compress", quiet) as coding_bar,
+            notices.bar(steps, "train steering", unit="step") as training_bar,
+            notices.bar(size and passes * size, "compress") as coding_bar,
         ):
 
             def on_train_step(loss: float) -> None:
@@ -258,12 +266,13 @@ def compress(file, output, to_stdout, force, remove, model, workers, ray_address
 
             with warnings.catch_warnings(record=True) as caught:  # printed here, whatever the warning filters say
                 warnings.simplefilter("always", MachineBoundWarning)
-                archive = compressor.compress_stream(stream, coding_bar.update, on_train_step=on_train_step)
-    for warning in caught:
-        if not quiet:
-            click.echo(f"llmzip: warning: {warning.message}", err=True)
-    with closing(archive):
-        write_atomically(target, archive.blocks(), input_mode(file))
+                archive = compressor.compress_stream(
+                    stream, coding_bar.update, on_train_step=on_train_step, journal=journal
+                )
+        for warning in caught:
+            notices.warn(str(warning.message))
+        with closing(archive):
+            write_atomically(target, archive.blocks(), input_mode(file))
     remove_input(file, target, remove)
     if not quiet:
         s = compressor.stats
@@ -302,11 +311,11 @@ def _options(settings: dict[str, Any]) -> Options:
 
 
 def _decoder(
-    header: Header, model: str | None, options: Options, quiet: bool, verbose: bool, cluster: Cluster | None = None
+    header: Header, model: str | None, options: Options, verbose: bool, cluster: Cluster | None = None
 ) -> Compressor:
     from ..compressor import Compressor
 
-    compressor = Compressor(model or header.model_name, options, cluster=cluster, quiet=quiet)
+    compressor = Compressor(model or header.model_name, options, cluster=cluster)
     compressor.check_model(header)  # before any long work
     if verbose and header.machine_bound:
         click.echo(
@@ -351,13 +360,15 @@ def decompress(file, output, to_stdout, force, remove, model, workers, ray_addre
     check_overwrite(target, force)
     if remove and target is None:
         raise LlmzipError("--rm needs an output file")
-    with open_input(file) as stream:
+    journal = journal_path(target)
+    with resumable(journal), open_input(file) as stream:
         archive = container.ArchiveReader(stream)
         with _cluster(workers, ray_address, options.threads) as cluster:
-            compressor = _decoder(archive.header, model, options, quiet, verbose, cluster)
+            compressor = _decoder(archive.header, model, options, verbose, cluster)
             size = archive.header.original_size
-            with _progress_bar(size, "decompress", quiet) as bar:
-                write_atomically(target, compressor.iter_decompress(archive, bar.update), input_mode(file))
+            with notices.bar(size, "decompress") as bar:
+                decoded = compressor.iter_decompress(archive, bar.update, journal)
+                write_atomically(target, decoded, input_mode(file))
     remove_input(file, target, remove)
     if not quiet and target is not None:
         click.echo(f"{file}: {size} bytes -> {target}", err=True)
@@ -374,9 +385,9 @@ def test_command(files, model, quiet, verbose, debug):
     for file in files:
         with open_input(file) as stream:
             archive = container.ArchiveReader(stream)
-            compressor = _decoder(archive.header, model, Options(), quiet, verbose)
+            compressor = _decoder(archive.header, model, Options(), verbose)
             size = archive.header.original_size
-            with _progress_bar(size, "test", quiet) as bar:
+            with notices.bar(size, "test") as bar:
                 for _ in compressor.iter_decompress(archive, bar.update):
                     pass
         if not quiet:
@@ -446,6 +457,21 @@ def _describe_steering(h: Header, archive_bytes: int) -> str:
     elif steer.kind != "none":
         text += ", net gain not measured (--steer auto measures it)"
     return text
+
+
+@main.command()
+@click.argument("names", nargs=-1, metavar="[MODEL]...")
+@_verbosity
+def prepare(names, quiet, verbose, debug):
+    """Do now the first run's work for MODELs (default: the default model): fetch each, prepare its
+    exact weights, and build the kernels for this CPU."""
+    from ..compressor import Compressor
+    from ..exact import arithmetic
+
+    kernels = arithmetic.kernels()
+    for name in names or (DEFAULT_MODEL,):
+        Compressor(name).prepare()
+        notices.say(f"{name}: ready" + ("" if kernels else " (on the torch reference path: no kernels)"))
 
 
 @main.command()

@@ -15,6 +15,7 @@ from typing import BinaryIO
 from ..errors import LlmzipError
 
 TEMP_TAG = ".llmzip-"  # output is written to .NAME.llmzip-PID.tmp, then renamed to NAME
+JOURNAL_SUFFIX = ".llmzip-journal"  # NAME.llmzip-journal: finished batches while NAME is made (journal.py)
 
 
 @contextmanager
@@ -109,6 +110,26 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # another user's process
         pass
     return True
+
+
+def journal_path(target: str | None) -> str | None:
+    """Where finished batches are kept while `target` is made; None for standard output."""
+    return None if target is None else target + JOURNAL_SUFFIX
+
+
+@contextmanager
+def resumable(journal: str | None) -> Iterator[None]:
+    """Remove the journal once the output is in place; where the work stops short, say that the
+    same command resumes from it."""
+    try:
+        yield
+    except BaseException:  # Ctrl-C, SIGTERM (SystemExit), a full disk, ...
+        if journal is not None and os.path.exists(journal):
+            print(f"llmzip: finished batches kept in {journal}; the same command resumes from it", file=sys.stderr)
+        raise
+    if journal is not None:
+        with suppress(FileNotFoundError):
+            os.unlink(journal)
 
 
 def remove_input(file: str, target: str | None, remove: bool) -> None:

@@ -3,10 +3,13 @@ Hugging Face model is."""
 
 from __future__ import annotations
 
-from transformers import PreTrainedModel
+from typing import TYPE_CHECKING
 
 from .gemma3 import ExactGemma3
 from .llama import ExactLlama
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 ExactModel = ExactLlama | ExactGemma3
 EXACT_ARCHITECTURES: tuple[type[ExactModel], ...] = (ExactLlama, ExactGemma3)
@@ -14,13 +17,9 @@ EXACT_ARCHITECTURES: tuple[type[ExactModel], ...] = (ExactLlama, ExactGemma3)
 
 def exact_architecture(model: PreTrainedModel) -> type[ExactModel] | None:
     """The exact implementation of `model`'s architecture and configuration, if llmzip has one."""
-    return next((cls for cls in EXACT_ARCHITECTURES if cls.config_of(model) is not None), None)
+    return next((cls for cls in EXACT_ARCHITECTURES if cls.Config.of(model) is not None), None)
 
 
-def has_exact(model: PreTrainedModel) -> bool:
-    return exact_architecture(model) is not None
-
-
-def can_learn(model: PreTrainedModel) -> bool:
-    """Whether `model`'s exact architecture describes its preparation for learning.py (Llama)."""
-    return hasattr(exact_architecture(model), "projection_maps")
+def can_learn(architecture: type[ExactModel] | None) -> bool:
+    """Whether an exact architecture describes its preparation for learning.py (Llama)."""
+    return hasattr(architecture, "projection_maps")

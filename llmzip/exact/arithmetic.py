@@ -121,6 +121,8 @@ class ExactLinear:
         return cls(*cls.quantized(weight))
 
     def to(self, device: torch.device) -> ExactLinear:
+        if hasattr(self, "pieces") and self.int_weight.device == device:  # packed for this device already
+            return self
         self.int_weight, self.scale = self.int_weight.to(device), self.scale.to(device)
         self.kernels = kernels() if device.type == "cpu" else None
         if self.kernels:

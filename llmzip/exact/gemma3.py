@@ -24,16 +24,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
-from transformers import PreTrainedModel
 
 from .. import versions
 from . import arithmetic
 from .arithmetic import ExactLinear, attention, hadamard, quantize, quantize_normed, quantize_rotated, rotary_quantize
 from .kvcache import KVCache
 from .prepared import DecoderConfig, PreparedModel, Projections, decoder_fields
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 # Version 3 pins the sinks before the window, as the Llama's forward 4, in every layer that attends
 # them (`KVCache.sink_positions`: sequences may then run past the model's context); version 2 did not.
@@ -120,7 +123,7 @@ class ExactGemma3(PreparedModel):
         super().__init__(config, blocks, head, embed=embed, final_gain=final_gain)
         self.tables: list[tuple[Tensor, Tensor]] = []  # cos, sin: full, sliding
 
-    config_of = staticmethod(Gemma3Config.of)
+    Config = Gemma3Config
 
     @classmethod
     def prepare(cls, model: PreTrainedModel, config: Gemma3Config) -> ExactGemma3:

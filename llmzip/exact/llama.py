@@ -19,16 +19,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
-from transformers import PreTrainedModel
 
 from .. import versions
 from . import arithmetic
 from .arithmetic import ExactLinear, attention, quantize, quantize_normed, quantize_rotated, rotary_quantize
 from .kvcache import KVCache
 from .prepared import DecoderConfig, PreparedModel, Projections, decoder_fields
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 QUERY_LEVELS = 511  # 10-bit queries
 SINK_QUERY_LEVELS = 723  # sink queries, on the queries' scales: within sqrt(2) * 511 (head_dim * 723 * 127 < 2**24)
@@ -140,7 +143,7 @@ class ExactLlama(PreparedModel):
         super().__init__(config, blocks, head, embed=embed)
         self.cos, self.sin = torch.empty(0), torch.empty(0)
 
-    config_of = staticmethod(LlamaConfig.of)
+    Config = LlamaConfig
 
     @classmethod
     def prepare(cls, model: PreTrainedModel, config: LlamaConfig) -> ExactLlama:

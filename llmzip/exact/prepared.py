@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor
-from transformers import PreTrainedModel
 
 from . import arithmetic
 from .arithmetic import ExactLinear
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedModel
     from typing_extensions import Self  # typing.Self from Python 3.11 on
 
 
@@ -69,6 +69,7 @@ class PreparedModel:
     ARCHITECTURE: ClassVar[str]  # its name in versions.FORWARDS
     NAME: ClassVar[str]  # the forward archives record
     FORWARDS: ClassVar[tuple[str, ...]]  # the forwards computed: NAME and older ones, whose archives still decode
+    Config: ClassVar[type[DecoderConfig]]  # its sizes; Config.of(model) reads them from a Hugging Face model
     Block: ClassVar[type]
     TENSORS: ClassVar[tuple[str, ...]] = ("embed",)
     blocks: list

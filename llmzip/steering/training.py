@@ -5,14 +5,17 @@ what the header stores of the result."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import PreTrainedModel
 
 from ..tokenization import ByteTokenizer
 from .soft_prompt import TrainOptions, random_vectors
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 def embedding_scale(model: PreTrainedModel) -> float:

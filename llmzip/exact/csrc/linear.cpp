@@ -22,9 +22,12 @@ at::Tensor pack_weight(at::Tensor weight) {
   auto wide = at::zeros({blocks, pairs, kChannels, 2}, at::kShort);
   const int16_t* src = w.data_ptr<int16_t>();
   int16_t* dst = wide.data_ptr<int16_t>();
-  for (int64_t c = 0; c < n; ++c)
-    for (int64_t j = 0; j < k; ++j)
-      dst[(((c / kChannels) * pairs + j / 2) * kChannels + c % kChannels) * 2 + j % 2] = src[c * k + j];
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b)
+      for (int64_t c = b * kChannels; c < std::min(n, (b + 1) * kChannels); ++c)
+        for (int64_t j = 0; j < k; ++j)
+          dst[((b * pairs + j / 2) * kChannels + c % kChannels) * 2 + j % 2] = src[c * k + j];
+  });
 #if defined(__AVX2__)
   const bool fits = w.numel() > 0 && w.min().item<int16_t>() >= -256 && w.max().item<int16_t>() <= 255;
 #else
@@ -33,16 +36,18 @@ at::Tensor pack_weight(at::Tensor weight) {
   if (!fits) return wide;
   auto compact = at::empty({blocks, pairs, kPairBytes}, at::kChar);
   int8_t* out = compact.data_ptr<int8_t>();
-  for (int64_t i = 0; i < blocks * pairs; ++i) {
-    const int16_t* lanes = dst + i * 2 * kChannels;
-    int8_t* bytes = out + i * kPairBytes;
-    uint32_t bits = 0;
-    for (int64_t l = 0; l < 2 * kChannels; ++l) {
-      bytes[l] = static_cast<int8_t>(lanes[l] >> 1);  // floor(w / 2)
-      bits |= static_cast<uint32_t>(lanes[l] & 1) << l;
+  at::parallel_for(0, blocks * pairs, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int16_t* lanes = dst + i * 2 * kChannels;
+      int8_t* bytes = out + i * kPairBytes;
+      uint32_t bits = 0;
+      for (int64_t l = 0; l < 2 * kChannels; ++l) {
+        bytes[l] = static_cast<int8_t>(lanes[l] >> 1);  // floor(w / 2)
+        bits |= static_cast<uint32_t>(lanes[l] & 1) << l;
+      }
+      std::memcpy(bytes + 2 * kChannels, &bits, sizeof bits);
     }
-    std::memcpy(bytes + 2 * kChannels, &bits, sizeof bits);
-  }
+  });
   return compact;
 }
 
