@@ -2,6 +2,7 @@
 worker killed mid-run), the CLI's own local cluster interrupted, a cluster started with
 `ray start --head` joined, and one-line errors for clusters that cannot be used."""
 
+import io
 import os
 import signal
 import socket
@@ -65,6 +66,23 @@ class TestOneLocalCluster:
         assert compressor.decompress(single, kill_one) == TEXT
         assert killed and cluster.retries > retries
         assert f"{os.uname().nodename}:{killed[0]}" in cluster.figures  # its figures up to the kill
+
+    def test_a_journal_kept_here_resumes_on_the_workers(self, tiny_dir, single, cluster, tmp_path):
+        journal = str(tmp_path / "a.lz.llmzip-journal")
+        coded = []
+
+        def stop_midway(n: int) -> None:
+            coded.append(n)
+            if sum(coded) > len(TEXT) // 2:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            Compressor(tiny_dir, **OPTIONS).compress_stream(io.BytesIO(TEXT), stop_midway, journal=journal)
+        before = sum(w.batches for w in cluster.figures.values())
+        archive = Compressor(tiny_dir, cluster=cluster, **OPTIONS).compress_stream(io.BytesIO(TEXT), journal=journal)
+        assert b"".join(archive.blocks()) == single
+        batches = -(-len(container.unpack(single)[0].chunks) // OPTIONS["batch_size"])
+        assert 0 < sum(w.batches for w in cluster.figures.values()) - before < batches
 
     def test_workers_need_the_exact_predictor(self, tiny_dir, cluster):
         with pytest.raises(InvalidOptionError, match="workers need the exact predictor"):
