@@ -47,10 +47,10 @@ def test_trained_steering_round_trip(smollm2):
     assert 0 < compressor.stats.steering_bytes < 576 * 2  # 576 coordinates at under 16 bits each
 
 
-def test_the_cached_manifest_is_the_checkpoint_as_transformers_loads_it(smollm2):
-    alias = ALIASES["smollm2-135m"]
-    loaded = models._load(alias.name, str(cache_dir() / "converted" / f"{alias.name}-{alias.sha256[:16]}"))
+def test_the_cached_manifest_is_the_checkpoint_as_transformers_loads_it():
+    smollm2, alias = load_model("smollm2-135m"), ALIASES["smollm2-135m"]
     assert "model" not in vars(smollm2)  # from the manifest: no float checkpoint read
+    loaded = models._load(alias.name, str(cache_dir() / "converted" / f"{alias.name}-{alias.sha256[:16]}"))
     assert (smollm2.fingerprint, smollm2.facts) == (loaded.fingerprint, loaded.facts)
     assert smollm2.tokenizer.id_bytes == loaded.tokenizer.id_bytes and smollm2.tokenizer.roles == loaded.tokenizer.roles
     data = TEXT + b"x <|im_start|>user\r\n\xff\xfe \xf1\x80\x80\x80 end"
