@@ -566,6 +566,30 @@ def roundtrip_tables() -> list[Table]:
     ]
 
 
+def drafts_tables() -> list[Table]:
+    """Tokens a decoding step could settle with drafted tokens checked in one forward (benchmarks/drafts.py)."""
+    found = _load("drafts.json")
+    if not found:
+        return []
+    ((_, r),) = found
+    rows = [
+        [
+            _label(x["file"], x["bytes"], FULL_SIZES),
+            _n(x["tokens"]),
+            f"{x['top1_accuracy']:.3f}",
+            f"{x['lookup_tokens_per_forward']:.2f}",
+            f"{x['top1_tokens_per_forward']:.2f}",
+        ]
+        for x in r["rows"]
+    ]
+    caption = (
+        f"Drafted decoding: tokens per forward with up to {r['drafts']} drafted tokens kept to the first wrong one, "
+        f"{r['model']}: lookup in the row's own history, and the bound of drafts as good as the model's top-1"
+    )
+    columns = ["input", "tokens", "top-1 accuracy", "lookup tokens/forward", "top-1 bound tokens/forward"]
+    return [Table("drafts", caption, columns, rows, _source(found))]
+
+
 def startup_tables() -> list[Table]:
     """The first run's phases in a fresh cache, and commands' wall time once all is cached."""
     tables = []
@@ -843,6 +867,7 @@ def all_tables() -> list[Table]:
         *scale_tables(),
         *roundtrip_tables(),
         *startup_tables(),
+        *drafts_tables(),
         *models_tables(),
         *chunk_tables(),
         *predictor_tables(),
