@@ -48,8 +48,10 @@ class Journal:
         self.path, self.job = path, job
         self.held: dict[bytes, tuple[int, int]] = {}  # tag -> (offset, length) of its body
         good = self._read() if os.path.exists(path) else 0
-        self.file = open(path, "r+b" if good else "wb")  # noqa: SIM115 (closed by close())
+        # readable by its owner only, as the temp output beside it: it holds the data
+        self.file = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o600), "r+b")
         if not good:
+            self.file.truncate(0)
             self.file.write(MAGIC + job)
             good = len(MAGIC) + len(job)
         self.file.truncate(good)  # a record cut off mid-write
