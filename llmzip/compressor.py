@@ -181,11 +181,9 @@ class Compressor:
             ExitStack() as journals,
         ):
             chunks.chunk_size = self.chunk_size_for(chunks.tokens)
-            kept = None
-            if journal is not None and len(chunks) > self.batch_size:
-                job = job_of("compress", self.model.fingerprint, chunks.sha256.digest())
-                if kept := Journal.open(journal, job):
-                    journals.enter_context(closing(kept))
+            job = job_of("compress", self.model.fingerprint, chunks.sha256.digest())
+            if kept := Journal.open(journal, job, -(-len(chunks) // self.batch_size)):
+                journals.enter_context(closing(kept))
             auto = steer is None and self.steer[0] == "auto"
             if steer is None and self.steer[0] != "text":  # before minutes of training, not after
                 levels.check_context(self.context, self.forward, int(self.steer[1]), chunks.chunk_size, self.window)
@@ -274,11 +272,21 @@ class Compressor:
             batches = (chunks[starts[k] : starts[k] + batch_size] for k in indices)
             return ((c.payloads, c.ideal_bits) for c in executor.encode(plan, batches, progress))
 
-        def reused(k: int, record: Record) -> None:
-            if progress:
-                progress(sum(int(tokenizer.id_nbytes[t].sum()) for t in chunks[starts[k] : starts[k] + batch_size]))
+        on_symbols = self.coder.symbol_progress(progress)
 
-        tags = [self._tag(journal, plan, k, chunks[first : first + batch_size]) for k, first in enumerate(starts)]
+        def reused(k: int, record: Record) -> None:
+            if on_symbols:
+                on_symbols(np.concatenate(chunks[starts[k] : starts[k] + batch_size]))
+
+        tags = [b""] * len(starts)
+        if journal is not None:  # what a batch's code depends on besides the job; floats: the runtime too
+            bound = (*_runtime(self.model, plan.precision), str(self.threads)) if plan.precision != EXACT else ()
+            tags = [
+                journal.tag(
+                    repr(plan), str(k), *bound, *(tokens.tobytes() for tokens in chunks[first : first + batch_size])
+                )
+                for k, first in enumerate(starts)
+            ]
         coded_batches = (CodedBatch(*record) for record in replay(journal, tags, run, reused))
         entries, payload_crc = [], 0
         payloads = tempfile.TemporaryFile()  # noqa: SIM115 (handed on in the EncodedArchive)
@@ -328,14 +336,6 @@ class Compressor:
         stats.archive_bytes = archive.size
         stats.steering_bytes = len(steer.to_bytes())
         return archive, stats
-
-    def _tag(self, journal: Journal | None, plan: Plan, index: int, batch: list[np.ndarray]) -> bytes:
-        """What a batch's code depends on besides the job: the plan, its place, its tokens, and
-        where floats compute it, the runtime and threads."""
-        if journal is None:
-            return b""
-        bound = (*_runtime(self.model, plan.precision), str(self.threads)) if plan.precision != EXACT else ()
-        return digest(journal.job, repr(plan), str(index), *bound, *(tokens.tobytes() for tokens in batch))
 
     def worker_spec(self) -> WorkerSpec:
         """What a cluster worker loads to code this compressor's batches."""
@@ -410,13 +410,12 @@ class Compressor:
                 progress(sum(len(c or b"") for c, e in zip(record[0], entries[k], strict=True) if not e.raw))
 
         with ExitStack() as journals:
-            kept, tags = None, [b""] * len(entries)
-            if journal is not None and len(entries) > 1:
-                job = job_of("decompress", header.model_fingerprint, digest(repr(header), str(reader.payload_crc)))
-                if kept := Journal.open(journal, job):
-                    journals.enter_context(closing(kept))
+            job = job_of("decompress", header.model_fingerprint, digest(repr(header), str(reader.payload_crc)))
+            tags = [b""] * len(entries)
+            if kept := Journal.open(journal, job, len(entries)):
+                journals.enter_context(closing(kept))
                 bound_threads = str(threads) if header.machine_bound else ""
-                tags = [digest(job, repr(plan), str(k), bound_threads) for k in range(len(entries))]
+                tags = [kept.tag(repr(plan), str(k), bound_threads) for k in range(len(entries))]
             whole, size = hashlib.sha256(), 0
             for k, (chunks, _) in enumerate(replay(kept, tags, run, reused)):
                 for i, (entry, chunk) in enumerate(zip(entries[k], chunks, strict=True)):

@@ -59,13 +59,20 @@ class Journal:
         self._sync()
 
     @classmethod
-    def open(cls, path: str, job: bytes) -> Journal | None:
-        """The journal, or None (said once) where it cannot be kept: coding goes on without it."""
+    def open(cls, path: str | None, job: bytes, batches: int) -> Journal | None:
+        """The journal of a job of `batches` batches, or None where there is none to keep (no
+        path, one batch) or it cannot be kept (said once): coding goes on without it."""
+        if path is None or batches < 2:
+            return None
         try:
             return cls(path, job)
         except OSError as e:
             notices.warn(f"cannot keep a journal in {path} ({e.strerror}): an interruption would lose the work")
             return None
+
+    def tag(self, *parts: bytes | str) -> bytes:
+        """A record's tag: what its batch's result depends on besides the job."""
+        return digest(self.job, *parts)
 
     def _read(self) -> int:
         """Index the records of this job's journal; the offset where its valid records end (0: none)."""
