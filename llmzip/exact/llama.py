@@ -136,6 +136,7 @@ class ExactLlama(PreparedModel):
     NAME = NAME
     FORWARDS = FORWARDS
     Block = Projections
+    whole_steps = True  # decoding steps in one kernel call where the kernels are built (tests turn it off)
     config: LlamaConfig
     embed: Tensor  # input embeddings, rotated [vocab, hidden]
 
@@ -260,6 +261,27 @@ class ExactLlama(PreparedModel):
         pinned = cache.sink_positions(start, length)
         sink_cos, sink_sin = (None, None) if pinned is None else (self.cos[pinned, None], self.sin[pinned, None])
         key_scale = arithmetic.LOG2E / math.sqrt(c.head_dim)  # scores in log2 units
+        if (
+            tape is None
+            and self.whole_steps
+            and groups * length <= arithmetic.CACHED_QUERIES
+            and x.is_cpu
+            and x.dtype == torch.float32
+            and (fused := arithmetic.kernels())
+        ):  # csrc/llama_forward.cpp: the loop below in one call
+            weights = [getattr(b, f.name) for b in self.blocks for f in fields(b)] + [self.head]
+            down_factors, sylvester = arithmetic.hadamard_factors(c.intermediate)
+            none = torch.empty(0)
+            return fused.llama_forward(
+                x, [w.packed for w in weights], [w.scale for w in weights], cos, sin,
+                none if sink_cos is None else sink_cos, none if sink_sin is None else sink_sin,
+                [cache.keys, cache.key_scales, cache.values, cache.value_scales],
+                cache.slot(start), cache.slot(end - 1) + 1, positions, window, sinks,
+                [c.heads, c.kv_heads, c.head_dim],
+                [cache.key_levels, QUERY_LEVELS, SINK_QUERY_LEVELS, V_LEVELS, DOWN_LEVELS,
+                 arithmetic.ACTIVATION_LEVELS, arithmetic.TINY],
+                c.rms_eps, key_scale, arithmetic.LOG2E, list(down_factors), sylvester,
+            )  # fmt: skip
         for i, block in enumerate(self.blocks):
             h, h_scale = quantize_normed(x, c.rms_eps)
             qkv = block.qkv(h, h_scale).view(rows, length, c.heads + 2 * c.kv_heads, c.head_dim)

@@ -166,6 +166,14 @@ at::Tensor attention_cached(at::Tensor q, at::Tensor q_scale, at::Tensor k, at::
                                at::Tensor v, at::Tensor v_scale, at::Tensor positions, int64_t window,
                                int64_t sinks, at::Tensor sink_q);
 
+// llama_forward.cpp
+at::Tensor llama_forward(at::Tensor x, std::vector<at::Tensor> packed, std::vector<at::Tensor> scales,
+                            at::Tensor cos, at::Tensor sin, at::Tensor sink_cos, at::Tensor sink_sin,
+                            std::vector<at::Tensor> cache, int64_t first_slot, int64_t held,
+                            at::Tensor positions, int64_t window, int64_t sinks, std::vector<int64_t> sizes,
+                            std::vector<double> levels, double eps, double key_scale, double log2e,
+                            std::vector<at::Tensor> down_factors, int64_t down_sylvester);
+
 // side.cpp
 void bias_apply(at::Tensor weights, at::Tensor bias, at::Tensor multipliers, int64_t shift, int64_t low_step,
                 double weight_scale, double output_scale, at::Tensor learning, at::Tensor pull, int64_t rate);

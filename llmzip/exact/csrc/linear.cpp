@@ -6,15 +6,23 @@ namespace llmzip {
 
 constexpr int64_t kChannels = 16;  // output channels of one packed weight block in `linear`
 constexpr int64_t kRows = 6;  // rows of one register tile in `linear`: 12 sums, 2 weights, 1 broadcast
+constexpr int64_t kCompactRows = 4;  // with compact weights: 8 sums, and 3 constants to widen them
+constexpr int64_t kCompactTiles = 2;  // more rows than these tiles hold widen each block once instead
 
 // Integer weights for `linear`: [N, K] int16 reordered as [ceil(N/16), ceil(K/2), 16, 2], so that
 // one 256-bit load holds two neighbouring k of eight output channels (zeros pad N and K). Weights
 // in [-256, 255] (every real model's: K >= 515 leaves at most 229 levels) are stored compact, as
-// w = 2a + b with a int8 and b one bit: each pair of k of 16 channels in kPairBytes, the 32 a
-// (in that order) and then a 32-bit word of the b. A decoding step of a few rows streams every
+// w = 2a + b with a int8 and b one bit: each pair of k of 16 channels in kPairBytes, the 32 a and
+// then a 32-bit word of the b (bit j for byte j). A decoding step of a few rows streams every
 // weight from memory, and its time is their bytes: 9 bits instead of 16 (SmolLM2: 151 MB a step
-// instead of 269). `linear` widens them back a block at a time.
+// instead of 269). `linear` widens them back a pair at a time: interleaving the bytes a with bytes
+// that hold b in their top bit makes int16 lanes 256a + 128b = 128w in two instructions, in the
+// lane order of the wide layout when the a are stored as kCompactOrder lists them.
 constexpr int64_t kPairBytes = 2 * kChannels + 4;
+constexpr int64_t kPrefetch = 1024;  // bytes ahead of the pair read: weights stream from memory
+// Which of the wide layout's 32 lanes (channel c, k j at 2c + j) the compact layout's byte i holds:
+// unpacking the low and high bytes of each 128-bit half gives lanes 0..15 and 16..31.
+constexpr int64_t compact_lane(int64_t i) { return (i / 8 % 2) * 16 + (i / 16) * 8 + i % 8; }
 
 at::Tensor pack_weight(at::Tensor weight) {
   auto w = weight.to(at::kShort).contiguous();
@@ -42,8 +50,9 @@ at::Tensor pack_weight(at::Tensor weight) {
       int8_t* bytes = out + i * kPairBytes;
       uint32_t bits = 0;
       for (int64_t l = 0; l < 2 * kChannels; ++l) {
-        bytes[l] = static_cast<int8_t>(lanes[l] >> 1);  // floor(w / 2)
-        bits |= static_cast<uint32_t>(lanes[l] & 1) << l;
+        const int16_t w = lanes[compact_lane(l)];
+        bytes[l] = static_cast<int8_t>(w >> 1);  // floor(w / 2)
+        bits |= static_cast<uint32_t>(w & 1) << l;
       }
       std::memcpy(bytes + 2 * kChannels, &bits, sizeof bits);
     }
@@ -59,27 +68,21 @@ inline void load_pair(const int16_t* w, int64_t p, __m256i& w0, __m256i& w1) {
   w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + p * 2 * kChannels + kChannels));
 }
 
-// 16 compact weights as int16 lanes 2a + b: a from `bytes`, b from the low 16 bits of `bits`.
-inline __m256i widen(const int8_t* bytes, uint32_t bits) {
-  const __m256i a = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes)));
-  const __m256i twice = _mm256_add_epi16(a, a);
-#if defined(__AVX512BW__) && defined(__AVX512VL__)
-  return _mm256_mask_add_epi16(twice, static_cast<__mmask16>(bits), twice, _mm256_set1_epi16(1));
-#else
-  // lane l tests bit l: -1 where it is set, and 2a - (-1) = 2a + 1
-  const __m256i lane_bits = _mm256_setr_epi16(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384,
-                                               std::numeric_limits<int16_t>::min());
-  const __m256i b = _mm256_set1_epi16(static_cast<int16_t>(bits));
-  return _mm256_sub_epi16(twice, _mm256_cmpeq_epi16(_mm256_and_si256(b, lane_bits), lane_bits));
-#endif
-}
-
+// The 32 compact weights of pair p as int16 lanes 128w = 256a + 128b: the bytes a interleaved with
+// bytes whose top bit is b (bit j of the pair's word, spread to byte j).
 inline void load_pair(const int8_t* w, int64_t p, __m256i& w0, __m256i& w1) {
   const int8_t* bytes = w + p * kPairBytes;
-  uint32_t bits;
-  std::memcpy(&bits, bytes + 2 * kChannels, sizeof bits);
-  w0 = widen(bytes, bits);
-  w1 = widen(bytes + kChannels, bits >> kChannels);
+  _mm_prefetch(reinterpret_cast<const char*>(bytes) + kPrefetch, _MM_HINT_T0);
+  const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bytes));
+  int32_t word;
+  std::memcpy(&word, bytes + 2 * kChannels, sizeof word);
+  const __m256i spread = _mm256_shuffle_epi8(  // byte j holds the word's byte j / 8
+      _mm256_set1_epi32(word), _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2,
+                                                2, 3, 3, 3, 3, 3, 3, 3, 3));
+  const __m256i bit = _mm256_set1_epi64x(0x8040201008040201);  // byte j tests bit j % 8
+  const __m256i b = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(-128));
+  w0 = _mm256_unpacklo_epi8(b, a);
+  w1 = _mm256_unpackhi_epi8(b, a);
 }
 #endif
 
@@ -91,6 +94,8 @@ inline void widen_block(const int8_t* compact, int64_t pairs, int16_t* w) {
   for (int64_t p = 0; p < pairs; ++p) {
     __m256i w0, w1;
     load_pair(compact, p, w0, w1);
+    w0 = _mm256_srai_epi16(w0, 7);
+    w1 = _mm256_srai_epi16(w1, 7);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(w + p * 2 * kChannels), w0);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(w + p * 2 * kChannels + kChannels), w1);
   }
@@ -99,26 +104,33 @@ inline void widen_block(const int8_t* compact, int64_t pairs, int16_t* w) {
 
 // Rows x[0..Rows) (int16, k pairs each, row stride lda) times one block of 16 packed channels
 // (int16, or compact: int8 and bits): int16 products summed in int32, exact (|x| <= 511,
-// |w| < 2**15 / 2, K * |x| * |w| < 2**31).
+// |w| < 2**15 / 2, K * |x| * |w| < 2**31). Compact weights come as 128w: their sums are taken
+// `fold` pairs at a time (few enough to stay in int32) and divided by 128, exactly.
 template <int Rows, typename Weight>
-inline void linear_tile(const int16_t* x, int64_t lda, const Weight* w, int64_t pairs, int32_t* acc) {
+inline void linear_tile(const int16_t* x, int64_t lda, const Weight* w, int64_t pairs, int64_t fold, int32_t* acc) {
 #if defined(__AVX2__)
-  __m256i sums[Rows][2];
-  for (int r = 0; r < Rows; ++r) sums[r][0] = sums[r][1] = _mm256_setzero_si256();
-  for (int64_t p = 0; p < pairs; ++p) {
-    __m256i w0, w1;
-    load_pair(w, p, w0, w1);
-    for (int r = 0; r < Rows; ++r) {
-      int32_t pair;
-      std::memcpy(&pair, x + r * lda + 2 * p, sizeof pair);
-      const __m256i xr = _mm256_set1_epi32(pair);
-      sums[r][0] = _mm256_add_epi32(sums[r][0], _mm256_madd_epi16(xr, w0));
-      sums[r][1] = _mm256_add_epi32(sums[r][1], _mm256_madd_epi16(xr, w1));
+  constexpr int kShift = std::is_same_v<Weight, int8_t> ? 7 : 0;
+  __m256i totals[Rows][2], sums[Rows][2];
+  for (int r = 0; r < Rows; ++r) totals[r][0] = totals[r][1] = _mm256_setzero_si256();
+  for (int64_t first = 0; first < pairs; first += fold) {
+    for (int r = 0; r < Rows; ++r) sums[r][0] = sums[r][1] = _mm256_setzero_si256();
+    for (int64_t p = first; p < std::min(pairs, first + fold); ++p) {
+      __m256i w0, w1;
+      load_pair(w, p, w0, w1);
+      for (int r = 0; r < Rows; ++r) {
+        int32_t pair;
+        std::memcpy(&pair, x + r * lda + 2 * p, sizeof pair);
+        const __m256i xr = _mm256_set1_epi32(pair);
+        sums[r][0] = _mm256_add_epi32(sums[r][0], _mm256_madd_epi16(xr, w0));
+        sums[r][1] = _mm256_add_epi32(sums[r][1], _mm256_madd_epi16(xr, w1));
+      }
     }
+    for (int r = 0; r < Rows; ++r)
+      for (int h = 0; h < 2; ++h) totals[r][h] = _mm256_add_epi32(totals[r][h], _mm256_srai_epi32(sums[r][h], kShift));
   }
   for (int r = 0; r < Rows; ++r) {
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + r * kChannels), sums[r][0]);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + r * kChannels + 8), sums[r][1]);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + r * kChannels), totals[r][0]);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + r * kChannels + 8), totals[r][1]);
   }
 #else  // wide weights only (pack_weight)
   for (int r = 0; r < Rows; ++r)
@@ -145,8 +157,15 @@ at::Tensor linear(at::Tensor x, at::Tensor packed, int64_t n, at::Tensor scale, 
   auto out = at::empty(sizes, xc.options());
   std::vector<int16_t> xi(m * 2 * pairs, 0);  // |x| <= 511
   const float* xp = xc.data_ptr<float>();
+  int32_t largest = 1;
   for (int64_t r = 0; r < m; ++r)
-    for (int64_t j = 0; j < k; ++j) xi[r * 2 * pairs + j] = static_cast<int16_t>(xp[r * k + j]);
+    for (int64_t j = 0; j < k; ++j) {
+      xi[r * 2 * pairs + j] = static_cast<int16_t>(xp[r * k + j]);
+      largest = std::max(largest, std::abs(static_cast<int32_t>(xi[r * 2 * pairs + j])));
+    }
+  // Compact weights' pairs summed before dividing by 128: |2 * x * 128w| <= 2**16 * |x| each.
+  const int64_t fold = compact ? std::max<int64_t>(1, std::numeric_limits<int32_t>::max() / (int64_t{1} << 16) / largest)
+                               : pairs;
   const int16_t* wp = compact ? nullptr : packed.data_ptr<int16_t>();
   const int8_t* cp = compact ? packed.data_ptr<int8_t>() : nullptr;
   const float* scp = sc.data_ptr<float>();
@@ -156,15 +175,16 @@ at::Tensor linear(at::Tensor x, at::Tensor packed, int64_t n, at::Tensor scale, 
     std::vector<int32_t> acc(kRows * kChannels);
     const auto tile = [&](int64_t rows, const int16_t* xr, const auto* w) {
       switch (rows) {
-        case 6: linear_tile<6>(xr, 2 * pairs, w, pairs, acc.data()); break;
-        case 5: linear_tile<5>(xr, 2 * pairs, w, pairs, acc.data()); break;
-        case 4: linear_tile<4>(xr, 2 * pairs, w, pairs, acc.data()); break;
-        case 3: linear_tile<3>(xr, 2 * pairs, w, pairs, acc.data()); break;
-        case 2: linear_tile<2>(xr, 2 * pairs, w, pairs, acc.data()); break;
-        default: linear_tile<1>(xr, 2 * pairs, w, pairs, acc.data()); break;
+        case 6: linear_tile<6>(xr, 2 * pairs, w, pairs, fold, acc.data()); break;
+        case 5: linear_tile<5>(xr, 2 * pairs, w, pairs, fold, acc.data()); break;
+        case 4: linear_tile<4>(xr, 2 * pairs, w, pairs, fold, acc.data()); break;
+        case 3: linear_tile<3>(xr, 2 * pairs, w, pairs, fold, acc.data()); break;
+        case 2: linear_tile<2>(xr, 2 * pairs, w, pairs, fold, acc.data()); break;
+        default: linear_tile<1>(xr, 2 * pairs, w, pairs, fold, acc.data()); break;
       }
     };
-    std::vector<int16_t> widened(compact && m > kRows ? pairs * 2 * kChannels : 0);
+    std::vector<int16_t> widened(compact && m > kCompactTiles * kCompactRows ? pairs * 2 * kChannels : 0);
+    const int64_t tile_rows = compact && widened.empty() ? kCompactRows : kRows;
     for (int64_t b = begin; b < end; ++b) {
       const int16_t* w = compact ? nullptr : wp + b * pairs * 2 * kChannels;
       const int8_t* w8 = compact ? cp + b * pairs * kPairBytes : nullptr;
@@ -173,8 +193,8 @@ at::Tensor linear(at::Tensor x, at::Tensor packed, int64_t n, at::Tensor scale, 
         w = widened.data();
       }
       const int64_t c0 = b * kChannels, width = std::min(kChannels, n - c0);
-      for (int64_t r0 = 0; r0 < m; r0 += kRows) {
-        const int64_t rows = std::min(kRows, m - r0);
+      for (int64_t r0 = 0; r0 < m; r0 += tile_rows) {
+        const int64_t rows = std::min(tile_rows, m - r0);
         const int16_t* xr = xi.data() + r0 * 2 * pairs;
         if (w)
           tile(rows, xr, w);

@@ -15,6 +15,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("silu_mul", &llmzip::silu_mul);
   m.def("attention_weights", &llmzip::attention_weights);
   m.def("attention_cached", &llmzip::attention_cached);
+  m.def("llama_forward", &llmzip::llama_forward);
   m.def("bias_apply", &llmzip::bias_apply);
   m.def("bias_learn", &llmzip::bias_learn);
   m.def("fixed_totals", &llmzip::fixed_totals);
