@@ -27,6 +27,7 @@ import constriction
 import numpy as np
 
 from .container import Reader, varint
+from .drafts import Lookup
 from .errors import CorruptArchiveError
 from .predictor import ExactPredictor
 from .side import match
@@ -86,6 +87,45 @@ def _lockstep(
         inputs = roles.model_inputs(symbols)
         if progress:
             progress(symbols[active])
+
+
+def _drafted_lockstep(
+    predictor: ExactPredictor,
+    lengths: np.ndarray,
+    roles: TokenRoles,
+    code_step: Callable[[int, np.ndarray, np.ndarray], np.ndarray],
+    progress: Progress | None,
+    lookup: Lookup,
+) -> None:
+    """`_lockstep` for the decoder of an exact predictor: where every active row has drafted
+    tokens (`lookup`, over the tokens code_step decodes), one forward scores them all, and the
+    steps go on through its positions while every row's draft was right. Steps, and everything
+    code_step does in them, come in the same order as `_lockstep`'s."""
+    steps = int(lengths.max(initial=0))
+    predictor.start(len(lengths), steps, lengths)
+    inputs = np.full(len(lengths), roles.start_id, dtype=np.int64)
+    t = 0
+    while t < steps:
+        active = np.flatnonzero(lengths > t)
+        computed = int(active[-1]) + 1  # the rows after the last active one have ended: not computed
+        most = min(predictor.drafts(computed), steps - t - 1)
+        drafts = [lookup.draft(r, t, most) for r in active]
+        width = min(len(d) for d in drafts)
+        guesses = np.full((computed, width), roles.start_id, dtype=np.int64)  # idle rows: start_id
+        for r, d in zip(active, drafts, strict=True):
+            guesses[r] = d[:width]
+        probs = predictor.score(np.concatenate([inputs[:computed, None], roles.model_inputs(guesses)], 1))
+        for j in range(width + 1):
+            active = np.flatnonzero(lengths > t)
+            symbols = np.full(len(lengths), roles.start_id, dtype=np.int64)
+            symbols[active] = code_step(t, active, np.ascontiguousarray(probs[:, j]))
+            inputs = roles.model_inputs(symbols)
+            if progress:
+                progress(symbols[active])
+            t += 1
+            if j == width or not np.array_equal(symbols[active], guesses[active, j]):
+                break
+        predictor.advance(j + 1)
 
 
 def _row_lengths(predictor: Predictor, lengths: list[int]) -> np.ndarray:
@@ -283,7 +323,11 @@ def decode_batch(
             side.learn(t, active, coded)
         return coded
 
-    _lockstep(predictor, _row_lengths(predictor, list(lengths)), roles, code_step, progress)
+    rows = _row_lengths(predictor, list(lengths))
+    if isinstance(predictor, ExactPredictor) and not predictor.learner:
+        _drafted_lockstep(predictor, rows, roles, code_step, progress, Lookup(tokens))
+    else:
+        _lockstep(predictor, rows, roles, code_step, progress)
     return tokens
 
 

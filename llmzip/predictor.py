@@ -34,6 +34,10 @@ if TYPE_CHECKING:
 # The Hugging Face forward's dtype per float precision (int8: torch's dynamic quantization).
 DTYPES = dict(zip(FLOAT_PRECISIONS, (torch.float32, torch.bfloat16, torch.float32), strict=True))
 FORCED_BLOCK = SLACK  # rows x positions per teacher-forced forward (188 tok/s on 2 AVX2 cores; 128: 154)
+# Rows x positions a decoding step computes for about the time of one: csrc/linear.cpp's tile of
+# compact weights, within which the weights' bytes set a step's time (SmolLM2, AMD Zen 3 AVX2:
+# 7.8 ms for 1 to 4 rows, 11.2 for 6, 15.3 for 8: the integer products then).
+DRAFTED_ROWS = 4
 Prefix = np.ndarray | torch.Tensor  # a steering prefix: token ids (int64 [N]) or input embeddings (float32 [N, hidden])
 
 
@@ -145,6 +149,32 @@ class ExactPredictor:
         self.position += 1
         return self._weights(logits)
 
+    def drafts(self, rows: int) -> int:
+        """Drafted tokens per row a step of `rows` rows scores besides its input (`score`) for
+        about the cost of a plain step: within DRAFTED_ROWS rows x positions, and as many as
+        attention reads from the integer cache in one pass (arithmetic.CACHED_QUERIES queries per
+        key head); none where the weights learn, whose segments step a position at a time."""
+        c = self.model.config
+        most = min(DRAFTED_ROWS // rows, arithmetic.CACHED_QUERIES // (c.heads // c.kv_heads)) - 1
+        return 0 if self.learner else max(0, most)
+
+    def score(self, input_ids: np.ndarray) -> np.ndarray:
+        """Feed T tokens to each of the first k rows at the next T positions, [k, T] (an input,
+        then drafted tokens; rows after k, whose sequences ended, are not computed), without
+        moving on: each row's weights after each, [k, T, alphabet] (valid until the next call).
+        `advance(n)` keeps the first n positions; the next call overwrites the rest."""
+        assert not self.learner, "learning steps a position at a time"
+        assert self.cache is not None
+        rows, length = input_ids.shape
+        self.cache.make_room(self.position, length)  # before taking rows: a view's slide would not reach the cache
+        cache = self.cache if rows == self.rows else self.cache.first_rows(rows)
+        x = self.model.embed[torch.from_numpy(input_ids).to(self.model.device)]
+        logits = self.model.forward(x, self.position, cache)
+        return self._weights(logits.flatten(0, 1)).reshape(rows, length, self.alphabet_size)
+
+    def advance(self, positions: int) -> None:
+        self.position += positions
+
     def _learn(self, tape: Tape, logits: torch.Tensor, targets: np.ndarray, start: int) -> None:
         """A step of the learner from positions start.. (targets: the model inputs that followed
         them), where each row still had tokens."""
@@ -179,10 +209,11 @@ class ExactPredictor:
         # Escape symbols beyond the vocabulary get weight 0; the coder lifts every symbol to its
         # smallest representable probability. They are zeroed at every call: the caller writes
         # into the array it got (side models' n-gram counts), escapes included.
-        if self.weights.shape[0] != len(logits):
+        if self.weights.shape[0] < len(logits):
             self.weights = torch.zeros(len(logits), self.alphabet_size, dtype=torch.float64)
-        self.weights[:, logits.shape[-1] :] = 0
-        return arithmetic.softmax_weights(logits.cpu(), self.weights).numpy()
+        weights = self.weights[: len(logits)]
+        weights[:, logits.shape[-1] :] = 0
+        return arithmetic.softmax_weights(logits.cpu(), weights).numpy()
 
 
 def state_bytes(model: PreTrainedModel, rows: int, positions: int, alphabet_size: int, precision: str) -> int:

@@ -6,7 +6,8 @@ from conftest import prepared
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmzip.coding import decode_batch, encode_batch
+from llmzip import versions
+from llmzip.coding import carry_flags, decode_batch, encode_batch
 from llmzip.float_predictor import FloatPredictor
 from llmzip.predictor import ExactPredictor
 
@@ -69,3 +70,49 @@ def test_decoder_probabilities_equal_encoders(request, model, kind):
 @given(st.one_of(st.binary(max_size=300), st.text(max_size=200).map(lambda s: s.encode("utf-8", "surrogatepass"))))
 def test_any_input_round_trips(compressor, data):
     assert compressor.decompress(compressor.compress(data)) == data
+
+
+class Counting(ExactPredictor):
+    """An exact predictor that counts its forwards and the positions they score."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.forwards, self.positions = 0, 0
+
+    def step(self, input_ids):
+        self.forwards, self.positions = self.forwards + 1, self.positions + 1
+        return super().step(input_ids)
+
+    def score(self, input_ids):
+        self.forwards, self.positions = self.forwards + 1, self.positions + input_ids.shape[1]
+        return super().score(input_ids)
+
+
+class Undrafted(Counting):
+    def drafts(self, rows):
+        return 0
+
+
+@pytest.mark.parametrize("side_models", [0, versions.SIDE_MODELS])
+def test_drafted_decoding_settles_several_positions_per_forward(tiny, side_models):
+    """Rows of repetitive lines (one longer, one row empty): the decoder scores each row's drafted
+    tokens in one forward (one each while two rows step, three once one does) and keeps them to
+    the first wrong one; it decodes what was coded, in fewer forwards than steps, and with drafts
+    turned off in one forward per step."""
+    tokenizer, model = tiny.tokenizer, prepared(tiny)
+    texts = [b"".join(b"GET /index.html 200 %d\n" % (i % 7) for i in range(30)), b"POST /api 201\n" * 8, b""]
+    chunks = [tokenizer.encode(text) for text in texts]
+    encoder = ExactPredictor(model, tokenizer.alphabet_size)
+    payloads, flags, _ = encode_batch(encoder, chunks, tokenizer.roles, None, side_models)
+    lengths = [len(c) for c in chunks]
+    if side_models:
+        payloads = carry_flags(payloads, flags, lengths)
+    runs = {}
+    for drafting in (True, False):
+        decoder = (Counting if drafting else Undrafted)(model, tokenizer.alphabet_size)
+        decoded = decode_batch(decoder, payloads, lengths, tokenizer.roles, None, side_models)
+        assert [list(d) for d in decoded] == [list(c) for c in chunks]
+        runs[drafting] = decoder.forwards, decoder.positions
+    steps = max(lengths)
+    assert runs[False] == (steps, steps)
+    assert runs[True][0] < steps / 2 and runs[True][1] > steps

@@ -19,7 +19,7 @@ from llmzip import (
     versions,
 )
 from llmzip.container import MIN_ROWS
-from llmzip.exact import gemma3, kvcache, llama
+from llmzip.exact import arithmetic, gemma3, kvcache, llama
 from llmzip.exact.architectures import exact_architecture
 from llmzip.exact.gemma3 import Gemma3Config
 from llmzip.exact.llama import LlamaConfig
@@ -145,6 +145,60 @@ def test_a_window_gives_the_same_bits_forced_stepped_and_slid(exact_pair, monkey
     assert predictor.cache.dropped == 0 and np.array_equal(held, windowed)
 
 
+def test_drafted_steps_give_the_forced_bits(exact_pair):
+    """A decoder scoring its input and drafted tokens in one call, keeping the positions up to a
+    wrong draft and scoring the rest again in the next (their cache entries overwritten), gets
+    each kept position the bits teacher forcing gives, through a window that slides."""
+    loaded, model = exact_pair
+    tokenizer = loaded.tokenizer
+    chunk = tokenizer.encode(TEXT * 12)[:700]
+    inputs = np.concatenate([[tokenizer.roles.start_id], chunk[:-1]])
+    predictor = ExactPredictor(model, tokenizer.alphabet_size, window=40)
+    predictor.start(1, len(chunk))
+    forced = np.concatenate([w[0].copy() for w in predictor.forced(inputs[None])])
+    predictor.start(2, len(chunk))  # row 1 reads other tokens
+    rng, kept, t = np.random.default_rng(0), [], 0
+    while t < len(inputs):
+        width = min(int(rng.integers(1, predictor.drafts(1) + 2)), len(inputs) - t)
+        right = int(rng.integers(1, width + 1))  # positions whose inputs are right; the drafts after are wrong
+        ids = rng.integers(0, predictor.vocab, (2, width))
+        ids[0, :right] = inputs[t : t + right]
+        ids[0, right:] = (inputs[t + right : t + width] + 1) % predictor.vocab
+        kept.extend(predictor.score(ids)[0, :right].copy())
+        predictor.advance(right)
+        t += right
+    assert predictor.cache.dropped > 0 and predictor.drafts(1) == 3
+    assert np.array_equal(np.stack(kept), forced)
+
+
+@pytest.mark.parametrize("window", [None, 12])
+def test_whole_step_kernel_gives_the_block_loops_bits(exact_tiny, monkeypatch, window):
+    """csrc/llama_forward.cpp against llama.py's loop over blocks (the definition): 3 rows, 1 to 5
+    positions a call, past the window with the sinks pinned and the cache slid: the same logits
+    and the same cache, bit for bit."""
+    kernels = arithmetic.kernels()
+    if kernels is None:
+        pytest.skip("no kernels here")
+    calls = []
+    monkeypatch.setattr(kernels, "llama_forward", lambda *a, f=kernels.llama_forward: calls.append(1) or f(*a))
+    ids = torch.randint(0, exact_tiny.config.vocab, (3, 600), generator=torch.Generator().manual_seed(1))
+    runs = []
+    for whole in (True, False):
+        monkeypatch.setattr(llama.ExactLlama, "whole_steps", whole)
+        cache = exact_tiny.new_cache(3, 600, window, SINK_TOKENS if window else 0)
+        logits, start = [], 0
+        for length in itertools.cycle(range(1, 6)):
+            if start + length > ids.shape[1]:
+                break
+            logits.append(exact_tiny.forward(exact_tiny.embed[ids[:, start : start + length]], start, cache))
+            start += length
+        runs.append((torch.cat(logits, 1), [cache.keys, cache.key_scales, cache.values, cache.value_scales]))
+    assert len(calls) == len(logits)  # every call of the first run, none of the second
+    assert torch.equal(runs[0][0], runs[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1], strict=True))
+    assert window is None or cache.dropped > 0
+
+
 def test_preallocated_cache_gives_the_stock_caches_floats(tiny):
     ids = tiny.tokenizer.encode(TEXT)
     runs = []
@@ -222,15 +276,15 @@ def test_decoder_with_other_floats_names_the_cause(tiny, monkeypatch, precision,
     header, payloads = container.unpack(compressor.compress(TEXT))
     header.cpu_capability = cpu or header.cpu_capability
     archive = container.pack(header, payloads)
-    kind = ExactPredictor if precision == "exact" else FloatPredictor
-    step = kind.step
+    kind, method = (ExactPredictor, "score") if precision == "exact" else (FloatPredictor, "step")  # the decoder's
+    computed = getattr(kind, method)
 
     def perturbed(self, ids):
-        probs = step(self, ids).copy()
-        probs[:, ::2] *= 1 + 2**-20
+        probs = computed(self, ids).copy()
+        probs[..., ::2] *= 1 + 2**-20
         return probs
 
-    monkeypatch.setattr(kind, "step", perturbed)
+    monkeypatch.setattr(kind, method, perturbed)
     with pytest.raises((DecodeMismatchError, CorruptArchiveError), match=expected):
         compressor.decompress(archive)
 

@@ -9,6 +9,8 @@ any order, so a query sees the same numbers wherever its keys sit.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import Tensor
 
@@ -72,6 +74,16 @@ class KVCache:
     def bytes_per_position(config: DecoderConfig, key_levels: int) -> int:
         key_bytes = key_dtype(key_levels).itemsize
         return config.layers * config.kv_heads * ((key_bytes + 1) * config.head_dim + 8)
+
+    def first_rows(self, rows: int) -> KVCache:
+        """The first `rows` sequences, as views of this cache's tensors: what a forward writes
+        there is here. Slides (`make_room`) must be made here, before the view is taken."""
+        view = copy.copy(self)
+        view.rows = rows
+        view.keys, view.key_scales, view.values, view.value_scales = (
+            t[:, :rows] for t in (self.keys, self.key_scales, self.values, self.value_scales)
+        )
+        return view
 
     def restart(self) -> None:
         """New sequences over the same steering prefix: its keys stay, first; the rest is overwritten."""
