@@ -2,8 +2,8 @@
 them up to the first wrong one (the exact forward gives a position the same bits whichever other
 positions it computes): tokens per forward on each file's first bytes, for two drafters.
 
-- lookup: the continuation of the longest earlier occurrence (2 to 6 tokens) of the row's last
-  tokens in its own history ("prompt lookup"; costs nothing to draft);
+- lookup: llmzip's decoder's drafter (llmzip/drafts.py), the continuation of the longest earlier
+  occurrence (2 to 6 tokens) of the row's last tokens in its own history ("prompt lookup");
 - model top-1 (a bound): the drafts a drafter as good as the model itself would make, the
   model's most probable next tokens; its run of hits is the run of positions whose most probable
   token is the one that follows (teacher-forced, exact predictor). No cheaper drafter does better.
@@ -20,31 +20,20 @@ from common import load_input, machine, save
 
 from llmzip import Compressor
 from llmzip.aliases import DEFAULT_MODEL
+from llmzip.drafts import Lookup
 from llmzip.predictor import ExactPredictor
 
-SHORTEST, LONGEST = 2, 6  # n-gram lengths the lookup drafter matches
 
-
-def lookup_steps(ids: list[int], drafts: int) -> int:
-    """Forwards a decoder drafting by lookup needs for `ids` (each settles 1 + the drafts kept)."""
-    index: dict[tuple[int, ...], int] = {}  # an n-gram -> the position after its latest occurrence
-
-    def remember(end: int) -> None:
-        for n in range(SHORTEST, min(LONGEST, end) + 1):
-            index[tuple(ids[end - n : end])] = end
-
+def lookup_steps(ids: np.ndarray, drafts: int) -> int:
+    """Forwards a decoder drafting by lookup (llmzip.drafts.Lookup) needs for `ids` (each settles
+    1 + the drafts kept)."""
+    lookup = Lookup([ids])  # it reads a row's tokens before t only: the whole row may be given
     t, forwards = 1, 0
     while t < len(ids):
-        draft: list[int] = []
-        for n in range(min(LONGEST, t), SHORTEST - 1, -1):
-            if (end := index.get(tuple(ids[t - n : t]))) is not None:
-                draft = ids[end : end + drafts]
-                break
+        draft = lookup.draft(0, t, drafts)
         kept = 0
         while kept < len(draft) and t + kept < len(ids) and draft[kept] == ids[t + kept]:
             kept += 1
-        for end in range(t, min(t + kept + 1, len(ids))):
-            remember(end)
         t, forwards = t + kept + 1, forwards + 1
     return forwards
 
@@ -85,7 +74,7 @@ def main() -> None:
                 "bytes": len(data),
                 "tokens": len(ids),
                 "top1_accuracy": round(float(hits.mean()), 3),
-                "lookup_tokens_per_forward": round(len(ids) / lookup_steps(ids.tolist(), args.drafts), 2),
+                "lookup_tokens_per_forward": round(len(ids) / lookup_steps(ids, args.drafts), 2),
                 "top1_tokens_per_forward": round(len(ids) / top1_steps(hits, args.drafts), 2),
             }
             print(row, flush=True)

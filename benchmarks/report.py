@@ -590,6 +590,31 @@ def drafts_tables() -> list[Table]:
     return [Table("drafts", caption, columns, rows, _source(found))]
 
 
+def small_files_tables() -> list[Table]:
+    """Small files decoded by this llmzip and an earlier commit in one run (benchmarks/small_files.py)."""
+    tables = []
+    for name, r in _load("small_files_*.json"):
+        rows = [
+            [
+                _label(x["file"], x["bytes"], FULL_SIZES),
+                _n(x["archive_bytes"]),
+                "yes" if x["archives_identical"] else "no",
+                f"{x['baseline_s']:.1f}",
+                f"{x['this_s']:.1f}",
+                f"{x['speedup']:.2f}",
+            ]
+            for x in r["rows"]
+        ]
+        caption = (
+            f"Small files: wall seconds of `llmzip decompress` (median of {r['repeat']}) at the default level, "
+            f"{r['model']}, with commit {r['baseline']} and with commit {r['machine']['commit']}, in one run on "
+            f"{_cpu(r['machine'])}"
+        )
+        columns = ["input", "archive bytes", "same archive", f"{r['baseline']} s", "this s", "speed-up"]
+        tables.append(Table(f"small_files_{name[12:-5]}", caption, columns, rows, _source([(name, r)])))
+    return tables
+
+
 def startup_tables() -> list[Table]:
     """The first run's phases in a fresh cache, and commands' wall time once all is cached."""
     tables = []
@@ -867,6 +892,7 @@ def all_tables() -> list[Table]:
         *scale_tables(),
         *roundtrip_tables(),
         *startup_tables(),
+        *small_files_tables(),
         *drafts_tables(),
         *models_tables(),
         *chunk_tables(),

@@ -2,7 +2,7 @@
 commit, in the same run, alternating (medians), on archives both commits make byte for byte
 (checked: a decoder speed-up must not change the format).
 
-    python benchmarks/small_files.py alice29.txt Apache_2k.log --bytes 40000 --baseline 840c6d5
+    python benchmarks/small_files.py alice29.txt Apache_2k.log --bytes 10000 40000 --baseline 840c6d5
 
 A small input has few chunks, so each decoding step has few rows and streams every weight of
 the model for a few tokens: this measures the per-step cost the large-input benchmarks hide.
@@ -11,6 +11,7 @@ the model for a few tokens: this measures the per-step cost the large-input benc
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import subprocess
@@ -46,7 +47,7 @@ def timed(args: list[str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("inputs", nargs="+", help="files, or files of the corpus folder")
-    parser.add_argument("--bytes", type=int, default=40_000, help="leading bytes of each input")
+    parser.add_argument("--bytes", type=int, nargs="+", default=[40_000], help="leading bytes of each input")
     parser.add_argument("--baseline", required=True, help="the git revision to compare with")
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--repeat", type=int, default=1, help="decodes by each commit, alternating")
@@ -61,8 +62,8 @@ def main() -> None:
         try:
             for checkout in (base, ROOT):  # kernels built and the model prepared before anything is timed
                 subprocess.run([*llmzip(checkout), "prepare", args.model, "-q"], check=True)
-            for spec in args.inputs:
-                name, data = load_input(spec, args.bytes)
+            for spec, nbytes in itertools.product(args.inputs, args.bytes):
+                name, data = load_input(spec, nbytes)
                 sample = Path(tmp, name)
                 sample.write_bytes(data)
                 archives = {}

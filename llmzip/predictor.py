@@ -36,8 +36,8 @@ DTYPES = dict(zip(FLOAT_PRECISIONS, (torch.float32, torch.bfloat16, torch.float3
 FORCED_BLOCK = SLACK  # rows x positions per teacher-forced forward (188 tok/s on 2 AVX2 cores; 128: 154)
 # Rows x positions a decoding step computes for about the time of one: csrc/linear.cpp's tile of
 # compact weights, within which the weights' bytes set a step's time (SmolLM2, AMD Zen 3 AVX2:
-# 7.8 ms for 1 to 4 rows, 11.2 for 6, 15.3 for 8: the integer products then).
-DRAFTED_ROWS = 4
+# the linear layers take 7.1-7.8 ms for 1 to 5 rows, 12.2 for 8: the integer products then).
+DRAFTED_ROWS = 5
 Prefix = np.ndarray | torch.Tensor  # a steering prefix: token ids (int64 [N]) or input embeddings (float32 [N, hidden])
 
 

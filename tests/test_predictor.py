@@ -167,7 +167,7 @@ def test_drafted_steps_give_the_forced_bits(exact_pair):
         kept.extend(predictor.score(ids)[0, :right].copy())
         predictor.advance(right)
         t += right
-    assert predictor.cache.dropped > 0 and predictor.drafts(1) == 3
+    assert predictor.cache.dropped > 0 and predictor.drafts(1) == 4
     assert np.array_equal(np.stack(kept), forced)
 
 

@@ -6,7 +6,7 @@ namespace llmzip {
 
 constexpr int64_t kChannels = 16;  // output channels of one packed weight block in `linear`
 constexpr int64_t kRows = 6;  // rows of one register tile in `linear`: 12 sums, 2 weights, 1 broadcast
-constexpr int64_t kCompactRows = 4;  // with compact weights: 8 sums, and 3 constants to widen them
+constexpr int64_t kCompactRows = 5;  // with compact weights: 10 sums, and 3 constants to widen them
 constexpr int64_t kCompactTiles = 2;  // more rows than these tiles hold widen each block once instead
 
 // Integer weights for `linear`: [N, K] int16 reordered as [ceil(N/16), ceil(K/2), 16, 2], so that
