@@ -64,11 +64,12 @@ def main() -> None:
                 subprocess.run([*llmzip(checkout), "prepare", args.model, "-q"], check=True)
             for spec, nbytes in itertools.product(args.inputs, args.bytes):
                 name, data = load_input(spec, nbytes)
-                sample = Path(tmp, name)
+                sample = Path(tmp, f"{len(data)}", name)
+                sample.parent.mkdir(exist_ok=True)
                 sample.write_bytes(data)
                 archives = {}
                 for label, checkout in (("baseline", base), ("this", ROOT)):
-                    archives[label] = Path(tmp, f"{name}.{label}.lz")
+                    archives[label] = sample.with_name(f"{name}.{label}.lz")
                     subprocess.run(
                         [*llmzip(checkout), "compress", str(sample), "-o", str(archives[label]), "-q", "--model",
                          args.model],
@@ -78,7 +79,7 @@ def main() -> None:
                 seconds: dict[str, list[float]] = {"baseline": [], "this": []}
                 for _ in range(args.repeat):
                     for label, checkout in (("baseline", base), ("this", ROOT)):
-                        out = Path(tmp, f"{name}.{label}.out")
+                        out = sample.with_name(f"{name}.{label}.out")
                         seconds[label].append(
                             timed([*llmzip(checkout), "decompress", str(archives["this"]), "-o", str(out), "-f", "-q"])
                         )

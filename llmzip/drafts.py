@@ -29,14 +29,12 @@ class Lookup:
         ids, latest = self.tokens[row], self.latest[row]
         first = max(0, min(self.indexed[row], t) - LONGEST)
         recent = ids[first:t].tolist()  # what the lookup and the new n-grams read, from position `first`
-        guess = ids[:0]
+        for end in range(self.indexed[row], t):  # n-grams ending before the suffix: never its own draft
+            for n in range(SHORTEST, min(LONGEST, end) + 1):
+                latest[tuple(recent[end - first - n : end - first])] = end
+        self.indexed[row] = max(self.indexed[row], t)
         for n in range(min(LONGEST, t), SHORTEST - 1, -1):
             end = latest.get(tuple(recent[t - first - n :]))
             if end is not None:
-                guess = ids[end : min(end + most, t)]
-                break
-        for end in range(self.indexed[row], t + 1):  # the suffix is looked up first: never its own draft
-            for n in range(SHORTEST, min(LONGEST, end) + 1):
-                latest[tuple(recent[end - first - n : end - first])] = end
-        self.indexed[row] = max(self.indexed[row], t + 1)
-        return guess
+                return ids[end : min(end + most, t)]
+        return ids[:0]

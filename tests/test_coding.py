@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from llmzip import versions
 from llmzip.coding import carry_flags, decode_batch, encode_batch
+from llmzip.drafts import Lookup
 from llmzip.float_predictor import FloatPredictor
 from llmzip.predictor import ExactPredictor
 
@@ -116,3 +117,13 @@ def test_drafted_decoding_settles_several_positions_per_forward(tiny, side_model
     steps = max(lengths)
     assert runs[False] == (steps, steps)
     assert runs[True][0] < steps / 2 and runs[True][1] > steps
+
+
+def test_lookup_drafts_what_followed_the_latest_earlier_occurrence():
+    """A row's drafts are the tokens after the latest earlier occurrence of its last 2 to 6
+    tokens (longest first), never reaching past what is decoded, never the suffix itself."""
+    lookup = Lookup([np.array([5, 1, 2, 3, 9, 4, 2, 3, 7, 1, 2, 3, 9, 0, 0])])
+    assert list(lookup.draft(0, 3, 4)) == []  # (1, 2) occurs only as the suffix
+    assert list(lookup.draft(0, 8, 4)) == [9, 4, 2, 3]  # after (2, 3) ending at 4
+    assert list(lookup.draft(0, 11, 4)) == [3, 9, 4, 2]  # after (1, 2) ending at 3, up to token 10
+    assert list(lookup.draft(0, 12, 2)) == [9, 4]  # (1, 2, 3) ending at 4 before (2, 3)'s latest, at 8
