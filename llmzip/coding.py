@@ -64,6 +64,7 @@ def _load_numpy_api() -> None:
 
 
 Progress = Callable[[np.ndarray], None]  # called with the symbols coded at each step
+MAX_PAUSE = 64  # most steps a decoder goes without drafts after its drafts failed
 T = TypeVar("T")
 
 
@@ -104,11 +105,11 @@ def _drafted_lockstep(
     steps = int(lengths.max(initial=0))
     predictor.start(len(lengths), steps, lengths)
     inputs = np.full(len(lengths), roles.start_id, dtype=np.int64)
-    t = 0
+    t, pause, wait = 0, 1, 0  # after a forward whose drafts all failed, `wait` steps without drafts (doubling)
     while t < steps:
         active = np.flatnonzero(lengths > t)
         computed = int(active[-1]) + 1  # the rows after the last active one have ended: not computed
-        most = min(predictor.drafts(computed), steps - t - 1)
+        most = 0 if wait else min(predictor.drafts(computed), steps - t - 1)
         drafts = [lookup.draft(r, t, most) for r in active]
         width = min(len(d) for d in drafts)
         guesses = np.full((computed, width), roles.start_id, dtype=np.int64)  # idle rows: start_id
@@ -126,6 +127,11 @@ def _drafted_lockstep(
             if j == width or not np.array_equal(symbols[active], guesses[active, j]):
                 break
         predictor.advance(j + 1)
+        if width:  # drafts that keep failing (prose) cost more than they settle: try them less often
+            pause = 1 if j else min(2 * pause, MAX_PAUSE)
+            wait = 0 if j else pause
+        else:
+            wait = max(0, wait - 1)
 
 
 def _row_lengths(predictor: Predictor, lengths: list[int]) -> np.ndarray:

@@ -120,10 +120,10 @@ def test_drafted_decoding_settles_several_positions_per_forward(tiny, side_model
 
 
 def test_lookup_drafts_what_followed_the_latest_earlier_occurrence():
-    """A row's drafts are the tokens after the latest earlier occurrence of its last 2 to 6
+    """A row's drafts are the tokens after the latest earlier occurrence of its last 4 to 6
     tokens (longest first), never reaching past what is decoded, never the suffix itself."""
-    lookup = Lookup([np.array([5, 1, 2, 3, 9, 4, 2, 3, 7, 1, 2, 3, 9, 0, 0])])
-    assert list(lookup.draft(0, 3, 4)) == []  # (1, 2) occurs only as the suffix
-    assert list(lookup.draft(0, 8, 4)) == [9, 4, 2, 3]  # after (2, 3) ending at 4
-    assert list(lookup.draft(0, 11, 4)) == [3, 9, 4, 2]  # after (1, 2) ending at 3, up to token 10
-    assert list(lookup.draft(0, 12, 2)) == [9, 4]  # (1, 2, 3) ending at 4 before (2, 3)'s latest, at 8
+    lookup = Lookup([np.array([7, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 6, 7, 1, 2, 3, 4, 0, 0])])
+    assert list(lookup.draft(0, 5, 4)) == []  # (1, 2, 3, 4) occurs only as the suffix
+    assert list(lookup.draft(0, 11, 4)) == [5, 0, 1, 2]  # after (1, 2, 3, 4) ending at 5
+    assert list(lookup.draft(0, 17, 4)) == [5, 0, 1, 2]  # (7, 1, 2, 3, 4) at 5 before (1, 2, 3, 4)'s latest, at 11
+    assert list(Lookup([np.array([1, 2, 3, 4, 1, 2, 3, 4, 0, 0])]).draft(0, 8, 6)) == [1, 2, 3, 4]  # decoded only
