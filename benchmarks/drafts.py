@@ -3,7 +3,9 @@ them up to the first wrong one (the exact forward gives a position the same bits
 positions it computes): tokens per forward on each file's first bytes, for two drafters.
 
 - lookup: llmzip's decoder's drafter (llmzip/drafts.py), the continuation of the longest earlier
-  occurrence (2 to 6 tokens) of the row's last tokens in its own history ("prompt lookup");
+  occurrence (4 to 6 tokens) of the row's last tokens in its own history ("prompt lookup"), and
+  the same from matches of 2 tokens on; with the share of drafted forwards whose drafts all
+  failed (a forward's cost for nothing);
 - model top-1 (a bound): the drafts a drafter as good as the model itself would make, the
   model's most probable next tokens; its run of hits is the run of positions whose most probable
   token is the one that follows (teacher-forced, exact predictor). No cheaper drafter does better.
@@ -20,22 +22,24 @@ from common import load_input, machine, save
 
 from llmzip import Compressor
 from llmzip.aliases import DEFAULT_MODEL
-from llmzip.drafts import Lookup
+from llmzip.drafts import SHORTEST, Lookup
 from llmzip.predictor import ExactPredictor
 
 
-def lookup_steps(ids: np.ndarray, drafts: int) -> int:
-    """Forwards a decoder drafting by lookup (llmzip.drafts.Lookup) needs for `ids` (each settles
-    1 + the drafts kept)."""
-    lookup = Lookup([ids])  # it reads a row's tokens before t only: the whole row may be given
-    t, forwards = 1, 0
+def lookup_steps(ids: np.ndarray, drafts: int, shortest: int) -> tuple[int, int, int]:
+    """A decoder drafting by lookup (llmzip.drafts.Lookup, matches of `shortest` tokens or more)
+    over `ids`: its forwards (each settles 1 + the drafts kept), those that had drafts, and those
+    whose drafts all failed."""
+    lookup = Lookup([ids], shortest)  # it reads a row's tokens before t only: the whole row may be given
+    t, forwards, drafted, failed = 1, 0, 0, 0
     while t < len(ids):
         draft = lookup.draft(0, t, drafts)
         kept = 0
         while kept < len(draft) and t + kept < len(ids) and draft[kept] == ids[t + kept]:
             kept += 1
         t, forwards = t + kept + 1, forwards + 1
-    return forwards
+        drafted, failed = drafted + (len(draft) > 0), failed + (len(draft) > 0 and kept == 0)
+    return forwards, drafted, failed
 
 
 def top1_steps(hits: np.ndarray, drafts: int) -> int:
@@ -74,9 +78,12 @@ def main() -> None:
                 "bytes": len(data),
                 "tokens": len(ids),
                 "top1_accuracy": round(float(hits.mean()), 3),
-                "lookup_tokens_per_forward": round(len(ids) / lookup_steps(ids, args.drafts), 2),
                 "top1_tokens_per_forward": round(len(ids) / top1_steps(hits, args.drafts), 2),
             }
+            for shortest in (2, SHORTEST):  # every match, and those the decoder drafts from
+                forwards, drafted, failed = lookup_steps(ids, args.drafts, shortest)
+                row[f"lookup{shortest}_tokens_per_forward"] = round(len(ids) / forwards, 2)
+                row[f"lookup{shortest}_failed_share"] = round(failed / max(drafted, 1), 2)
             print(row, flush=True)
             rows.append(row)
     report = {"machine": machine(), "model": args.model, "drafts": args.drafts, "rows": rows}

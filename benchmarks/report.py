@@ -577,16 +577,21 @@ def drafts_tables() -> list[Table]:
             _label(x["file"], x["bytes"], FULL_SIZES),
             _n(x["tokens"]),
             f"{x['top1_accuracy']:.3f}",
-            f"{x['lookup_tokens_per_forward']:.2f}",
+            f"{x['lookup2_tokens_per_forward']:.2f}",
+            f"{x['lookup2_failed_share']:.2f}",
+            f"{x['lookup4_tokens_per_forward']:.2f}",
+            f"{x['lookup4_failed_share']:.2f}",
             f"{x['top1_tokens_per_forward']:.2f}",
         ]
         for x in r["rows"]
     ]
     caption = (
         f"Drafted decoding: tokens per forward with up to {r['drafts']} drafted tokens kept to the first wrong one, "
-        f"{r['model']}: lookup in the row's own history, and the bound of drafts as good as the model's top-1"
+        f"{r['model']}: lookup in the row's own history from matches of 2 and of 4 tokens on (the decoder's), with "
+        "the share of drafted forwards whose drafts all failed, and the bound of drafts as good as the model's top-1"
     )
-    columns = ["input", "tokens", "top-1 accuracy", "lookup tokens/forward", "top-1 bound tokens/forward"]
+    columns = ["input", "tokens", "top-1 accuracy", "lookup 2+ tokens/forward", "2+ all failed",
+               "lookup 4+ tokens/forward", "4+ all failed", "top-1 bound tokens/forward"]  # fmt: skip
     return [Table("drafts", caption, columns, rows, _source(found))]
 
 

@@ -20,12 +20,13 @@ SHORTEST, LONGEST = 4, 6
 class Lookup:
     """Drafts for rows whose tokens are decoded into `tokens` (one array per row, filled in order)."""
 
-    def __init__(self, tokens: list[np.ndarray]) -> None:
-        self.tokens = tokens
+    def __init__(self, tokens: list[np.ndarray], shortest: int = SHORTEST) -> None:
+        """`shortest`: the fewest tokens a match has (benchmarks/drafts.py compares others)."""
+        self.tokens, self.shortest = tokens, shortest
         self.latest: list[dict[tuple[int, ...], int]] = [
             {} for _ in tokens
         ]  # an n-gram -> where its latest occurrence ends
-        self.indexed = [SHORTEST] * len(tokens)  # each row's n-grams ending before this are indexed
+        self.indexed = [shortest] * len(tokens)  # each row's n-grams ending before this are indexed
 
     def draft(self, row: int, t: int, most: int) -> np.ndarray:
         """Up to `most` guesses of the row's tokens t, t+1, ..., from its tokens before t."""
@@ -33,10 +34,10 @@ class Lookup:
         first = max(0, min(self.indexed[row], t) - LONGEST)
         recent = ids[first:t].tolist()  # what the lookup and the new n-grams read, from position `first`
         for end in range(self.indexed[row], t):  # n-grams ending before the suffix: never its own draft
-            for n in range(SHORTEST, min(LONGEST, end) + 1):
+            for n in range(self.shortest, min(LONGEST, end) + 1):
                 latest[tuple(recent[end - first - n : end - first])] = end
         self.indexed[row] = max(self.indexed[row], t)
-        for n in range(min(LONGEST, t), SHORTEST - 1, -1):
+        for n in range(min(LONGEST, t), self.shortest - 1, -1):
             end = latest.get(tuple(recent[t - first - n :]))
             if end is not None:
                 return ids[end : min(end + most, t)]

@@ -109,12 +109,13 @@ inline void widen_block(const int8_t* compact, int64_t pairs, int16_t* w) {
 template <int Rows, typename Weight>
 inline void linear_tile(const int16_t* x, int64_t lda, const Weight* w, int64_t pairs, int64_t fold, int32_t* acc) {
 #if defined(__AVX2__)
-  constexpr int kShift = std::is_same_v<Weight, int8_t> ? 7 : 0;
+  constexpr bool kCompact = std::is_same_v<Weight, int8_t>;
   __m256i totals[Rows][2], sums[Rows][2];
   for (int r = 0; r < Rows; ++r) totals[r][0] = totals[r][1] = _mm256_setzero_si256();
-  for (int64_t first = 0; first < pairs; first += fold) {
+  for (int64_t first = 0; first < pairs; first += kCompact ? fold : pairs) {
     for (int r = 0; r < Rows; ++r) sums[r][0] = sums[r][1] = _mm256_setzero_si256();
-    for (int64_t p = first; p < std::min(pairs, first + fold); ++p) {
+    const int64_t last = kCompact ? std::min(pairs, first + fold) : pairs;
+    for (int64_t p = first; p < last; ++p) {
       __m256i w0, w1;
       load_pair(w, p, w0, w1);
       for (int r = 0; r < Rows; ++r) {
@@ -125,8 +126,12 @@ inline void linear_tile(const int16_t* x, int64_t lda, const Weight* w, int64_t 
         sums[r][1] = _mm256_add_epi32(sums[r][1], _mm256_madd_epi16(xr, w1));
       }
     }
+    if constexpr (!kCompact) {  // one pass: the sums are the products
+      std::copy(&sums[0][0], &sums[0][0] + 2 * Rows, &totals[0][0]);
+      break;
+    }
     for (int r = 0; r < Rows; ++r)
-      for (int h = 0; h < 2; ++h) totals[r][h] = _mm256_add_epi32(totals[r][h], _mm256_srai_epi32(sums[r][h], kShift));
+      for (int h = 0; h < 2; ++h) totals[r][h] = _mm256_add_epi32(totals[r][h], _mm256_srai_epi32(sums[r][h], 7));
   }
   for (int r = 0; r < Rows; ++r) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + r * kChannels), totals[r][0]);
