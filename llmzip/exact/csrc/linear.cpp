@@ -17,7 +17,7 @@ constexpr int64_t kCompactTiles = 2;  // more rows than these tiles hold widen e
 // weight from memory, and its time is their bytes: 9 bits instead of 16 (SmolLM2: 151 MB a step
 // instead of 269). `linear` widens them back a pair at a time: interleaving the bytes a with bytes
 // that hold b in their top bit makes int16 lanes 256a + 128b = 128w in two instructions, in the
-// lane order of the wide layout when the a are stored as kCompactOrder lists them.
+// lane order of the wide layout when the a are stored as compact_lane lists them.
 constexpr int64_t kPairBytes = 2 * kChannels + 4;
 constexpr int64_t kPrefetch = 1024;  // bytes ahead of the pair read: weights stream from memory
 // Which of the wide layout's 32 lanes (channel c, k j at 2c + j) the compact layout's byte i holds:
