@@ -691,10 +691,14 @@ def corpus_tables() -> list[Table]:
         change = f"{100 * (bpb[default] / bpb[1] - 1):+.1f}%" if {1, default} <= bpb.keys() else ""
         sizes = [f"{bpb[n]:.4f}" if n in bpb else "not measured" for n in levels]
         classical = [f"{r['baselines'][b]:.4f}" for b in ("xz -9e", "brotli -11")]
-        rows.append([r["file"], _n(r["bytes"]), *sizes, change, *classical, r["machine"]["commit"]])
-    columns = ["file", "bytes", *(f"-{n} bits/byte" for n in levels), "default vs -1", "xz -9e",
-               "brotli -11", "llmzip commit"]  # fmt: skip
-    caption = "Whole corpus files (SmolLM2), compressed only (exact archives: sizes independent of the machine)"
+        model = r["levels"].get(str(default), {}).get("model", r["model"])  # rows before --model auto: named
+        rows.append([r["file"], _n(r["bytes"]), model, *sizes, change, *classical, r["machine"]["commit"]])
+    columns = ["file", "bytes", "model (default level)", *(f"-{n} bits/byte" for n in levels), "default vs -1",
+               "xz -9e", "brotli -11", "llmzip commit"]  # fmt: skip
+    caption = (
+        "Whole corpus files with the model `--model auto` chose (rows of earlier commits: SmolLM2, named), "
+        "compressed only (exact archives: sizes independent of the machine)"
+    )
     return [Table("corpus", caption, columns, rows, _source([(name, report)]))]
 
 

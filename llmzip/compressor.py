@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from . import container, levels, versions
-from .aliases import DEFAULT_MODEL
+from .aliases import ALIASES, DEFAULT_MODEL
 from .batches import BatchCoder, ByteProgress, CodedBatch, LocalBatches, Plan, torch_threads
 from .chunking import TokenChunks
 from .cluster import Cluster, RayBatches, WorkerSpec
@@ -29,6 +29,7 @@ from .errors import CorruptArchiveError, DecodeMismatchError, InvalidOptionError
 from .exact.architectures import can_learn
 from .journal import Journal, Record, digest, job_of, replay
 from .levels import LEVELS
+from .model_choice import AUTO, ModelChoice, choose, probe_pieces
 from .models import LoadedModel, load_model
 from .options import Options
 from .predictor import default_precision, forward_name
@@ -82,14 +83,18 @@ class Compressor:
         options: Options | None = None,
         *,
         cluster: Cluster | None = None,
+        choice: ModelChoice | None = None,
         **settings: object,
     ) -> None:
         """`options`, with any of its fields given as keywords (`Compressor(model, level=9)`).
-        `cluster`: code batches on its workers, which load `model` by name (exact predictor only)."""
+        `cluster`: code batches on its workers, which load `model` by name (exact predictor only).
+        `choice`: how `--model auto` chose `model`, recorded in the archives' headers."""
         options = replace(options or Options(), **settings)
         self.options = options
         self.model = model if isinstance(model, LoadedModel) else load_model(model)
-        self.source = model if isinstance(model, str) else None  # what a worker loads
+        # what a worker loads: the name given, or a built-in model's
+        self.source = model if isinstance(model, str) else model.name if model.name in ALIASES else None
+        self.choice = choice
         architecture = self.model.architecture
         if options.precision == EXACT and architecture is None:
             raise InvalidOptionError(
@@ -314,6 +319,8 @@ class Compressor:
         if plan.learning:
             extensions = extensions | {container.LEARNING_EXTENSION: container.varint(plan.learning)}
         extensions = extensions | {container.LEVEL_EXTENSION: container.varint(self.level)}
+        if self.choice is not None and (record := self.choice.record()) is not None:
+            extensions = extensions | {container.MODEL_CHOICE_EXTENSION: record}
         torch_version, cpu, step = _runtime(self.model, self.precision)
         header = Header(
             model_name=self.model.name,
@@ -489,9 +496,14 @@ def _mismatch_message(index: int, header: Header, runtime: tuple[str, str, str],
     return f"{message}: the archive is damaged"
 
 
-def compress(data: bytes, model: str | LoadedModel = DEFAULT_MODEL, **settings: object) -> bytes:
-    """Compress `data` with `model` (an alias, Hugging Face id, local directory or .gguf file);
-    `settings`: any of Options' fields."""
+def compress(data: bytes, model: str | LoadedModel = AUTO, **settings: object) -> bytes:
+    """Compress `data` with `model` (an alias, Hugging Face id, local directory or .gguf file;
+    `auto`: the built-in model a probe of `data` picks); `settings`: any of Options' fields."""
+    if model == AUTO:
+        options = Options(**settings)  # type: ignore[arg-type]
+        pieces = probe_pieces(io.BytesIO(data), len(data))
+        model, choice = choose(pieces, options.level, options.device, learn=bool(options.learn))
+        return Compressor(model, options, choice=choice).compress(data)
     return Compressor(model, **settings).compress(data)
 
 

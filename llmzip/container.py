@@ -42,6 +42,7 @@ SIDE_EXTENSION = 3  # varint: the side models' version (versions.SIDE_MODELS); a
 LEARNING_EXTENSION = 4  # varint: the weights learned as they coded, learning.VERSION; absent: they did not
 UNSTEERED_SIZE_EXTENSION = 128  # bytes the archive had without steering, when the encoder measured it
 LEVEL_EXTENSION = 129  # the compression level asked for (levels.LEVELS), for `info`
+MODEL_CHOICE_EXTENSION = 130  # why `--model auto` chose the model (model_choice.ModelChoice), for `info`
 
 
 @dataclass(frozen=True)

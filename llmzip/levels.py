@@ -7,7 +7,8 @@ Longer chunks restart the context less often and a longer window sees more of it
 time: a window of 2048 makes a decoding step about 1.5x as long as one of 1024 (SmolLM2, 60
 rows), and longer chunks leave fewer rows to step together on small inputs. With a window, a
 token costs the same however long its chunk is, so a level's chunks grow on large inputs
-(`chunk_size_for`). Figures per level: benchmarks/levels.py and README's levels table.
+(`chunk_size_for`). `--model auto` weighs a slower model's bits against its time by level.
+Figures per level: benchmarks/levels.py and README's levels table.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ class Level:
     # the weights learn as they code where the model can (exact/learning.py: the exact predictor of a
     # Llama model): enwik5 at -9 with SmolLM2 2.8% smaller, coding an order of magnitude slower
     learn: bool = False
+    # `--model auto` takes a slower built-in model where its probe codes at least this many
+    # percent fewer bits (model_choice.py): at the default, languages SmolLM2 barely knows, not English
+    auto_gain: int = 20
 
 
 LEVELS = {
@@ -45,10 +49,10 @@ LEVELS = {
     4: Level(4096, 512),
     5: Level(4096, 768),
     6: Level(4096, 1024),
-    7: Level(7680, 1024),
-    8: Level(7680, 2048),
+    7: Level(7680, 1024, auto_gain=10),
+    8: Level(7680, 2048, auto_gain=10),
     # one stream per 2**16 tokens (the sinks pinned: past the context)
-    9: Level(MAX_STREAM, 4096, half_context=True, learn=True),
+    9: Level(MAX_STREAM, 4096, half_context=True, learn=True, auto_gain=0),
 }
 DEFAULT_LEVEL = 6
 FASTEST, BEST = min(LEVELS), max(LEVELS)

@@ -98,6 +98,7 @@ class LoadedModel:
         fingerprint: bytes | None = None,
     ) -> None:
         self.name, self.tokenizer, self.facts = name, tokenizer, facts
+        self.exact_models: dict[torch.device, ExactModel] = {}  # exact_model's, per device
         if model is not None:
             self.model = model
         self._load = load
@@ -134,8 +135,16 @@ class LoadedModel:
 
 
 def exact_model(loaded: LoadedModel, device: torch.device) -> ExactModel:
-    """The exact model prepared from `loaded`: for a built-in alias, from the cache when a copy
-    is there and its CRC checks out (memory-mapped: a second), else prepared (seconds) and cached."""
+    """The exact model prepared from `loaded`, once per device (kept on `loaded`: a probe of
+    `--model auto` and the coder share it; nothing changes it, learning works on a copy)."""
+    if device not in loaded.exact_models:
+        loaded.exact_models[device] = _prepare(loaded, device)
+    return loaded.exact_models[device]
+
+
+def _prepare(loaded: LoadedModel, device: torch.device) -> ExactModel:
+    """For a built-in alias, from the cache when a copy is there and its CRC checks out
+    (memory-mapped: a second), else prepared (seconds) and cached."""
     architecture, config = loaded.architecture, loaded.facts.exact
     assert architecture is not None and config is not None
     path = cache_dir() / "prepared" / f"{architecture.NAME}-{loaded.fingerprint.hex()}-v{PREPARED_FORMAT}.pt"

@@ -206,7 +206,8 @@ def test_levels_and_info(run, sample, tiny, flags, level):
 def test_models_lists_aliases(run):
     result = run("models")
     assert result.exit_code == 0
-    assert "smollm2-135m (default)" in result.stdout and "gemma3-270m" in result.stdout
+    assert result.stdout.startswith("auto (default):")
+    assert "\nsmollm2-135m: " in result.stdout and "\ngemma3-270m: " in result.stdout
 
 
 @pytest.mark.parametrize(
@@ -300,3 +301,26 @@ def test_a_resumed_job_says_so_unless_quiet(run, sample, tmp_path):
     assert not journal.exists()
     journal.write_bytes(b"not a journal")
     assert run("compress", str(sample), "-o", str(archive), "-f", "-q", *options).stderr == ""
+
+
+def test_model_auto_records_a_slower_models_choice_and_decodes(run, tiny_dir, tiny_gemma3_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr("llmzip.model_choice.CANDIDATES", (tiny_dir, tiny_gemma3_dir))
+    sample = tmp_path / "long.txt"
+    sample.write_bytes(TEXT * 4)  # longer than the probe
+    named = tmp_path / "named.lz"
+    assert run("compress", str(sample), "-o", str(named), "-q", "-1", "--model", tiny_dir).exit_code == 0
+    kept = tmp_path / "kept.lz"
+    monkeypatch.setattr("llmzip.model_choice.pick", lambda bits, gain: tiny_dir)
+    assert run("compress", str(sample), "-o", str(kept), "-q", "-1", "--model", "auto").exit_code == 0
+    assert kept.read_bytes() == named.read_bytes()  # the fastest model kept: no record, the same archive
+    slower = tmp_path / "slower.lz"
+    monkeypatch.setattr("llmzip.model_choice.pick", lambda bits, gain: tiny_gemma3_dir)
+    result = run("compress", str(sample), "-o", str(slower), "-1", "-v", "--model", "auto")
+    assert result.exit_code == 0 and f"model {tiny_gemma3_dir}, chosen by --model auto" in result.stderr
+    info = run("info", str(slower)).stdout
+    assert f"model: {tiny_gemma3_dir}" in info
+    assert f"model choice: chosen by --model auto: a probe of {4 * 512} bytes" in info and tiny_dir in info
+    assert run("decompress", str(slower), "-o", str(tmp_path / "out"), "-q").exit_code == 0
+    assert (tmp_path / "out").read_bytes() == sample.read_bytes()
+    piped = run("compress", "-", "-q", "-1", "--model", "auto", input=sample.read_bytes())  # probed from a copy
+    assert piped.stdout_bytes == slower.read_bytes()

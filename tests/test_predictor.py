@@ -307,14 +307,22 @@ def test_prepared_weights_are_cached_and_a_damaged_copy_is_prepared_again(reques
     monkeypatch.setitem(models.ALIASES, tiny.name, None)  # cached like a built-in alias
     ids = torch.from_numpy(tiny.tokenizer.encode(TEXT)[:30].astype(np.int64))[None]
 
+    monkeypatch.setattr(tiny, "exact_models", {})  # the process's copies: each call below reads the disk
+
     def logits(model):
         return model.forward(model.embed[ids], 0, model.new_cache(1, 30))
 
-    reference = logits(models.exact_model(tiny, torch.device("cpu")))
+    def from_disk():
+        tiny.exact_models.clear()
+        model = models.exact_model(tiny, torch.device("cpu"))
+        assert models.exact_model(tiny, torch.device("cpu")) is model  # kept for the process
+        return model
+
+    reference = logits(from_disk())
     (saved,) = (tmp_path / "prepared").iterdir()
-    assert torch.equal(logits(models.exact_model(tiny, torch.device("cpu"))), reference)
+    assert torch.equal(logits(from_disk()), reference)
     damaged = bytearray(saved.read_bytes())
     damaged[len(damaged) // 2] ^= 1  # inside the tensors
     saved.write_bytes(bytes(damaged))
-    assert torch.equal(logits(models.exact_model(tiny, torch.device("cpu"))), reference)
+    assert torch.equal(logits(from_disk()), reference)
     assert saved.read_bytes() != bytes(damaged)  # prepared again and saved over the damaged copy

@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import functools
+import io
 import signal
 import sys
 import traceback
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from .. import __version__, container, notices
-from ..aliases import ALIASES, DEFAULT_MODEL, alias_path
+from ..aliases import ALIASES, alias_path
 from ..chunking import DEFAULT_BATCH_SIZE
 from ..cluster import Cluster
 from ..container import Header
 from ..errors import LlmzipError
 from ..levels import BEST, DEFAULT_LEVEL, FASTEST, LEVELS, MAX_STREAM
+from ..model_choice import AUTO, CANDIDATES, ModelChoice, choose, probe_pieces
 from ..options import Options
 from ..process import tune_process
 from ..steering import hyperprior
@@ -32,6 +34,7 @@ from .files import (
     plan_output,
     remove_input,
     resumable,
+    spooled,
     stream_size,
     write_atomically,
 )
@@ -149,6 +152,7 @@ def _level_options(f: Callable) -> Callable:
         sees += " (or half the model's context, if longer)" if level.half_context else ""
         sees += ", side models" if level.side else ""
         sees += ", weights learning (Llama)" if level.learn else ""
+        sees += f", --model auto takes a slower model for {level.auto_gain}% fewer bits"
         more = "" if level.window is None or level.chunk_size >= MAX_STREAM else " (more on large files)"
         default = " (default)" if n == DEFAULT_LEVEL else ""
         f = click.option(f"-{n}", "level", type=int, flag_value=n,
@@ -217,7 +221,11 @@ def _report_workers(cluster: Cluster | None) -> None:
 
 @main.command()
 @_output_options
-@click.option("-m", "--model", default=DEFAULT_MODEL, show_default=True, help="Alias, HF id, directory or .gguf.")
+@click.option(
+    "-m", "--model", default=AUTO, show_default=True,
+    help="Alias, HF id, directory or .gguf; auto: the built-in model that codes a probe of the input best "
+    "for the level's time (Gemma 3 where SmolLM2 knows the language little).",
+)  # fmt: skip
 @_level_options
 @click.option(
     "--precision",
@@ -246,10 +254,22 @@ def compress(file, output, to_stdout, force, remove, model, workers, ray_address
         raise LlmzipError("--rm needs an output file")
     passes = 2 if options.steer.startswith("auto") else 1  # auto codes with and without the trained vectors
     journal = journal_path(target)
-    with resumable(journal), open_input(file) as stream, _cluster(workers, ray_address, options.threads) as cluster:
+    with (
+        resumable(journal),
+        open_input(file) as stream,
+        _cluster(workers, ray_address, options.threads) as cluster,
+        ExitStack() as spool,
+    ):
         from ..compressor import Compressor, MachineBoundWarning
 
-        compressor = Compressor(model, options, cluster=cluster)
+        choice = None
+        if model == AUTO:
+            if not stream.seekable():  # the probe reads pieces from all over the input
+                stream = spool.enter_context(spooled(stream))
+            size = stream_size(stream) or stream.seek(0, io.SEEK_END)
+            notices.say(f"choosing a model for {file}: {', '.join(CANDIDATES)} code a probe of it")
+            model, choice = choose(probe_pieces(stream, size), options.level, options.device, learn=bool(options.learn))
+        compressor = Compressor(model, options, cluster=cluster, choice=choice)
         size = stream_size(stream)
         trains = options.steer.startswith(("trained", "auto")) and size != 0
         steps = options.training.steps if trains else 0
@@ -295,6 +315,8 @@ def compress(file, output, to_stdout, force, remove, model, workers, ray_address
                 + (f"; without steering: {s.unsteered_bytes} bytes" if s.unsteered_bytes is not None else ""),
                 err=True,
             )
+            if compressor.choice is not None:
+                click.echo(f"  model {compressor.model.name}, {compressor.choice.describe()}", err=True)
             _report_workers(cluster)
 
 
@@ -407,12 +429,14 @@ def info(files, quiet, verbose, debug):
         h, size = archive.header, archive.archive_size
         raw = sum(c.raw for c in h.chunks)
         bpb = 8 * size / h.original_size if h.original_size else 0.0
+        choice = h.extensions.get(container.MODEL_CHOICE_EXTENSION)
         rows = [
             ("file", file),
             ("original size", f"{h.original_size} bytes"),
             ("archive size", f"{size} bytes ({bpb:.4f} bits/byte)"),
             ("header", f"{archive.header_size} bytes (format v{container.FORMAT_VERSION})"),
             ("model", f"{h.model_name} (fingerprint {h.model_fingerprint.hex()})"),
+            *([("model choice", ModelChoice.from_bytes(h.model_name, choice).describe())] if choice else []),
             ("level", _describe_level(h)),
             ("chunks", f"{len(h.chunks)} of up to {h.chunk_size} tokens, {raw} stored raw, "
                        f"{sum(c.tokens for c in h.chunks)} tokens coded"),
@@ -463,13 +487,13 @@ def _describe_steering(h: Header, archive_bytes: int) -> str:
 @click.argument("names", nargs=-1, metavar="[MODEL]...")
 @_verbosity
 def prepare(names, quiet, verbose, debug):
-    """Do now the first run's work for MODELs (default: the default model): fetch each, prepare its
-    exact weights, and build the kernels for this CPU."""
+    """Do now the first run's work for MODELs (default: those `--model auto` chooses among): fetch
+    each, prepare its exact weights, and build the kernels for this CPU."""
     from ..compressor import Compressor
     from ..exact import arithmetic
 
     kernels = arithmetic.kernels()
-    for name in names or (DEFAULT_MODEL,):
+    for name in names or CANDIDATES:
         Compressor(name).prepare()
         notices.say(f"{name}: ready" + ("" if kernels else " (on the torch reference path: no kernels)"))
 
@@ -477,8 +501,8 @@ def prepare(names, quiet, verbose, debug):
 @main.command()
 def models() -> None:
     """List the built-in model aliases and whether each is cached."""
+    click.echo(f"{AUTO} (default): per input, the model among {', '.join(CANDIDATES)} that a probe of it picks")
     for alias in ALIASES.values():
         path = alias_path(alias)
         state = f"cached at {path}" if path.exists() else "not cached (fetched on first use)"
-        default = " (default)" if alias.name == DEFAULT_MODEL else ""
-        click.echo(f"{alias.name}{default}: {alias.description}; {state}")
+        click.echo(f"{alias.name}: {alias.description}; {state}")

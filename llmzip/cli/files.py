@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import stat
 import sys
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from typing import BinaryIO
@@ -28,6 +30,15 @@ def open_input(file: str) -> Iterator[BinaryIO]:
         raise LlmzipError(f"{file}: is a directory")
     with open(file, "rb") as f:
         yield f
+
+
+@contextmanager
+def spooled(stream: BinaryIO) -> Iterator[BinaryIO]:
+    """A seekable copy of a pipe's bytes, in a temporary file that is gone when closed."""
+    with tempfile.TemporaryFile() as copy:
+        shutil.copyfileobj(stream, copy, 1 << 20)
+        copy.seek(0)
+        yield copy
 
 
 def stream_size(stream: BinaryIO) -> int | None:
