@@ -566,6 +566,36 @@ def roundtrip_tables() -> list[Table]:
     ]
 
 
+def model_choice_tables() -> list[Table]:
+    """`--model auto`'s probe per file: each model's bits per byte on it, the model each level takes, its cost
+    (benchmarks/model_choice.py)."""
+    tables = []
+    for name, r in _load("model_choice_*.json"):
+        models = r["settings"]["candidates"]
+        levels = sorted({level for x in r["rows"] for level in x.get("chosen", {})}, key=lambda n: -int(n))  # -1 ... -9
+        rows = []
+        for x in r["rows"]:
+            if "bits_per_byte" not in x:  # shorter than the probe: the first model, unprobed
+                rows.append([x["file"], _n(x["bytes"]), *["not probed"] * len(models), "", "none", ""])
+                continue
+            bpb = x["bits_per_byte"]
+            groups: dict[str, list[str]] = {}
+            for level in levels:
+                groups.setdefault(x["chosen"][level], []).append(level)
+            taken = "; ".join(f"{m}: {' '.join(ls)}" for m, ls in groups.items() if m != models[0]) or "none"
+            ratio = f"{bpb[models[1]] / bpb[models[0]]:.3f}"
+            rows.append([x["file"], _n(x["bytes"]), *(f"{bpb[m]:.3f}" for m in models), ratio, taken,
+                         f"{x['probe_seconds']:.1f}"])  # fmt: skip
+        caption = (
+            f"`--model auto`: bits per byte of each model on the probe (four pieces of 512 bytes), the levels that "
+            f"take {', '.join(models[1:])}, and the probe's wall seconds (the first file's with loading both models), "
+            f"{_cpu(r['machine'])}"
+        )
+        columns = ["file", "bytes", *models, "ratio", f"levels taking {', '.join(models[1:])}", "probe s"]
+        tables.append(Table(f"model_choice_{name[13:-5]}", caption, columns, rows, _source([(name, r)])))
+    return tables
+
+
 def drafts_tables() -> list[Table]:
     """Tokens a decoding step could settle with drafted tokens checked in one forward (benchmarks/drafts.py)."""
     found = _load("drafts.json")
@@ -895,6 +925,7 @@ def all_tables() -> list[Table]:
     return [
         *levels_tables(),
         *corpus_tables(),
+        *model_choice_tables(),
         *side_tables(),
         *dynamic_eval_tables(),
         *exact_learning_tables(),

