@@ -9,6 +9,7 @@ would write) on a file, cold and adapted, to size the idea before building it ex
     python benchmarks/dynamic_eval.py alice29.txt --bytes 30000 --variants design
     python benchmarks/dynamic_eval.py alice29.txt --bytes 30000 --variants logits
     python benchmarks/dynamic_eval.py alice29.txt --bytes 30000 --variants grid
+    python benchmarks/dynamic_eval.py alice29.txt --bytes 30000 --variants cost
 
 Every variant codes the same segments (128 tokens; each token sees the 1024 before it and the
 first 4 of its block, as attention sinks; blocks of 8192 positions, the model's context,
@@ -27,7 +28,10 @@ rounded per token to 16 or 8 bits, as an integer backward pass would (`16-bit gr
 bits but 16 or 24 for the logits' gradient, which 8 bits would round to zero below 1/254 of
 its largest entry: `--variants logits`); the matrices read rounded per output channel to 229
 levels, the exact model's grid, while the steps move a float copy (`8-bit weights`,
-`--variants grid`).
+`--variants grid`); and what cuts learning's cost (`--variants cost`): only the head, or the last
+4 or 8 layers and the head, learning (the embeddings, tied to SmolLM2's head, then read as
+constants, as the exact learner reads its own embedding table); a step after every 4th segment
+only; segments of 512 tokens (a quarter of the steps).
 Results: benchmarks/results/dynamic_eval_<model>_<file>[_<bytes>][_<variants>].json.
 """
 
@@ -67,6 +71,9 @@ class Learning:
     gradient_bits: int | None = None  # each linear layer's output gradient rounded per token to this many bits
     logit_bits: int | None = None  # the logits' gradient rounded so, where not to `gradient_bits`
     weight_levels: int | None = None  # matrices computed rounded per output channel to integers up to this
+    top_layers: int | None = None  # only the last this many decoder layers and the head learn (not the embeddings)
+    every: int = 1  # a step after every this-many-th segment, from its code length alone
+    segment: int = SEGMENT  # tokens scored, then learned from
 
 
 VARIANTS = {
@@ -89,6 +96,11 @@ VARIANTS = {
     ),
     "model, 8-bit weights": Learning(weight_levels=229),
     "weights, RMS, 8-bit weights": Learning(RMS_RATE, optimizer="rms", weight_levels=229),
+    "weights, RMS, head only": Learning(RMS_RATE, optimizer="rms", top_layers=0),
+    "weights, RMS, last 4 layers and head": Learning(RMS_RATE, optimizer="rms", top_layers=4),
+    "weights, RMS, last 8 layers and head": Learning(RMS_RATE, optimizer="rms", top_layers=8),
+    "weights, RMS, every 4th segment": Learning(RMS_RATE, optimizer="rms", every=4),
+    "weights, RMS, segments of 512": Learning(RMS_RATE, optimizer="rms", segment=512),
 }
 SETS = {
     "basic": ["model", "bias", "weights", "weights+bias"],
@@ -115,6 +127,15 @@ SETS = {
         "weights, RMS",
         "weights, RMS, 8-bit weights",
     ],
+    "cost": [
+        "model",
+        "weights, RMS",
+        "weights, RMS, head only",
+        "weights, RMS, last 4 layers and head",
+        "weights, RMS, last 8 layers and head",
+        "weights, RMS, every 4th segment",
+        "weights, RMS, segments of 512",
+    ],
 }
 
 
@@ -137,6 +158,8 @@ def prepare(model: torch.nn.Module, learning: Learning) -> None:
         for module in model.modules():
             if isinstance(module, torch.nn.Linear):
                 module.register_forward_hook(round_gradient)
+    if learning.top_layers is not None:  # the embeddings (tied to the head) read as constants: no backward below
+        model.get_input_embeddings().register_forward_hook(lambda module, inputs, output: output.detach())
     if learning.residual_path:
 
         def detach_input(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -153,17 +176,26 @@ def code_length(model: torch.nn.Module, ids: torch.Tensor, learning: Learning) -
     vocab = model.get_output_embeddings().weight.shape[0]
     bias = torch.zeros(vocab)
     learns = learning.weight_rate > 0
-    params = list(model.parameters())
-    for p in params:
-        p.requires_grad_(learns)
+    layers = len(model.model.layers)
+    first = layers if learning.top_layers is None else layers - learning.top_layers
+
+    def learned(name: str) -> bool:
+        """All, or the head (tied: the embedding table), the final norm and the last layers."""
+        return not name.startswith("model.layers.") or int(name.split(".")[2]) >= first
+
+    params = [p for _, p in model.named_parameters()]
+    for name, p in model.named_parameters():
+        p.requires_grad_(learns and learned(name))
     mean_square = [torch.zeros_like(p) for p in params] if learning.optimizer == "rms" else []
     # with weight_levels, the forward reads the matrices rounded to a grid and the steps move a
     # float copy of them (straight through the rounding, as an integer model would keep them)
     masters = {i: p.detach().clone() for i, p in enumerate(params) if learning.weight_levels and p.dim() == 2}
     bits, steps = 0.0, 0
     past: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for start in range(0, len(ids) - 1, SEGMENT):
-        length = min(SEGMENT, len(ids) - 1 - start)
+    segment = learning.segment
+    for k, start in enumerate(range(0, len(ids) - 1, segment)):
+        length = min(segment, len(ids) - 1 - start)
+        learns_now = learns and k % learning.every == learning.every - 1
         targets = ids[start + 1 : start + 1 + length]
         if start % BLOCK == 0:
             past = []
@@ -174,7 +206,7 @@ def code_length(model: torch.nn.Module, ids: torch.Tensor, learning: Learning) -
         for layer, (k, v) in enumerate(past):
             cache.update(k, v, layer)
         positions = torch.arange(start % BLOCK, start % BLOCK + length)[None]
-        with torch.set_grad_enabled(learns):
+        with torch.set_grad_enabled(learns_now):
             logits = model(ids[None, start : start + length], cache=cache, position_ids=positions).logits[0].float()
             log_q = torch.log_softmax(logits + bias, -1)
             rows = torch.arange(length)
@@ -184,7 +216,7 @@ def code_length(model: torch.nn.Module, ids: torch.Tensor, learning: Learning) -
             pull = log_q.detach().exp()
             pull[rows, targets] -= 1
             bias -= learning.bias_rate * pull.sum(0)
-        if learns:
+        if learns_now:
             loss.backward()
             steps += 1
             with torch.no_grad():
@@ -227,11 +259,11 @@ def main() -> None:
         learning = VARIANTS[variant]
         model = load_model(args.model).model.float().eval()  # fresh weights and no hooks for each
         prepare(model, learning)
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         bits = code_length(model, ids, learning)
-        seconds = time.perf_counter() - started
+        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
         rows.append({"variant": variant, "bits_per_byte": round(bits / len(data), 4), "seconds": round(seconds),
-                     "learning": asdict(learning)})  # fmt: skip
+                     "cpu_seconds": round(cpu_seconds), "learning": asdict(learning)})  # fmt: skip
         print(rows[-1], flush=True)
     cold = rows[0]["bits_per_byte"]
     for row in rows:
@@ -242,7 +274,7 @@ def main() -> None:
     result = {"machine": machine(), "settings": settings, "file": name, "variants": rows}
     parts = [args.model, name] + [str(args.bytes)] * bool(args.bytes) + [args.variants] * (args.variants != "basic")
     save(f"dynamic_eval_{'_'.join(parts)}.json", result)
-    print(markdown_table(rows, ["variant", "bits_per_byte", "vs_model_percent", "seconds"]))
+    print(markdown_table(rows, ["variant", "bits_per_byte", "vs_model_percent", "seconds", "cpu_seconds"]))
 
 
 if __name__ == "__main__":

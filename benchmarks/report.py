@@ -774,15 +774,16 @@ def dynamic_eval_tables() -> list[Table]:
             if x["variant"] == "model" and (label, model) in cold:
                 continue
             cold.add((label, model))
+            cpu = _n(x["cpu_seconds"]) if "cpu_seconds" in x else "not measured"
             rows.append([label, model, x["variant"], _learning(x, r["settings"]), f"{x['bits_per_byte']:.4f}",
-                         f"{x['vs_model_percent']:+.2f}%", _n(x["seconds"])])  # fmt: skip
+                         f"{x['vs_model_percent']:+.2f}%", _n(x["seconds"]), cpu])  # fmt: skip
     if not rows:
         return []
     s = found[0][1]["settings"]
     caption = (f"Dynamic evaluation simulated in float32: the language model's code length alone, cold, with a "
                f"learned logit bias, and with a step on the weights after each segment of {s['segment']} tokens; "
                f"context {s['context']} tokens and {s['sinks']} sinks")  # fmt: skip
-    columns = ["input", "model", "variant", "learning", "bits/byte", "against the model", "seconds"]
+    columns = ["input", "model", "variant", "learning", "bits/byte", "against the model", "seconds", "CPU seconds"]
     return [Table("dynamic_eval", caption, columns, rows, _source(found))]
 
 
@@ -822,6 +823,14 @@ def _learning(row: dict, settings: dict) -> str:
         if learning.get("gradient_bits"):
             logits = f" ({learning['logit_bits']} at the logits)" if learning.get("logit_bits") else ""
             parts.append(f"{learning['gradient_bits']}-bit gradients{logits}")
+        if learning.get("top_layers") is not None:
+            parts.append(
+                f"head and last {learning['top_layers']} layers only" if learning["top_layers"] else "head only"
+            )
+        if learning.get("every", 1) > 1:
+            parts.append(f"every {learning['every']}th segment")
+        if learning.get("segment", settings["segment"]) != settings["segment"]:
+            parts.append(f"segments of {learning['segment']}")
     if learning["bias_rate"]:
         parts.append(f"bias {learning['bias_rate']:g}")
     learned = ", ".join(parts) or "nothing"

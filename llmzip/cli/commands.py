@@ -152,7 +152,7 @@ def _level_options(f: Callable) -> Callable:
         sees += " (or half the model's context, if longer)" if level.half_context else ""
         sees += ", side models" if level.side else ""
         sees += ", weights learning (Llama)" if level.learn else ""
-        sees += f", --model auto takes a slower model for {level.auto_gain}% fewer bits"
+        sees += ", auto: a slower model if " + (f"{level.auto_gain}% smaller" if level.auto_gain else "smaller")
         more = "" if level.window is None or level.chunk_size >= MAX_STREAM else " (more on large files)"
         default = " (default)" if n == DEFAULT_LEVEL else ""
         f = click.option(f"-{n}", "level", type=int, flag_value=n,
