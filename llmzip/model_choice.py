@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
 
-from . import container
+from . import container, notices
 from .aliases import DEFAULT_MODEL
-from .errors import CorruptArchiveError
+from .errors import CorruptArchiveError, ModelLoadError
 from .levels import LEVELS
 
 if TYPE_CHECKING:
@@ -97,8 +97,14 @@ def choose(
 
     loaded = {} if loaded is None else loaded
     for name in CANDIDATES if pieces else CANDIDATES[:1]:
-        if name not in loaded:
+        if name in loaded:
+            continue
+        try:
             loaded[name] = load_model(name)
+        except ModelLoadError as e:  # a slower model out of reach (offline): the first still codes
+            if name == CANDIDATES[0]:
+                raise
+            notices.warn(f"--model auto leaves {name} out: {e}")
     names = [name for name in CANDIDATES if name in loaded and (not learn or can_learn(loaded[name].architecture))]
     if not pieces or len(names) < 2:
         return loaded[names[0] if names else CANDIDATES[0]], None

@@ -63,3 +63,11 @@ def test_learning_asked_for_leaves_only_models_that_learn(tiny_dir, tiny_gemma3_
     data = bytes(range(32, 127)) * 40
     model, choice = choose(probe_pieces(io.BytesIO(data), len(data)), 9, "cpu", learn=True)
     assert model.name == tiny_dir and choice is None  # Gemma 3 does not learn: nothing left to weigh
+
+
+def test_a_slower_model_out_of_reach_leaves_the_first(tiny_dir, monkeypatch, caplog):
+    monkeypatch.setattr(model_choice, "CANDIDATES", (tiny_dir, "/no/such/model"))
+    data = bytes(range(32, 127)) * 40
+    model, choice = choose(probe_pieces(io.BytesIO(data), len(data)), 6, "cpu")
+    assert model.name == tiny_dir and choice is None
+    assert "--model auto leaves /no/such/model out" in caplog.text
