@@ -5,8 +5,9 @@ is kept unless a slower one codes the probe smaller by at least the level's `aut
 decoding reads the model's name there, as for any archive.
 
 Gemma 3 270M codes about half as many tokens a second as SmolLM2-135M, but far better where
-SmolLM2 saw little of a language (probe and whole-file figures: docs/models.md). Light on
-purpose (the coder is imported by `choose` alone): `info` reads the header's record."""
+SmolLM2 saw little of a language (docs/levels.md; the probe per corpus file and whole files with
+the chosen model: docs/results.md). Light on purpose (the coder is imported by `choose` alone):
+`info` reads the header's record."""
 
 from __future__ import annotations
 
