@@ -177,7 +177,7 @@ def code_length(model: torch.nn.Module, ids: torch.Tensor, learning: Learning) -
     bias = torch.zeros(vocab)
     learns = learning.weight_rate > 0
     layers = len(model.model.layers)
-    first = layers if learning.top_layers is None else layers - learning.top_layers
+    first = 0 if learning.top_layers is None else layers - learning.top_layers
 
     def learned(name: str) -> bool:
         """All, or the head (tied: the embedding table), the final norm and the last layers."""
