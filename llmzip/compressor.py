@@ -29,7 +29,7 @@ from .errors import CorruptArchiveError, DecodeMismatchError, InvalidOptionError
 from .exact.architectures import can_learn
 from .journal import Journal, Record, digest, job_of, replay
 from .levels import LEVELS
-from .model_choice import AUTO, ModelChoice, choose, probe_pieces
+from .model_choice import AUTO, ModelChoice, choose_for
 from .models import LoadedModel, load_model
 from .options import Options
 from .predictor import default_precision, forward_name
@@ -501,8 +501,7 @@ def compress(data: bytes, model: str | LoadedModel = AUTO, **settings: object) -
     `auto`: the built-in model a probe of `data` picks); `settings`: any of Options' fields."""
     if model == AUTO:
         options = Options(**settings)  # type: ignore[arg-type]
-        pieces = probe_pieces(io.BytesIO(data), len(data))
-        model, choice = choose(pieces, options.level, options.device, learn=bool(options.learn))
+        model, choice = choose_for(io.BytesIO(data), len(data), options)
         return Compressor(model, options, choice=choice).compress(data)
     return Compressor(model, **settings).compress(data)
 

@@ -21,6 +21,7 @@ from .levels import LEVELS
 
 if TYPE_CHECKING:
     from .models import LoadedModel
+    from .options import Options
 
 AUTO = "auto"
 CANDIDATES = (DEFAULT_MODEL, "gemma3-270m")  # built-in models, fastest first
@@ -119,6 +120,11 @@ def choose(
         bits[name] = sum(8 * len(c if c is not None else p) for c, p in zip(coded.payloads, pieces, strict=True))
     chosen = pick(bits, gain)
     return loaded[chosen], ModelChoice(chosen, level, sum(map(len, pieces)), bits)
+
+
+def choose_for(stream: BinaryIO, size: int, options: Options) -> tuple[LoadedModel, ModelChoice | None]:
+    """`choose` for a seekable stream of `size` bytes about to be compressed with `options`."""
+    return choose(probe_pieces(stream, size), options.level, options.device, learn=bool(options.learn))
 
 
 def pick(bits: dict[str, int], gain: int) -> str:

@@ -21,7 +21,7 @@ from ..cluster import Cluster
 from ..container import Header
 from ..errors import LlmzipError
 from ..levels import BEST, DEFAULT_LEVEL, FASTEST, LEVELS, MAX_STREAM
-from ..model_choice import AUTO, CANDIDATES, ModelChoice, choose, probe_pieces
+from ..model_choice import AUTO, CANDIDATES, ModelChoice, choose_for
 from ..options import Options
 from ..process import tune_process
 from ..steering import hyperprior
@@ -268,7 +268,7 @@ def compress(file, output, to_stdout, force, remove, model, workers, ray_address
                 stream = spool.enter_context(spooled(stream))
             size = stream_size(stream) or stream.seek(0, io.SEEK_END)
             notices.say(f"choosing a model for {file}: {', '.join(CANDIDATES)} code a probe of it")
-            model, choice = choose(probe_pieces(stream, size), options.level, options.device, learn=bool(options.learn))
+            model, choice = choose_for(stream, size, options)
         compressor = Compressor(model, options, cluster=cluster, choice=choice)
         size = stream_size(stream)
         trains = options.steer.startswith(("trained", "auto")) and size != 0
