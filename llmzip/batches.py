@@ -79,15 +79,12 @@ class BatchCoder:
 
     def __init__(self, model: LoadedModel, device: str = "auto") -> None:
         self.model, self.device = model, resolve_device(device)
-        self._exact_model: ExactModel | None = None
         self._plan_predictor: tuple[Plan, Predictor] | None = None
         self._learner: Learner | None = None
 
     def prepare(self) -> ExactModel:
         """The exact model, prepared now rather than on the first batch."""
-        if self._exact_model is None:
-            self._exact_model = exact_model(self.model, self.device)
-        return self._exact_model
+        return exact_model(self.model, self.device)  # prepared once per model and device
 
     def predictor(self, plan: Plan) -> Predictor:
         """The plan's predictor: exact (any rows), or float (exactly the plan's rows, no window)."""
