@@ -138,7 +138,7 @@ class ExactPredictor:
             inputs = np.stack(self.segment, 1)
             start = self.position - learning.SEGMENT
             targets = np.concatenate([inputs[:, 1:], input_ids[:, None]], 1)
-            tape = Tape()
+            tape = self.learner.tape()
             logits = self.model.forward(self._embed(torch.from_numpy(inputs)), start, self.cache, tape)
             self._learn(tape, logits, targets, start)
             self.segment = []
@@ -193,7 +193,7 @@ class ExactPredictor:
         rows, block = len(ids), learning.SEGMENT if self.learner else max(1, FORCED_BLOCK // len(ids))
         for first in range(0, ids.shape[1], block):
             start, x = self.position, self.model.embed[ids[:, first : first + block]]
-            tape = Tape() if self.learner else None  # only Llama models learn
+            tape = self.learner.tape() if self.learner else None  # only Llama models learn
             logits = (
                 self.model.forward(x, start, self.cache)
                 if tape is None

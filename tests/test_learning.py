@@ -83,6 +83,47 @@ def test_gradients_are_the_float_models():
         assert cosine > 0.999, (key, cosine)
 
 
+def test_top_blocks_learn_with_the_full_learners_gradients():
+    """A learner of the head and the top blocks records only those blocks and takes their
+    gradients bit for bit as the learner of every block does (the backward stops below them)."""
+    loaded = tiny_model(byte_level_tokenizer())
+    model = prepared(loaded)
+    inputs, targets = _segment(loaded, model)
+    maps = type(model).projection_maps(loaded.model, model.config)
+    everything = learning.Learner(model, maps)
+    tape = everything.tape()
+    full = everything.gradients(tape, _forward(everything.model, inputs, tape), targets)
+    layers = model.config.layers
+    assert layers >= 2
+    for blocks in (0, 1, layers):
+        learner = learning.Learner(model, maps, blocks)
+        tape = learner.tape()
+        grads = learner.gradients(tape, _forward(learner.model, inputs, tape), targets)
+        assert len(tape.blocks) == blocks
+        assert set(grads) == {key for key in full if key == HEAD or key[0] >= layers - blocks}
+        for key, grad in grads.items():
+            assert torch.equal(grad.integers, full[key].integers) and torch.equal(grad.scale, full[key].scale), key
+
+
+def test_logits_gradient_and_column_quantization_kernels_give_the_torch_codes_bits(monkeypatch):
+    if arithmetic.kernels() is None:
+        pytest.skip("no compiler here")
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(40, 1003, generator=generator) * 6
+    targets = torch.randint(0, 1003, (40,), generator=generator)
+    targets[[3, 17]] = -1  # rows past their end
+    x = torch.randn(40, 1003, generator=generator, dtype=torch.float64) * torch.rand(40, 1, generator=generator)
+    x[:, 5] = 0.0
+    results = []
+    for kernels in (arithmetic.kernels(), None):
+        monkeypatch.setattr(arithmetic, "kernels", lambda k=kernels: k)
+        results.append((learning.logits_gradient(logits, targets), *arithmetic.quantize(x, 2**20, dim=0)))
+    for kernel, reference in zip(*results, strict=True):
+        assert torch.equal(kernel, reference)
+    gradient = results[1][0]
+    assert (gradient[[3, 17]] == 0).all() and torch.allclose(gradient.sum(-1)[:3], torch.zeros(3, dtype=torch.float64))
+
+
 def test_steps_lower_the_code_length_and_reset_undoes_them(monkeypatch):
     loaded = tiny_model(byte_level_tokenizer())
     model = prepared(loaded)

@@ -59,6 +59,8 @@ def quantize(
     into `out` if given (contiguous, x's shape; x itself quantizes in place)."""
     if dim in (-1, x.dim() - 1) and x.is_cpu and x.dtype in (torch.float32, torch.float64) and (fused := kernels()):
         return tuple(fused.quantize(x, levels, TINY, -1.0, out))
+    if dim == 0 and x.dim() == 2 and x.is_cpu and x.dtype == torch.float64 and (fused := kernels()):
+        return tuple(fused.quantize_columns(x, levels, TINY, torch.empty_like(x) if out is None else out))
     scale = torch.clamp(x.abs().amax(dim, keepdim=True), min=TINY) / levels
     return torch.round(x / scale, out=out), scale
 

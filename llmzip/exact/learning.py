@@ -71,21 +71,36 @@ def linear_backward(
     x: Tensor,
     x_scale: Tensor,
     dy: Tensor,
-    levels: int,
+    levels: int | None,
     out: Tensor | None = None,
-) -> tuple[WeightGradient, Tensor]:
+) -> tuple[WeightGradient, Tensor | None]:
     """Gradients of y = x * x_scale @ (integers * scale).T from dy [M, N]: with respect to the
     checkpoint's weights [N, K] (`ProjectionMap`: the input taken back and quantized per row,
     dy taken back and quantized per output channel, times that row's scale; the integers into
     `out` if given), and to the input [M, K] (dy times the weight scale, quantized per row to
-    `levels`, times the integers)."""
+    `levels`, times the integers; None where `levels` is: nothing below learns)."""
     if dy.shape[0] * CHANNEL_LEVELS * INPUT_LEVELS >= 2**53:
         raise ValueError(f"{dy.shape[0]} positions are too many for one exact weight gradient")
     inputs, inputs_scale = quantize(projection.inputs_back(x.double() * x_scale.double()), INPUT_LEVELS)
     g, g_scale = quantize(projection.outputs_back(dy) * inputs_scale.double(), CHANNEL_LEVELS, dim=0)
     weight_grad = WeightGradient(_product(g.T, inputs, out), g_scale.double().reshape(-1, 1))
+    if levels is None:
+        return weight_grad, None
     v, v_scale = quantize(dy * scale.double(), levels)
     return weight_grad, _product(v, integers) * v_scale
+
+
+def logits_gradient(logits: Tensor, targets: Tensor) -> Tensor:
+    """The code length's gradient (nats) over float32 logits [M, V] of targets [M]: q - [y = x],
+    q the softmax weights in fixed point over 2**PROBABILITY_BITS divided by their exact sum;
+    0 where the target is -1 (a row past its end). float64."""
+    if logits.is_cpu and (fused := arithmetic.kernels()):
+        return fused.logits_gradient(logits, targets, 2.0**PROBABILITY_BITS, arithmetic.LOG2E)
+    fixed = torch.round(arithmetic.softmax_weights(logits).double() * 2.0**PROBABILITY_BITS)
+    learned = targets >= 0
+    dlogits = fixed / fixed.sum(-1, keepdim=True) * learned[:, None]
+    dlogits[learned.nonzero()[:, 0], targets[learned]] -= 1.0
+    return dlogits
 
 
 def norm_backward(x: Tensor, h: Tensor, h_scale: Tensor, dn: Tensor) -> Tensor:
@@ -201,9 +216,14 @@ class Learner:
     coordinates (`ProjectionMap`): RMSprop there, as in the float simulation; in the prepared
     ones, rotated and with the norms' gains folded in, it saved a tenth as much."""
 
-    def __init__(self, model: ExactLlama, maps: dict[tuple[int, str], ProjectionMap]) -> None:
-        """`model`'s projections are not touched: the learner steps its own `model`, a copy
-        that shares them until they change."""
+    def __init__(
+        self, model: ExactLlama, maps: dict[tuple[int, str], ProjectionMap], blocks: int | None = None
+    ) -> None:
+        """`blocks`: how many blocks learn besides the head, from the top (None: all); the
+        backward stops below them. `model`'s projections are not touched: the learner steps its
+        own `model`, a copy that shares them until they change."""
+        self.first = 0 if blocks is None else max(0, len(model.blocks) - blocks)  # the lowest block learning
+        maps = {key: m for key, m in maps.items() if key == HEAD or key[0] >= self.first}
         self.model, self.maps = copy.copy(model), maps
         self.model.blocks = [copy.copy(block) for block in model.blocks]
         self.prepared = {key: self._layer(key) for key in maps}
@@ -219,6 +239,10 @@ class Learner:
             self.model.head = layer
         else:
             setattr(self.model.blocks[i], name, layer)
+
+    def tape(self) -> Tape:
+        """A tape for the forward of a segment to learn from: the blocks that learn."""
+        return Tape(first=self.first)
 
     def reset(self) -> None:
         """Back to the prepared weights."""
@@ -247,32 +271,30 @@ class Learner:
                 self._set_layer(key, ExactLinear(integers, scale).to(device))
 
     def _backward(
-        self, key: tuple[int, str], x: Tensor, x_scale: Tensor, dy: Tensor, levels: int
-    ) -> tuple[WeightGradient, Tensor]:
+        self, key: tuple[int, str], x: Tensor, x_scale: Tensor, dy: Tensor, levels: int | None
+    ) -> tuple[WeightGradient, Tensor | None]:
         layer, moments = self._layer(key), self.moments.get(key)
         integers, out = (layer.int_weight, None) if moments is None else (moments.integers, moments.gradient)
         return linear_backward(integers, layer.scale, self.maps[key], x, x_scale, dy, levels, out)
 
     def gradients(self, tape: Tape, logits: Tensor, targets: Tensor) -> dict[tuple[int, str], WeightGradient]:
-        """The code length's gradient (in nats, summed over the segment) for every projection's
-        checkpoint weights [N, K], keyed (block, field), the head as (-1, "head")."""
+        """The code length's gradient (in nats, summed over the segment) for every learning
+        projection's checkpoint weights [N, K], keyed (block, field), the head as (-1, "head");
+        `tape` from `self.tape()`."""
         model, c = self.model, self.model.config
         rows, length = targets.shape
         flat = rows * length
-        weights = arithmetic.softmax_weights(logits.reshape(flat, -1))
-        fixed = torch.round(weights.double() * 2.0**PROBABILITY_BITS)
-        targets = targets.reshape(-1)
-        learned = targets >= 0  # -1: a row past its end
-        dlogits = fixed / fixed.sum(-1, keepdim=True) * learned[:, None]
-        dlogits[learned.nonzero()[:, 0], targets[learned]] -= 1.0  # q - [y = x]
-
+        dlogits = logits_gradient(logits.reshape(flat, -1), targets.reshape(-1))
         grads = {}
         x, h, h_scale = (t.reshape(flat, -1) for t in tape.final)
-        grads[HEAD], dn = self._backward(HEAD, h, h_scale, dlogits, LOGIT_LEVELS)
+        blocks = len(model.blocks)
+        grads[HEAD], dn = self._backward(HEAD, h, h_scale, dlogits, LOGIT_LEVELS if self.first < blocks else None)
+        if dn is None:
+            return grads
         dx = norm_backward(x, h, h_scale, dn)
         cos, sin = model.cos[tape.start : tape.start + length, None], model.sin[tape.start : tape.start + length, None]
-        for i in reversed(range(len(tape.blocks))):
-            t = tape.blocks[i]
+        for i in reversed(range(self.first, blocks)):
+            t = tape.blocks[i - tape.first]
             # the MLP: x + down(H(silu(gate) * up)), gate and up from RMSNorm(x)
             grads[i, "down"], da = self._backward((i, "down"), _flat(t.a), _flat(t.a_scale), dx, GRADIENT_LEVELS)
             dgate, dup = silu_mul_backward(_flat(t.gate), _flat(t.up), unhadamard(da))
@@ -292,8 +314,10 @@ class Learner:
                 dq = dq + unrotary(_by_position(sink_dq, c.heads, length), sink_cos, sink_sin)
             dk = unrotary(dk.transpose(1, 2), cos, sin)
             dqkv = torch.cat([dq, dk, dv.transpose(1, 2)], 2).reshape(flat, -1)
-            grads[i, "qkv"], dn = self._backward((i, "qkv"), _flat(t.h), _flat(t.h_scale), dqkv, GRADIENT_LEVELS)
-            dx = dx + norm_backward(_flat(t.x), _flat(t.h), _flat(t.h_scale), dn)
+            below = GRADIENT_LEVELS if i > self.first else None
+            grads[i, "qkv"], dn = self._backward((i, "qkv"), _flat(t.h), _flat(t.h_scale), dqkv, below)
+            if dn is not None:
+                dx = dx + norm_backward(_flat(t.x), _flat(t.h), _flat(t.h_scale), dn)
         return grads
 
 

@@ -121,8 +121,10 @@ class BlockTape:
 @dataclass
 class Tape:
     """A forward's record for learning: its first position, where its queries saw the sinks
-    from (`KVCache.sink_positions`), each block's record, and the head's input (x, h, h_scale)."""
+    from (`KVCache.sink_positions`), the records of blocks `first`.. (those that learn), and the
+    head's input (x, h, h_scale)."""
 
+    first: int = 0
     start: int = 0
     pinned: Tensor | None = None
     blocks: list[BlockTape] = field(default_factory=list)
@@ -304,7 +306,7 @@ class ExactLlama(PreparedModel):
             h2, h2_scale = quantize_normed(x_mid, c.rms_eps)
             gate, up = block.gate_up(h2, h2_scale).chunk(2, dim=-1)
             a, a_scale = quantize_rotated(arithmetic.silu_mul(gate, up), DOWN_LEVELS)
-            if tape is not None:
+            if tape is not None and i >= tape.first:
                 tape.blocks.append(BlockTape(x, h, h_scale, q, q_scale, sink_q, *kv, positions, window, sinks,
                                              o, o_scale, x_mid, h2, h2_scale, gate, up, a, a_scale))  # fmt: skip
             x = x_mid + block.down(a, a_scale)

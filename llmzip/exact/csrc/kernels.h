@@ -182,6 +182,8 @@ void bias_learn(at::Tensor pull, at::Tensor tokens, at::Tensor bias, int64_t rat
 void fixed_totals(at::Tensor weights, at::Tensor rows, double scale, at::Tensor out, at::Tensor totals);
 
 // learning.cpp
+at::Tensor logits_gradient(at::Tensor logits, at::Tensor targets, double unit, double log2e);
+std::vector<at::Tensor> quantize_columns(at::Tensor x, double levels, double tiny, at::Tensor out);
 void rms_step(at::Tensor integers, at::Tensor scale, at::Tensor mean_square, at::Tensor master,
               double decay, double keep, double unbias, double floor, double epsilon, double rate);
 std::vector<at::Tensor> softmax_backward(at::Tensor scores, at::Tensor dp, at::Tensor k_scale,

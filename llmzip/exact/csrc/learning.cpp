@@ -1,8 +1,59 @@
-// Learning's steps (exact/learning.py): the RMS update and the softmax's backward.
+// Learning's steps (exact/learning.py): the logits' gradient, weight gradients' quantization per
+// output channel, the RMS update and the softmax's backward.
 
 #include "kernels.h"
 
 namespace llmzip {
+
+// learning.logits_gradient: q - [y = x] per row of float32 logits [M, V], q the softmax weights
+// (arithmetic.softmax_weights) rounded to fixed point over `unit` and divided by their exact
+// integer sum; rows whose target [M] is -1 are 0. Returned float64 [M, V].
+at::Tensor logits_gradient(at::Tensor logits, at::Tensor targets, double unit, double log2e) {
+  auto z = logits.contiguous(), t = targets.contiguous();
+  const int64_t n = z.size(-1), rows = z.numel() / n;
+  TORCH_CHECK(z.scalar_type() == at::kFloat && t.scalar_type() == at::kLong && t.numel() == rows);
+  auto out = at::empty({rows, n}, z.options().dtype(at::kDouble));
+  const float* in = z.data_ptr<float>();
+  const int64_t* target = t.data_ptr<int64_t>();
+  double* o = out.data_ptr<double>();
+  const float c = static_cast<float>(log2e);
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      double* q = o + r * n;
+      if (target[r] < 0) {
+        std::fill(q, q + n, 0.0);
+        continue;
+      }
+      const float* x = in + r * n;
+      const float top = row_max(x, n);
+      for (int64_t j = 0; j < n; ++j) q[j] = std::nearbyint(static_cast<double>(exp2_neg((top - x[j]) * c)) * unit);
+      const double total = integer_sum(q, n);
+      for (int64_t j = 0; j < n; ++j) q[j] = q[j] / total;
+      q[target[r]] -= 1.0;
+    }
+  });
+  return out;
+}
+
+// arithmetic.quantize along the first axis of a float64 matrix x [M, N], a scale per column
+// [1, N]: q = round(x / scale) into `out` (contiguous, x's shape; may be x).
+std::vector<at::Tensor> quantize_columns(at::Tensor x, double levels, double tiny, at::Tensor out) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kDouble && out.is_contiguous() && out.sizes() == x.sizes());
+  auto xc = x.contiguous();
+  const int64_t rows = xc.size(0), n = xc.size(1);
+  auto scale = at::empty({1, n}, xc.options());
+  const double* in = xc.data_ptr<double>();
+  double *qp = out.data_ptr<double>(), *sp = scale.data_ptr<double>();
+  at::parallel_for(0, n, 256, [&](int64_t begin, int64_t end) {  // columns: a pass down the rows per range
+    for (int64_t j = begin; j < end; ++j) sp[j] = 0.0;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = begin; j < end; ++j) sp[j] = std::max(sp[j], std::fabs(in[r * n + j]));
+    for (int64_t j = begin; j < end; ++j) sp[j] = std::max(sp[j], tiny) / levels;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = begin; j < end; ++j) qp[r * n + j] = std::nearbyint(in[r * n + j] / sp[j]);
+  });
+  return {out, scale};
+}
 
 // learning.rms_step in place, one pass: float64 tensors of one projection (contiguous), the
 // gradient as integers [N, K] times a scale per row [N, 1].

@@ -19,6 +19,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bias_apply", &llmzip::bias_apply);
   m.def("bias_learn", &llmzip::bias_learn);
   m.def("fixed_totals", &llmzip::fixed_totals);
+  m.def("logits_gradient", &llmzip::logits_gradient);
+  m.def("quantize_columns", &llmzip::quantize_columns);
   m.def("rms_step", &llmzip::rms_step);
   m.def("softmax_backward", &llmzip::softmax_backward);
 }
