@@ -1,13 +1,16 @@
 """Dynamic evaluation in the exact model (llmzip/exact/learning.py): the language model's code length
 on a file (bits per byte, what an ideal coder would write from its probabilities), with the
-weights as prepared and with the weights learning after each segment. The language model
-alone: no side models.
+weights as prepared and with some of them learning after each segment: every block and the head,
+or the head and the top few blocks (the backward stops below them). The language model alone:
+no side models.
 
     python benchmarks/exact_learning.py alice29.txt --bytes 30000
-    python benchmarks/exact_learning.py alice29.txt
+    python benchmarks/exact_learning.py alice29.txt --bytes 30000 --rows 8 --blocks none,0,4,8,all
 
-The file is one sequence, as level 9 codes it: each token attends the `--window` tokens before
-it and the first 4 (attention sinks). Results: benchmarks/results/exact_learning_<model>_<file>[_<bytes>].json.
+The file is cut into `--rows` sequences coded side by side (a level's batch), each token
+attending the `--window` tokens before it and its sequence's first 4 (attention sinks); the
+forward's and the learning steps' seconds are timed apart. Results:
+benchmarks/results/exact_learning_<model>_<file>[_<bytes>][_rows<rows>].json.
 """
 
 from __future__ import annotations
@@ -20,29 +23,41 @@ import numpy as np
 import torch
 from common import load_input, machine, markdown_table, save
 
-from llmzip import learning, load_model
+from llmzip import load_model
 from llmzip.aliases import DEFAULT_MODEL
+from llmzip.exact import learning
 from llmzip.exact.arithmetic import softmax_weights
-from llmzip.exact.llama import Tape
 from llmzip.levels import SINK_TOKENS
 from llmzip.models import exact_model
 
 
-def code_length(model, ids: torch.Tensor, window: int, learner: learning.Learner | None) -> float:
-    """Bits of ids[1:] given ids[0], segment by segment; the learner, if any, steps after each."""
-    cache = model.new_cache(1, len(ids), window, SINK_TOKENS)
-    bits = 0.0
-    for start in range(0, len(ids) - 1, learning.SEGMENT):
-        end = min(start + learning.SEGMENT, len(ids) - 1)
-        tape = Tape() if learner else None
-        logits = model.forward(model.embed[ids[None, start:end]], start, cache, tape)
-        targets = ids[None, start + 1 : end + 1]
-        weights = softmax_weights(logits[0]).double()
-        q = weights[torch.arange(end - start), targets[0]] / weights.sum(-1)
+def code_length(model, ids: torch.Tensor, window: int, learner: learning.Learner | None) -> tuple[float, float, float]:
+    """Bits of ids[:, 1:] given ids[:, 0], segment by segment, the learner (if any) stepping after
+    each; and the seconds of the forwards and of the learning steps."""
+    rows, length = ids.shape
+    cache = model.new_cache(rows, length, window, SINK_TOKENS)
+    bits = forward_seconds = learning_seconds = 0.0
+    for start in range(0, length - 1, learning.SEGMENT):
+        end = min(start + learning.SEGMENT, length - 1)
+        started = time.perf_counter()
+        tape = learner.tape() if learner else None
+        logits = model.forward(model.embed[ids[:, start:end]], start, cache, tape)
+        targets = ids[:, start + 1 : end + 1]
+        weights = softmax_weights(logits.flatten(0, 1)).double()
+        q = weights[torch.arange(len(weights)), targets.flatten()] / weights.sum(-1)
         bits -= float(torch.log2(q).sum())
+        learned = time.perf_counter()
+        forward_seconds += learned - started
         if learner:
             learner.learn(tape, logits, targets)
-    return bits
+            learning_seconds += time.perf_counter() - learned
+    return bits, forward_seconds, learning_seconds
+
+
+def learns(blocks: str) -> str:
+    """What a `--blocks` entry learns, in words."""
+    named = {"none": "nothing (prepared weights)", "all": "every block and the head", "0": "the head only"}
+    return named.get(blocks, f"the top {blocks} blocks and the head")
 
 
 def main() -> None:
@@ -51,34 +66,45 @@ def main() -> None:
     parser.add_argument("--bytes", type=int, default=None, help="only the first BYTES")
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--window", type=int, default=4096, help="tokens each token attends (level 9's)")
-    parser.add_argument("--rates", default=str(learning.RATE), help="comma-separated rates to compare")
+    parser.add_argument("--rows", type=int, default=1, help="sequences the file is cut into, coded side by side")
+    parser.add_argument(
+        "--blocks", default="none,all", help="what learns, comma-separated: none, all, or the top N blocks and the head"
+    )
     args = parser.parse_args()
     name, data = load_input(args.file, args.bytes)
     loaded = load_model(args.model)
     model = exact_model(loaded, torch.device("cpu"))
-    ids = loaded.tokenizer.encode(data)
-    ids = torch.from_numpy(np.concatenate([[loaded.tokenizer.roles.start_id], ids]).clip(max=model.config.vocab - 1))
-    learner = learning.Learner(model, type(model).projection_maps(loaded.model, model.config))
+    tokens = loaded.tokenizer.encode(data).clip(max=model.config.vocab - 1)
+    piece = len(tokens) // args.rows  # the last len(tokens) % rows tokens are left out
+    start = np.full((args.rows, 1), loaded.tokenizer.roles.start_id)
+    ids = torch.from_numpy(np.concatenate([start, tokens[: piece * args.rows].reshape(args.rows, piece)], 1))
+    coded = tokens[: piece * args.rows]
+    coded_bytes = int(loaded.tokenizer.id_nbytes[coded].sum())
+    maps = type(model).projection_maps(loaded.model, model.config)
+    code_length(model, ids[:, : learning.SEGMENT + 1], args.window, None)  # untimed: the weights paged in
     rows = []
-    for rate in [None, *map(float, args.rates.split(","))]:
-        learner.reset()
-        learning.RATE = rate or learning.RATE
-        started = time.perf_counter()
-        bits = code_length(learner.model if rate else model, ids, args.window, learner if rate else None)
-        seconds = time.perf_counter() - started
-        rows.append({"weights": f"learning, rate {rate}" if rate else "prepared", "rate": rate,
-                     "bits_per_byte": round(bits / len(data), 4), "seconds": round(seconds)})  # fmt: skip
+    for what in args.blocks.split(","):
+        learner = None if what == "none" else learning.Learner(model, maps, None if what == "all" else int(what))
+        bits, forward_seconds, learning_seconds = code_length(
+            model if learner is None else learner.model, ids, args.window, learner
+        )
+        rows.append({"learns": learns(what), "blocks": what, "bits_per_byte": round(bits / coded_bytes, 4),
+                     "forward_seconds": round(forward_seconds, 1),
+                     "learning_seconds": round(learning_seconds, 1)})  # fmt: skip
         print(rows[-1], flush=True)
+        del learner
+    prepared = next((row["bits_per_byte"] for row in rows if row["blocks"] == "none"), None)
     for row in rows:
-        row["vs_prepared_percent"] = round(100 * (row["bits_per_byte"] / rows[0]["bits_per_byte"] - 1), 2)
-    settings = {"model": args.model, "bytes": len(data), "tokens": len(ids) - 1, "window": args.window,
-                "sinks": SINK_TOKENS, "segment": learning.SEGMENT, "decay": learning.DECAY,
-                "threads": torch.get_num_threads()}  # fmt: skip
+        row["vs_prepared_percent"] = None if prepared is None else round(100 * (row["bits_per_byte"] / prepared - 1), 2)
+    settings = {"model": args.model, "bytes": coded_bytes, "tokens": len(coded), "rows": args.rows,
+                "window": args.window, "sinks": SINK_TOKENS, "segment": learning.SEGMENT, "rate": learning.RATE,
+                "decay": learning.DECAY, "threads": torch.get_num_threads()}  # fmt: skip
     result = {"machine": machine(), "settings": settings, "file": name, "rows": rows}
-    parts = [args.model, name] + [str(args.bytes)] * bool(args.bytes)
+    parts = [args.model, name] + [str(args.bytes)] * bool(args.bytes) + [f"rows{args.rows}"] * (args.rows > 1)
     save(f"exact_learning_{'_'.join(parts)}.json", result)
-    print(markdown_table(rows, ["weights", "bits_per_byte", "vs_prepared_percent", "seconds"]))
-    assert math.isfinite(rows[-1]["bits_per_byte"])
+    columns = ["learns", "bits_per_byte", "vs_prepared_percent", "forward_seconds", "learning_seconds"]
+    print(markdown_table(rows, columns))
+    assert all(math.isfinite(row["bits_per_byte"]) for row in rows)
 
 
 if __name__ == "__main__":

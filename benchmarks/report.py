@@ -149,6 +149,10 @@ def _n(x: float | None, digits: int = 0) -> str:
     return "not measured" if x is None else f"{x:,.{digits}f}".replace(",", " ")
 
 
+def _percent(x: float | None) -> str:
+    return "not measured" if x is None else f"{x:+.2f}%"
+
+
 def _label(file: str, nbytes: int, full: dict[str, int]) -> str:
     name = Path(file).name
     return name if full.get(name) == nbytes else f"{name} (first {_n(nbytes)} B)"
@@ -795,16 +799,18 @@ def exact_learning_tables() -> list[Table]:
         s = r["settings"]
         label = _label(r["file"], s["bytes"], FULL_SIZES)
         for x in r["rows"]:
-            learned = "as prepared" if x["rate"] is None else f"learning, RMSprop {x['rate']:g}"
-            rows.append([label, s["model"], _n(s["window"]), learned, f"{x['bits_per_byte']:.4f}",
-                         f"{x['vs_prepared_percent']:+.2f}%", _n(x["seconds"])])  # fmt: skip
+            rows.append([label, s["model"], _n(s["rows"]), _n(s["window"]), x["learns"], f"{x['bits_per_byte']:.4f}",
+                         _percent(x["vs_prepared_percent"]), _n(x["forward_seconds"]),
+                         _n(x["learning_seconds"])])  # fmt: skip
     if not rows:
         return []
     s = found[0][1]["settings"]
     caption = (f"Dynamic evaluation in the exact model (--learn): the language model's code length alone, with "
-               f"the weights as prepared and learning after each segment of {s['segment']} tokens; the input "
-               f"one sequence, each token attending the window before it and {s['sinks']} sinks")  # fmt: skip
-    columns = ["input", "model", "window", "weights", "bits/byte", "against prepared", "seconds"]
+               f"the weights as prepared and learning after each segment of {s['segment']} tokens (RMSprop "
+               f"{s['rate']:g}); the input cut into sequences coded side by side, each token attending the window "
+               f"before it and {s['sinks']} sinks")  # fmt: skip
+    columns = ["input", "model", "sequences", "window", "learns", "bits/byte", "against prepared",
+               "forward s", "learning s"]  # fmt: skip
     return [Table("exact_learning", caption, columns, rows, _source(found))]
 
 
