@@ -12,6 +12,7 @@ at::Tensor logits_gradient(at::Tensor logits, at::Tensor targets, double unit, d
   auto z = logits.contiguous(), t = targets.contiguous();
   const int64_t n = z.size(-1), rows = z.numel() / n;
   TORCH_CHECK(z.scalar_type() == at::kFloat && t.scalar_type() == at::kLong && t.numel() == rows);
+  TORCH_CHECK(rows == 0 || t.max().item<int64_t>() < n, "a target beyond the logits");
   auto out = at::empty({rows, n}, z.options().dtype(at::kDouble));
   const float* in = z.data_ptr<float>();
   const int64_t* target = t.data_ptr<int64_t>();
