@@ -666,7 +666,9 @@ def startup_tables() -> list[Table]:
         tables.append(Table(f"startup_{name[8:-5]}", caption, ["command", "seconds"], rows, _source([(name, r)])))
         if r["first_run_s"]:
             rows = [[phase, f"{s:.1f}"] for phase, s in r["first_run_s"].items()]
-            caption = f"The first run (`llmzip prepare {r['model']}` in a fresh cache): seconds per phase, {cpu}"
+            caption = (
+                f"The first run (`llmzip prepare`, every built-in model, in a fresh cache): seconds per phase, {cpu}"
+            )
             tables.append(Table(f"first_run_{name[8:-5]}", caption, ["phase", "seconds"], rows, _source([(name, r)])))
     return tables
 

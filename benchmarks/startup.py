@@ -1,8 +1,9 @@
 """What a user waits for besides coding: the first run's work (kernel build, model fetch, conversion,
-weight preparation, each timed from the notices `llmzip prepare` prints, in a fresh cache), and the
-wall time of commands on a small input once everything is cached (with `import torch` alone, the
-floor of any command that codes). Also checks that the kernels are never built again when PATH
-changes (the venv's bin/ first on it, then not, five times each).
+weight preparation of every model `--model auto` may take, each timed from the notices `llmzip
+prepare` prints, in a fresh cache), and the wall time of commands on a small input once everything
+is cached (with `import torch` alone, the floor of any command that codes). Also checks that the
+kernels are never built again when PATH changes (the venv's bin/ first on it, then not, five
+times each).
 
     python benchmarks/startup.py alice29.txt --bytes 1000
 """
@@ -22,6 +23,7 @@ from common import load_input, machine, machine_tag, save
 
 from llmzip.aliases import DEFAULT_MODEL
 from llmzip.exact import arithmetic, build
+from llmzip.model_choice import CANDIDATES
 
 LLMZIP = str(Path(sys.executable).with_name("llmzip"))
 PHASES = {  # the notice that starts each phase of a first run
@@ -32,22 +34,24 @@ PHASES = {  # the notice that starts each phase of a first run
 }
 
 
-def first_run(model: str) -> dict[str, float]:
-    """Seconds of each first-run phase, in a fresh cache (pip's own cache of wheels is the user's)."""
+def first_run() -> dict[str, float]:
+    """Seconds of each phase of `llmzip prepare` (every model `--model auto` may take) in a fresh
+    cache (pip's own cache of wheels is the user's); phases named with their model."""
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, "LLMZIP_CACHE_DIR": cache}
         started = time.perf_counter()
-        proc = subprocess.Popen([LLMZIP, "prepare", model], stderr=subprocess.PIPE, text=True, env=env)
+        proc = subprocess.Popen([LLMZIP, "prepare"], stderr=subprocess.PIPE, text=True, env=env)
         marks = []
         for line in proc.stderr:
             marks.append((time.perf_counter() - started, line.strip()))
         assert proc.wait() == 0, marks
         total = time.perf_counter() - started
-    phases = {}
+    phases, model = {}, None
     for (at, line), (end, _) in zip(marks, [*marks[1:], (total, "")], strict=True):
+        model = next((m for m in CANDIDATES if m in line), model)  # a conversion names the file, not the model
         name = next((p for notice, p in PHASES.items() if notice in line), None)
         if name:
-            phases[name] = round(end - at, 1)
+            phases[name if name == "kernel build" else f"{name}, {model}"] = round(end - at, 1)
     return phases | {"total": round(total, 1)}
 
 
@@ -96,7 +100,7 @@ def main() -> None:
         "input": name,
         "bytes": len(data),
         "startup_s": startup,
-        "first_run_s": None if args.no_first_run else first_run(args.model),
+        "first_run_s": None if args.no_first_run else first_run(),
         "kernel_builds_over_10_path_changes": int(library.stat().st_mtime_ns != before),
     }
     path = save(f"startup_{machine_tag(report['machine'])}.json", report)
