@@ -82,7 +82,8 @@ def linear_backward(
     if dy.shape[0] * CHANNEL_LEVELS * INPUT_LEVELS >= 2**53:
         raise ValueError(f"{dy.shape[0]} positions are too many for one exact weight gradient")
     inputs, inputs_scale = quantize(projection.inputs_back(x.double() * x_scale.double()), INPUT_LEVELS)
-    g, g_scale = quantize(projection.outputs_back(dy) * inputs_scale.double(), CHANNEL_LEVELS, dim=0)
+    g = projection.outputs_back(dy) * inputs_scale.double()
+    g, g_scale = quantize(g, CHANNEL_LEVELS, dim=0, out=g)  # in place: the head's is [tokens, vocab]
     weight_grad = WeightGradient(_product(g.T, inputs, out), g_scale.double().reshape(-1, 1))
     if levels is None:
         return weight_grad, None
